@@ -1,0 +1,79 @@
+"""weightinit: exact, planned, write-once weight initialization for PyTorch.
+
+A drop-in for MMEngine's ``init_cfg`` system: same names, config format and
+priority rules, with the whole configuration validated and planned before
+any tensor is written.
+"""
+
+import logging
+
+from .engine import get_init_record, initialize, update_init_info
+from .errors import (
+    CheckpointError,
+    CheckpointKeyError,
+    CheckpointNotFoundError,
+    ConfigStructureError,
+    DistributionError,
+    InitError,
+    InitKeyError,
+    InitRecordError,
+    InitRuntimeError,
+    InitTypeError,
+    InitValueError,
+    OverrideError,
+    OverrideTargetError,
+    ShapeError,
+    UnknownTypeError,
+    UnsafeCheckpointError,
+)
+from .functional import (
+    bias_init_with_prob,
+    caffe2_xavier_init,
+    constant_init,
+    kaiming_init,
+    normal_init,
+    trunc_normal_,
+    trunc_normal_init,
+    uniform_init,
+    xavier_init,
+)
+from .module import BaseModule, ModuleDict, ModuleList, Sequential
+from .plan import Plan, PlanEntry, plan
+from .record import InitRecord, ParamRecord
+from .registry import (
+    MODEL_WRAPPERS,
+    MODELS,
+    WEIGHT_INITIALIZERS,
+    Registry,
+    build_from_cfg,
+    is_model_wrapper,
+)
+from .rules import (
+    BaseInit,
+    Caffe2XavierInit,
+    ConstantInit,
+    KaimingInit,
+    NormalInit,
+    PretrainedInit,
+    TruncNormalInit,
+    UniformInit,
+    XavierInit,
+)
+
+logging.getLogger("weightinit").addHandler(logging.NullHandler())
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BaseInit", "BaseModule", "Caffe2XavierInit", "CheckpointError", "CheckpointKeyError",
+    "CheckpointNotFoundError", "ConfigStructureError", "ConstantInit", "DistributionError",
+    "InitError", "InitKeyError", "InitRecord", "InitRecordError", "InitRuntimeError",
+    "InitTypeError", "InitValueError", "KaimingInit", "MODELS", "MODEL_WRAPPERS", "ModuleDict",
+    "ModuleList", "NormalInit", "OverrideError", "OverrideTargetError", "ParamRecord", "Plan",
+    "PlanEntry", "PretrainedInit", "Registry", "Sequential", "ShapeError", "TruncNormalInit",
+    "UniformInit", "UnknownTypeError", "UnsafeCheckpointError", "WEIGHT_INITIALIZERS",
+    "XavierInit", "bias_init_with_prob", "build_from_cfg", "caffe2_xavier_init",
+    "constant_init", "get_init_record", "initialize", "is_model_wrapper", "kaiming_init",
+    "normal_init", "plan", "trunc_normal_", "trunc_normal_init", "uniform_init",
+    "update_init_info", "xavier_init",
+]

@@ -1,0 +1,179 @@
+"""``init_cfg`` -> validated :class:`Rule` values, each knowing where it was declared.
+
+Everything about the *shape* of a config is checked here (types, ``type``
+names, constructor arguments, ``override`` entries), with MMEngine's
+exception classes and messages that say which entry of which module is wrong
+and how to fix it. Whether a rule fits the model (override names, tensor
+shapes, checkpoint keys) is checked by the planner.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import inspect
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import (
+    ConfigStructureError,
+    InitError,
+    InitKeyError,
+    InitTypeError,
+    OverrideError,
+)
+from .registry import WEIGHT_INITIALIZERS
+from .rules import BaseInit, PretrainedInit
+
+logger = logging.getLogger("weightinit")
+
+
+def module_label(path: str, cls_name: str) -> str:
+    """How errors and records name a module: ``'backbone.layer1 (ResLayer)'``."""
+    return f"{path or '<root>'} ({cls_name})"
+
+
+@dataclass(frozen=True)
+class Override:
+    """One ``override`` entry: a submodule name/path/glob and the rule applied to all of it."""
+
+    name: str
+    init: Any
+    location: str
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One validated ``init_cfg`` entry of one module."""
+
+    init: Any
+    cfg: dict
+    location: str
+    owner: str
+    owner_class: str
+    overrides: tuple[Override, ...] = ()
+
+    @property
+    def pretrained(self) -> bool:
+        return isinstance(self.init, PretrainedInit)
+
+    @property
+    def where(self) -> str:
+        return f"{module_label(self.owner, self.owner_class)} {self.location}"
+
+
+def _accepted_args(cls: type) -> set[str] | None:
+    """Keyword arguments a class accepts, following ``**kwargs`` up the MRO (None: any)."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass) or klass is object:
+            continue
+        try:
+            params = inspect.signature(vars(klass)["__init__"]).parameters.values()
+        except (TypeError, ValueError):
+            return None
+        more = False
+        for p in params:
+            if p.kind is p.VAR_KEYWORD:
+                more = True
+            elif p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self":
+                names.add(p.name)
+        if not more:
+            return names
+    return None
+
+
+def build_initializer(cfg: dict, where: str) -> Any:
+    """Build a rule object from one config dict; errors say ``where`` it came from."""
+    args = copy.deepcopy(cfg)
+    if "type" not in args:
+        raise InitKeyError(f"{where}: no 'type' key in {cfg}. Fix: add type=<initializer name>, "
+                           f"one of {', '.join(sorted(WEIGHT_INITIALIZERS.module_dict))}.")
+    cls = WEIGHT_INITIALIZERS.resolve(args.pop("type"), where=f"{where}: ")
+    accepted = _accepted_args(cls) if inspect.isclass(cls) else None
+    if accepted is not None:
+        for key in args:
+            if key not in accepted:
+                close = difflib.get_close_matches(key, sorted(accepted), n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise InitTypeError(
+                    f"{where}: {getattr(cls, '__name__', cls)} got an unexpected argument "
+                    f"{key!r}.{hint} Accepted: {', '.join(sorted(accepted))}.")
+    try:
+        return cls(**args)
+    except InitError as err:
+        raise type(err)(f"{where}: {err}") from err
+    except (TypeError, ValueError, KeyError) as err:
+        raise InitTypeError(f"{where}: cannot build {getattr(cls, '__name__', cls)} from "
+                            f"{cfg}: {err}") from err
+
+
+def is_pretrained_cfg(cfg: dict) -> bool:
+    t = cfg.get("type")
+    return t == "Pretrained" or (inspect.isclass(t) and issubclass(t, PretrainedInit))
+
+
+def _parse_overrides(override: Any, base: dict, where: str) -> tuple[Override, ...]:
+    if not isinstance(override, (dict, list, tuple)):
+        raise InitTypeError(f"{where}.override: must be a dict or a list of dict, but got "
+                            f"{type(override).__name__}")
+    items = [override] if isinstance(override, dict) else list(override)
+    out = []
+    for j, item in enumerate(items):
+        loc = f"{where}.override" + ("" if isinstance(override, dict) else f"[{j}]")
+        if not isinstance(item, dict):
+            raise InitTypeError(f"{loc}: must be a dict, got {type(item).__name__} ({item!r})")
+        args = copy.deepcopy(item)
+        name = args.pop("name", None)
+        if name is None:
+            raise OverrideError(f'{loc}: `override` must contain the key "name", but got {item}. '
+                                "Fix: add name='<submodule>'.")
+        if not isinstance(name, str):
+            raise InitTypeError(f"{loc}: name must be a str, got {type(name).__name__}")
+        if not args:
+            args = dict(base)  # only a name: reuse the enclosing rule's type and arguments
+        elif "type" not in args:
+            raise OverrideError(f'{loc}: `override` need "type" key, but got {args}. Fix: add '
+                                "type=..., or give only name to reuse the enclosing rule.")
+        out.append(Override(name=name, init=build_initializer(args, loc), location=loc))
+    return tuple(out)
+
+
+def parse_init_cfg(init_cfg: Any, owner: str = "", owner_class: str = "",
+                   *, field: str = "init_cfg") -> tuple[Rule, ...]:
+    """Validate an ``init_cfg`` (dict or list of dicts) into rules, in declaration order.
+
+    Raises an :class:`InitError` subclass naming ``owner``'s entry on any mistake.
+    """
+    label = module_label(owner, owner_class)
+    if init_cfg is None:
+        return ()
+    if isinstance(init_cfg, dict):
+        entries, single = [init_cfg], True
+    elif isinstance(init_cfg, (list, tuple)):
+        entries, single = list(init_cfg), False
+    else:
+        raise ConfigStructureError(f"{label} {field}: must be a dict or a list of dict, but got "
+                                   f"{type(init_cfg).__name__} ({init_cfg!r})")
+    rules = []
+    for i, entry in enumerate(entries):
+        loc = field if single else f"{field}[{i}]"
+        where = f"{label} {loc}"
+        if not isinstance(entry, dict):
+            raise ConfigStructureError(f"{where}: must be a dict, got {type(entry).__name__} "
+                                       f"({entry!r})")
+        args = copy.deepcopy(entry)
+        override = args.pop("override", None)
+        init = build_initializer(args, where)
+        overrides: tuple[Override, ...] = ()
+        if override is not None:
+            base = {k: v for k, v in args.items() if k != "layer"}
+            overrides = _parse_overrides(override, base, where)
+        elif isinstance(init, BaseInit) and not init.layer and init.plannable:
+            logger.warning("%s: %s has neither 'layer' nor 'override', so it initializes "
+                           "nothing. Fix: add layer=<class name> or override=dict(name=...).",
+                           where, type(init).__name__)
+        rules.append(Rule(init=init, cfg=copy.deepcopy(entry), location=loc, owner=owner,
+                          owner_class=owner_class, overrides=overrides))
+    return tuple(rules)

@@ -1,0 +1,301 @@
+"""Execute a plan: write each tensor once, run user code where it must run, record.
+
+A :class:`Session` lives for one outermost ``init_weights()`` /
+``initialize()`` call. Writes are held as *pending* (later writers replace
+earlier ones without touching the tensor) and flushed only when user code is
+about to run over those tensors, and at the end.
+
+Bookkeeping is exact and cheap: built-in rules say what they wrote. For
+user code (a user-defined ``init_weights`` or an initializer that only
+defines ``__call__``) the engine compares, for the parameters of that
+module's subtree only, the parameter object, its storage pointer and its
+version counter before and after; values are read (a bit-pattern digest)
+only to catch writes through ``.data``, which the version counter misses.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from .config import Rule, module_label, parse_init_cfg
+from .errors import InitRecordError, InitTypeError
+from .plan import Call, Planner, Write, Writer
+from .record import InitRecord, ParamRecord
+
+logger = logging.getLogger("weightinit")
+
+_ACTIVE: contextvars.ContextVar[Session | None] = contextvars.ContextVar(
+    "weightinit_session", default=None)
+
+_INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+_DIGEST_CHUNK = 1 << 22
+
+
+def _digest(t: Tensor) -> tuple[int, int] | None:
+    """Two wrapping integer sums over the bit patterns: changes if any value changes."""
+    if t.device.type == "meta" or t.numel() == 0:
+        return None
+    int_dtype = _INT_OF_SIZE.get(t.element_size())
+    if int_dtype is None:
+        return None
+    bits = t.detach().reshape(-1).view(int_dtype)
+    s1 = s2 = 0
+    for start in range(0, bits.numel(), _DIGEST_CHUNK):
+        chunk = bits[start:start + _DIGEST_CHUNK].to(torch.int64)
+        s1 += int(chunk.sum())
+        s2 += int((chunk * (chunk | 1)).sum())
+    return s1, s2
+
+
+@dataclass
+class _State:
+    tensor: Tensor
+    version: int
+    ptr: int
+    digest: tuple[int, int] | None
+
+    @classmethod
+    def of(cls, t: Tensor) -> _State:
+        return cls(t, t._version, t.data_ptr() if t.device.type != "meta" else 0, _digest(t))
+
+    def changed(self, t: Tensor) -> bool:
+        if t is not self.tensor or t._version != self.version:
+            return True
+        if t.device.type != "meta" and t.data_ptr() != self.ptr:
+            return True
+        return _digest(t) != self.digest
+
+
+@dataclass(frozen=True)
+class _Entry:
+    kind: str
+    info: str
+    declared_in: str
+    init: Any = None
+
+
+class Session:
+    """State of one outermost initialization: pending writes, what wrote what."""
+
+    def __init__(self, root: nn.Module) -> None:
+        self.root = root
+        self.cache: dict = {}
+        self.entries: dict[int, tuple[Tensor, _Entry]] = {}
+        self.snapshots: list[dict[int, _State]] = []
+        self._members: set[int] | None = None
+
+    def contains(self, module: nn.Module) -> bool:
+        if self._members is None:
+            self._members = {id(m) for m in self.root.modules()}
+        return id(module) in self._members
+
+    # -- execution -------------------------------------------------------------
+    def execute(self, events: list[Write | Call]) -> None:
+        pending: dict[int, tuple[Tensor, Writer]] = {}
+        for ev in events:
+            if isinstance(ev, Write):
+                key = id(ev.tensor)
+                pending.pop(key, None)
+                pending[key] = (ev.tensor, ev.writer)
+                continue
+            inside = [id(t) for t in _subtree_tensors(ev.module)]
+            self.flush([pending.pop(k) for k in inside if k in pending])
+            self.run_call(ev)
+        self.flush(list(pending.values()))
+
+    def flush(self, items: list[tuple[Tensor, Writer]]) -> None:
+        if not items:
+            return
+        with torch.no_grad():
+            for tensor, writer in items:
+                if tensor.device.type != "meta":
+                    writer.write(tensor)
+                self.entries[id(tensor)] = (tensor, _Entry(writer.kind, writer.info,
+                                                           writer.declared_in, writer.init))
+                self._refresh(tensor)
+
+    def _refresh(self, tensor: Tensor) -> None:
+        state = None
+        for snap in self.snapshots:
+            if id(tensor) in snap:
+                state = state or _State.of(tensor)
+                snap[id(tensor)] = state
+
+    def run_call(self, call: Call) -> None:
+        module = call.module
+        if call.init is None and getattr(module, "is_init", False):
+            return
+        snap = {id(p): _State.of(p) for p in module.parameters()}
+        self.snapshots.append(snap)
+        try:
+            if call.init is None:
+                module.init_weights()
+            else:
+                if hasattr(call.init, "wholemodule"):
+                    call.init.wholemodule = call.whole
+                call.init(module)
+        finally:
+            self.snapshots.pop()
+        kind = "user" if call.init is None else "initializer"
+        entry = _Entry(kind, call.info, call.where or call.info, call.init)
+        self.mark_changed(module, snap, entry)
+
+    def mark_changed(self, module: nn.Module, snap: dict[int, _State], entry: _Entry) -> None:
+        for p in module.parameters():
+            state = snap.get(id(p))
+            if state is None or state.changed(p):
+                self.entries[id(p)] = (p, entry)
+                fresh = _State.of(p)
+                for other in self.snapshots:
+                    if id(p) in other:
+                        other[id(p)] = fresh
+
+    # -- the record ----------------------------------------------------------------
+    def record(self) -> InitRecord:
+        root_name = type(self.root).__name__
+        untouched = _Entry("unchanged", f"not changed by init_weights of {root_name}",
+                           "PyTorch default (kept its value from construction)")
+        params = {}
+        for name, p in self.root.named_parameters():
+            _, e = self.entries.get(id(p), (None, untouched))
+            params[name] = ParamRecord(
+                name=name, shape=tuple(p.shape), dtype=str(p.dtype).replace("torch.", ""),
+                device=str(p.device), kind=e.kind, info=e.info, declared_in=e.declared_in,
+                rule=e.init)
+        return InitRecord(root_name, params)
+
+
+def _subtree_tensors(module: nn.Module) -> list[Tensor]:
+    return list(module.parameters()) + list(module.buffers())
+
+
+def _enter(module: nn.Module) -> tuple[Session, bool]:
+    session = _ACTIVE.get()
+    if session is not None and session.contains(module):
+        return session, False
+    return Session(module), True
+
+
+def _finish(session: Session, module: nn.Module) -> InitRecord:
+    record = session.record()
+    record.log(logger)
+    object.__setattr__(module, "_weightinit_record", record)
+    return record
+
+
+def run_init_weights(module: nn.Module) -> None:
+    """``BaseModule.init_weights``: plan the subtree, validate it all, then execute."""
+    session, outermost = _enter(module)
+    token = _ACTIVE.set(session)
+    try:
+        if module.is_init:
+            logger.warning("init_weights of %s has been called more than once.",
+                           type(module).__name__)
+        else:
+            planner = Planner(session.root, session.cache)
+            planner.plan_init_weights(module)
+            if module.init_cfg:
+                logger.debug("initialize %s with init_cfg %s", type(module).__name__,
+                             module.init_cfg)
+            session.execute(planner.events)
+            for m in planner.visited:
+                m._is_init = True
+        if outermost:
+            _finish(session, module)
+    finally:
+        _ACTIVE.reset(token)
+
+
+def _run_rules(module: nn.Module, rules: tuple[Rule, ...]) -> InitRecord | None:
+    session, outermost = _enter(module)
+    token = _ACTIVE.set(session)
+    try:
+        planner = Planner(session.root, session.cache)
+        planner.plan_rules(module, rules)
+        session.execute(planner.events)
+        return _finish(session, module) if outermost else None
+    finally:
+        _ACTIVE.reset(token)
+
+
+def initialize(module: nn.Module, init_cfg: dict | list[dict]) -> InitRecord | None:
+    """Apply ``init_cfg`` rules to any ``nn.Module`` (timm, torchvision, Hugging Face ...).
+
+    Rules apply in list order, each rule's overrides right after its own
+    layer pass; the last writer wins and each tensor is written once. The
+    whole config is validated before anything is written.
+
+    Returns the init record (``None`` when called from inside another
+    module's ``init_weights``, whose record it joins).
+
+    Example::
+
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Linear(8, 2))
+        >>> record = initialize(net, [dict(type='Kaiming', layer='Conv2d'),
+        ...                           dict(type='Constant', layer='Linear', val=0)])
+    """
+    if not isinstance(module, nn.Module):
+        raise InitTypeError(f"initialize: module must be an nn.Module, got {type(module).__name__}")
+    if not isinstance(init_cfg, (dict, list, tuple)):
+        raise InitTypeError(f"init_cfg must be a dict or a list of dict, but got "
+                            f"{type(init_cfg).__name__}. Fix: wrap the rule in dict(type=...).")
+    session = _ACTIVE.get()
+    path = ""
+    if session is not None and session.contains(module):
+        path = next((n for n, m in session.root.named_modules() if m is module), "")
+    return _run_rules(module, parse_init_cfg(init_cfg, path, type(module).__name__))
+
+
+def apply_initializer(module: nn.Module, init: Any) -> InitRecord | None:
+    """Calling a rule object on a module: plan and apply that one rule."""
+    if not isinstance(module, nn.Module):
+        raise InitTypeError(f"{type(init).__name__} must be called on an nn.Module, got "
+                            f"{type(module).__name__}")
+    rule = Rule(init=init, cfg={}, location=f"{type(init).__name__}(...)", owner="",
+                owner_class=type(module).__name__)
+    return _run_rules(module, (rule,))
+
+
+def update_init_info(module: nn.Module, init_info: str) -> None:
+    """Inside a user-defined ``init_weights``: label the parameters of ``module`` it changed.
+
+    Parameters of ``module`` whose value changed since the engine last saw
+    them get ``init_info`` as their record text; others keep theirs.
+
+    Example::
+
+        >>> def init_weights(self):
+        ...     nn.init.zeros_(self.gate.weight)
+        ...     update_init_info(self, 'zero gate')
+    """
+    session = _ACTIVE.get()
+    if session is None or not session.contains(module):
+        raise InitRecordError(f"Can not find an active init_weights for {type(module).__name__}: "
+                              "update_init_info only works while init_weights runs. Fix: call "
+                              "it from inside your module's init_weights.")
+    if not isinstance(init_info, str):
+        raise InitTypeError(f"init_info must be a str, got {type(init_info).__name__}")
+    entry = _Entry("user", init_info, f"update_init_info in {type(module).__name__}")
+    for p in module.parameters():
+        state = next((s[id(p)] for s in reversed(session.snapshots) if id(p) in s), None)
+        if state is not None and state.changed(p):
+            session.entries[id(p)] = (p, entry)
+            fresh = _State.of(p)
+            for snap in session.snapshots:
+                if id(p) in snap:
+                    snap[id(p)] = fresh
+
+
+def get_init_record(module: nn.Module) -> InitRecord | None:
+    """The record of the last outermost ``init_weights()``/``initialize()`` on ``module``."""
+    return getattr(module, "_weightinit_record", None)
+
+
+__all__ = ["initialize", "update_init_info", "get_init_record", "module_label"]

@@ -1,0 +1,103 @@
+"""``BaseModule`` and the containers that carry an ``init_cfg``.
+
+``init_weights()`` of a BaseModule, in MMEngine's order:
+
+1. its own non-``Pretrained`` rules over its whole subtree;
+2. ``init_weights()`` of each direct child that has one (BaseModule, or any
+   module with a user-defined ``init_weights``), skipping children whose
+   ``is_init`` is True, looking through model wrappers' ``.module``;
+3. its ``Pretrained`` rules, so loaded weights win inside its subtree;
+4. ``is_init = True``; calling it again only warns.
+
+So a deeper ``init_cfg`` wins over a shallower one, a user-defined
+``init_weights`` over its ancestors' rules, and Pretrained over everything
+inside the module that declares it. Unlike MMEngine, the whole tree is
+planned and validated first and each tensor is written once.
+"""
+
+from __future__ import annotations
+
+import copy
+from abc import ABCMeta
+from collections.abc import Iterable
+from typing import Any
+
+import torch.nn as nn
+
+from .record import InitRecord
+
+
+class BaseModule(nn.Module, metaclass=ABCMeta):
+    """An ``nn.Module`` with an ``init_cfg`` and a planned, write-once ``init_weights()``.
+
+    Args:
+        init_cfg: a rule dict or a list of them, deep-copied on construction.
+
+    Example::
+
+        >>> class Head(BaseModule):
+        ...     def __init__(self):
+        ...         super().__init__(init_cfg=dict(type='Normal', layer='Linear', std=0.01))
+        ...         self.fc = nn.Linear(16, 4)
+        >>> head = Head(); head.init_weights(); head.init_record['fc.weight'].info
+        'NormalInit: mean=0, std=0.01, bias=0'
+    """
+
+    def __init__(self, init_cfg: dict | list[dict] | None = None) -> None:
+        super().__init__()
+        self._setup_init(init_cfg)
+
+    def _setup_init(self, init_cfg: Any) -> None:
+        self._is_init = False
+        self.init_cfg = copy.deepcopy(init_cfg)
+
+    @property
+    def is_init(self) -> bool:
+        return self._is_init
+
+    @is_init.setter
+    def is_init(self, value: bool) -> None:
+        self._is_init = value
+
+    def init_weights(self) -> None:
+        """Initialize the subtree by its ``init_cfg`` rules (see the module docstring)."""
+        from .engine import run_init_weights
+
+        run_init_weights(self)
+
+    @property
+    def init_record(self) -> InitRecord | None:
+        """What last wrote each parameter, after the outermost ``init_weights()``."""
+        return self.__dict__.get("_weightinit_record")
+
+    def __repr__(self) -> str:
+        s = super().__repr__()
+        if self.init_cfg:
+            s += f"\ninit_cfg={self.init_cfg}"
+        return s
+
+
+class Sequential(BaseModule, nn.Sequential):
+    """``nn.Sequential`` that takes an ``init_cfg`` and runs its children's ``init_weights``."""
+
+    def __init__(self, *args: Any, init_cfg: dict | list[dict] | None = None) -> None:
+        nn.Sequential.__init__(self, *args)
+        self._setup_init(init_cfg)
+
+
+class ModuleList(BaseModule, nn.ModuleList):
+    """``nn.ModuleList`` that takes an ``init_cfg`` and runs its children's ``init_weights``."""
+
+    def __init__(self, modules: Iterable[nn.Module] | None = None,
+                 init_cfg: dict | list[dict] | None = None) -> None:
+        nn.ModuleList.__init__(self, modules)
+        self._setup_init(init_cfg)
+
+
+class ModuleDict(BaseModule, nn.ModuleDict):
+    """``nn.ModuleDict`` that takes an ``init_cfg`` and runs its children's ``init_weights``."""
+
+    def __init__(self, modules: dict[str, nn.Module] | None = None,
+                 init_cfg: dict | list[dict] | None = None) -> None:
+        nn.ModuleDict.__init__(self, modules)
+        self._setup_init(init_cfg)
