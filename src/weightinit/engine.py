@@ -36,10 +36,15 @@ _ACTIVE: contextvars.ContextVar[Session | None] = contextvars.ContextVar(
 
 _INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 _DIGEST_CHUNK = 1 << 22
+_ODD = 0x9E3779B97F4A7C15 - (1 << 64)  # odd 64-bit constant: spreads the weights
 
 
 def _digest(t: Tensor) -> tuple[int, int] | None:
-    """Two wrapping integer sums over the bit patterns: changes if any value changes."""
+    """Two wrapping integer sums over the bit patterns, one weighted by position.
+
+    Any change of values, including a permutation, changes the digest except
+    with negligible probability; reading it costs one pass over the tensor.
+    """
     if t.device.type == "meta" or t.numel() == 0:
         return None
     int_dtype = _INT_OF_SIZE.get(t.element_size())
@@ -49,8 +54,10 @@ def _digest(t: Tensor) -> tuple[int, int] | None:
     s1 = s2 = 0
     for start in range(0, bits.numel(), _DIGEST_CHUNK):
         chunk = bits[start:start + _DIGEST_CHUNK].to(torch.int64)
+        weights = torch.arange(start + 1, start + 1 + chunk.numel(), dtype=torch.int64,
+                               device=chunk.device).mul_(_ODD)
         s1 += int(chunk.sum())
-        s2 += int((chunk * (chunk | 1)).sum())
+        s2 += int((chunk * weights).sum())
     return s1, s2
 
 

@@ -302,7 +302,8 @@ class Planner:
                     self.events.append(Write(t, Writer(init, role, where)))
 
     def apply_pretrained(self, target: nn.Module, init: PretrainedInit, where: str) -> None:
-        key = ("ckpt", init.checkpoint, init.prefix, str(init.map_location))
+        key = ("ckpt", init.checkpoint, init.prefix, str(init.map_location),
+               getattr(init, "allow_pickle", False))
         if key not in self.cache:
             self.cache[key] = load_pretrained_state(init, where)
         state = self.cache[key]

@@ -299,13 +299,16 @@ class PretrainedInit:
         checkpoint: path of the checkpoint (``~`` expanded; ``file://`` accepted).
         prefix: load only the keys under this prefix (``'backbone.'``), stripped.
         map_location: where tensors are read to (default ``'cpu'``).
+        allow_pickle: read a ``.pth`` that needs arbitrary code to unpickle.
+            Off by default: such a file could run anything while loading.
 
     Keys the checkpoint covers are written once, from the checkpoint; keys it
     does not cover keep whatever rule (or default) owns them.
     """
 
     def __init__(self, checkpoint: str, prefix: str | None = None,
-                 map_location: str | torch.device | None = "cpu") -> None:
+                 map_location: str | torch.device | None = "cpu",
+                 allow_pickle: bool = False) -> None:
         if not isinstance(checkpoint, str) and not hasattr(checkpoint, "__fspath__"):
             raise InitTypeError(f"checkpoint must be a path, got {type(checkpoint).__name__}")
         if prefix is not None and not isinstance(prefix, str):
@@ -313,6 +316,9 @@ class PretrainedInit:
         self.checkpoint = str(checkpoint)
         self.prefix = prefix
         self.map_location = map_location
+        if not isinstance(allow_pickle, bool):
+            raise InitTypeError(f"allow_pickle must be a bool, got {type(allow_pickle).__name__}")
+        self.allow_pickle = allow_pickle
         self.wholemodule = False
 
     plannable = True

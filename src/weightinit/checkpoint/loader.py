@@ -66,7 +66,8 @@ def read_checkpoint(source: str, map_location: Any = "cpu", *, allow_pickle: boo
         raise UnsafeCheckpointError(
             f"{prefix}{source} is a pickle that needs arbitrary code to load;{what} refused "
             "because loading it could run that code. Fix: convert it to .safetensors, or if "
-            "you trust the file pass allow_pickle=True.") from err
+            "you trust the file, opt in with allow_pickle=True (e.g. dict(type='Pretrained', "
+            "checkpoint=..., allow_pickle=True)).") from err
     except (EOFError, zipfile.BadZipFile, RuntimeError, OSError, ValueError) as err:
         raise CheckpointError(f"{prefix}{source} is not a readable PyTorch checkpoint "
                               f"(truncated or corrupt?): {err}") from err
@@ -74,7 +75,8 @@ def read_checkpoint(source: str, map_location: Any = "cpu", *, allow_pickle: boo
 
 def load_pretrained_state(init: Any, where: str = "") -> dict[str, Any]:
     """The ``{key: tensor}`` a ``Pretrained`` rule loads, after MMEngine's key handling."""
-    ckpt = read_checkpoint(init.checkpoint, init.map_location, where=where)
+    ckpt = read_checkpoint(init.checkpoint, init.map_location,
+                           allow_pickle=getattr(init, "allow_pickle", False), where=where)
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{where}: no state_dict found in checkpoint file "
                               f"{init.checkpoint} (it holds a {type(ckpt).__name__}). Fix: save "

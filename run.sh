@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Set up a virtual environment in .venv (if needed) and run a job in it.
+#   bash run.sh example   initialize the bundled ResNet-50 and print its init record
+#   bash run.sh test      lint and run the whole test suite
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=.venv
+PY="$VENV/bin/python"
+
+setup() {
+    if [ ! -x "$PY" ]; then
+        python3 -m venv "$VENV"
+    fi
+    local stamp="$VENV/.installed"
+    if [ ! -f "$stamp" ] || [ requirements-dev.txt -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+        "$PY" -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+        "$PY" -m pip install --quiet --disable-pip-version-check --no-deps -e .
+        touch "$stamp"
+    fi
+}
+
+case "${1:-}" in
+    example)
+        setup
+        shift
+        "$PY" examples/resnet50.py "$@"
+        ;;
+    test)
+        setup
+        shift
+        "$PY" -m ruff check src tests benchmarks examples
+        "$PY" -m pytest "$@"
+        ;;
+    *)
+        echo "usage: bash run.sh {example|test} [args...]" >&2
+        exit 2
+        ;;
+esac
