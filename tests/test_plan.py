@@ -94,6 +94,16 @@ def test_plan_marks_user_code():
             super().__init__(C(1, layer="Linear"))
             self.user = User()
 
+    class Twice(wi.BaseModule):
+        def __init__(self):
+            super().__init__([C(1, layer="Linear"), C(2, layer="Linear")])
+            self.user = User()
+            self.other = nn.Linear(2, 2)
+
+    p = wi.plan(Twice())
+    # The user call must see the rules' values: its two tensors are flushed before it,
+    # and the second rule replaces the first without a write.
+    assert (p.planned_writes, p.naive_writes) == (4, 8)
     p = wi.plan(Top())
     assert p["user.fc.weight"].owner_info == (
         "user-defined init_weights in User (runs user code; before it: ConstantInit: val=1, "

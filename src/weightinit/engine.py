@@ -26,7 +26,7 @@ from torch import Tensor
 
 from .config import Rule, module_label, parse_init_cfg
 from .errors import InitRecordError, InitTypeError
-from .plan import Call, Planner, Write, Writer
+from .plan import Call, Planner, Write, Writer, schedule
 from .record import InitRecord, ParamRecord
 
 logger = logging.getLogger("weightinit")
@@ -105,17 +105,11 @@ class Session:
 
     # -- execution -------------------------------------------------------------
     def execute(self, events: list[Write | Call]) -> None:
-        pending: dict[int, tuple[Tensor, Writer]] = {}
-        for ev in events:
-            if isinstance(ev, Write):
-                key = id(ev.tensor)
-                pending.pop(key, None)
-                pending[key] = (ev.tensor, ev.writer)
-                continue
-            inside = [id(t) for t in _subtree_tensors(ev.module)]
-            self.flush([pending.pop(k) for k in inside if k in pending])
-            self.run_call(ev)
-        self.flush(list(pending.values()))
+        for step in schedule(events):
+            if isinstance(step, Call):
+                self.run_call(step)
+            else:
+                self.flush(step)
 
     def flush(self, items: list[tuple[Tensor, Writer]]) -> None:
         if not items:
@@ -177,10 +171,6 @@ class Session:
                 device=str(p.device), kind=e.kind, info=e.info, declared_in=e.declared_in,
                 rule=e.init)
         return InitRecord(root_name, params)
-
-
-def _subtree_tensors(module: nn.Module) -> list[Tensor]:
-    return list(module.parameters()) + list(module.buffers())
 
 
 def _enter(module: nn.Module) -> tuple[Session, bool]:

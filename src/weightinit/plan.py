@@ -335,6 +335,38 @@ class Planner:
                            "; ".join(parts))
 
 
+Step = list[tuple[Tensor, Writer]] | Call
+
+
+def subtree_tensors(module: nn.Module) -> list[Tensor]:
+    """Parameters and buffers a user call on ``module`` can see."""
+    return list(module.parameters()) + list(module.buffers())
+
+
+def schedule(events: list[Write | Call]) -> list[Step]:
+    """Keep only the last write of each tensor between the user calls that can see it.
+
+    Returns batches of writes (each tensor at most once per batch) and calls,
+    in execution order: before a call, the pending writes inside its subtree
+    are flushed so the user code sees them; everything else waits to the end.
+    """
+    pending: dict[int, tuple[Tensor, Writer]] = {}
+    steps: list[Step] = []
+    for ev in events:
+        if isinstance(ev, Write):
+            key = id(ev.tensor)
+            pending.pop(key, None)
+            pending[key] = (ev.tensor, ev.writer)
+            continue
+        batch = [pending.pop(id(t)) for t in subtree_tensors(ev.module) if id(t) in pending]
+        if batch:
+            steps.append(batch)
+        steps.append(ev)
+    if pending:
+        steps.append(list(pending.values()))
+    return steps
+
+
 # ------------------------------------------------------------------ public plan
 
 
@@ -401,8 +433,7 @@ class Plan:
     @property
     def planned_writes(self) -> int:
         """Tensor writes the engine will make (each tensor once between user calls)."""
-        return sum(1 for e in list(self.entries.values()) + list(self.buffers.values())
-                   if e.writers and isinstance(e.writers[-1], Writer))
+        return sum(len(step) for step in schedule(self.events) if isinstance(step, list))
 
     def to_dict(self) -> dict[str, Any]:
         return {"root": self.root, "parameters": [
@@ -425,7 +456,7 @@ def build_plan(root: nn.Module, events: list[Write | Call]) -> Plan:
         if isinstance(ev, Write):
             writers.setdefault(id(ev.tensor), []).append(ev.writer)
         else:
-            for t in list(ev.module.parameters()) + list(ev.module.buffers()):
+            for t in subtree_tensors(ev.module):
                 writers.setdefault(id(t), []).append(ev)
 
     def entry(name: str, t: Tensor) -> PlanEntry:
