@@ -120,3 +120,30 @@ def test_initialize_bad_entry_after_good_ones_writes_nothing():
     with pytest.raises(wi.ShapeError, match=r"cannot initialize 2 \(LayerNorm\).weight"):
         wi.initialize(net, cfg)
     assert_untouched(net, before)
+
+
+class PlainUser(nn.Module):
+    """A plain module whose own init_weights reaches a BaseModule below it."""
+
+    def __init__(self, inner_cfg):
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+        self.inner = Block(inner_cfg)
+
+    def init_weights(self):
+        nn.init.constant_(self.fc.weight, 5)
+        self.inner.init_weights()
+
+
+@pytest.mark.parametrize("where", ["under_user_code", "under_plain_container"])
+def test_bad_config_anywhere_in_the_tree_fails_before_writes(where):
+    bad = dict(type="Constnt", layer="Linear")
+    net = Net()
+    if where == "under_user_code":
+        net.extra = PlainUser(bad)
+    else:
+        net.extra = nn.Sequential(Block(bad))
+    before = snapshot(net)
+    with pytest.raises(wi.UnknownTypeError, match="Did you mean 'Constant'"):
+        net.init_weights()
+    assert_untouched(net, before)

@@ -198,6 +198,8 @@ def run_init_weights(module: nn.Module) -> None:
         else:
             planner = Planner(session.root, session.cache)
             planner.plan_init_weights(module)
+            if outermost:
+                planner.validate_tree(module)
             if module.init_cfg:
                 logger.debug("initialize %s with init_cfg %s", type(module).__name__,
                              module.init_cfg)

@@ -186,21 +186,26 @@ class Planner:
                 self.plan_init_weights(target)
             else:
                 self.events.append(Call(target, self.path(target)))
-                self._validate_opaque(target)
         for rule in rules:
             if rule.pretrained:
                 self.apply_rule(module, rule)
 
-    def _validate_opaque(self, module: nn.Module) -> None:
-        # A user-defined init_weights usually calls super().init_weights(); check
-        # the configs it would apply now, so a mistake there fails before any write.
+    def validate_tree(self, module: nn.Module) -> None:
+        """Check the init_cfg of every BaseModule under ``module`` that planning did not reach.
+
+        Those are modules under user code (which may call their init_weights)
+        or under plain containers. Checking them now means a bad config
+        anywhere in the tree fails before any write.
+        """
         from .module import BaseModule
 
-        if isinstance(module, BaseModule):
-            sub = Planner(self.root, self.cache, validate_only=True)
-            sub._paths = self._paths
-            sub.visited = list(self.visited)
-            sub.plan_init_weights(module)
+        planned = {id(m) for m in self.visited}
+        checker = Planner(self.root, self.cache, validate_only=True)
+        checker._paths = self._paths
+        for m in module.modules():
+            if isinstance(m, BaseModule) and m.init_cfg and not m.is_init and id(m) not in planned:
+                for rule in checker.rules_of(m):
+                    checker.apply_rule(m, rule)
 
     def _warn_unreached(self, container: nn.Module) -> None:
         from .module import BaseModule
