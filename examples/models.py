@@ -7,6 +7,9 @@
 * :func:`transformer` — a pre-norm transformer stack (48 blocks of dim 512 by
   default) whose blocks override their residual projections with a
   depth-scaled normal (GPT-2 style).
+* :func:`llama` — a Llama-style decoder (RMSNorm, rotary attention with
+  grouped KV heads, SwiGLU MLP): Normal(0.02) linears and embeddings,
+  depth-scaled output projections; sizes from 1B to 70B configurations.
 
 Each builder takes an optional ``kit`` — the ``BaseModule``/``Sequential``/
 ``ModuleList`` classes to build on — so the same models can be built on
@@ -202,6 +205,81 @@ def _classes(base: type, sequential: type, module_list: type) -> SimpleNamespace
                 x = block(x)
             return self.norm(x)
 
+    class RMSNorm(nn.Module):
+        def __init__(self, dim: int, eps: float = 1e-6) -> None:
+            super().__init__()
+            self.eps = eps
+            self.weight = nn.Parameter(torch.ones(dim))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x32 = x.float()
+            return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) \
+                * self.weight
+
+    class Rotary(nn.Module):
+        def __init__(self, head_dim: int, base: float = 10000.0) -> None:
+            super().__init__()
+            inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+            self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            n = x.shape[-2]
+            angles = torch.outer(torch.arange(n, device=x.device, dtype=torch.float32),
+                                 self.inv_freq)
+            cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+            x1, x2 = x[..., 0::2], x[..., 1::2]
+            return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).flatten(-2)
+
+    class DecoderLayer(base):
+        def __init__(self, dim: int, heads: int, kv_heads: int, hidden: int,
+                     depth: int) -> None:
+            super().__init__(init_cfg=dict(type="Normal", std=0.02 / math.sqrt(2 * depth),
+                                           override=[dict(name="o_proj"), dict(name="down_proj")]))
+            self.heads, self.kv_heads, self.head_dim = heads, kv_heads, dim // heads
+            self.input_norm = RMSNorm(dim)
+            self.q_proj = nn.Linear(dim, heads * self.head_dim, bias=False)
+            self.k_proj = nn.Linear(dim, kv_heads * self.head_dim, bias=False)
+            self.v_proj = nn.Linear(dim, kv_heads * self.head_dim, bias=False)
+            self.o_proj = nn.Linear(heads * self.head_dim, dim, bias=False)
+            self.rotary = Rotary(self.head_dim)
+            self.post_norm = RMSNorm(dim)
+            self.gate_proj = nn.Linear(dim, hidden, bias=False)
+            self.up_proj = nn.Linear(dim, hidden, bias=False)
+            self.down_proj = nn.Linear(hidden, dim, bias=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            b, n, _ = x.shape
+            h = self.input_norm(x)
+            q = self.q_proj(h).view(b, n, self.heads, self.head_dim).transpose(1, 2)
+            k = self.k_proj(h).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = self.v_proj(h).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
+            q, k = self.rotary(q), self.rotary(k)
+            rep = self.heads // self.kv_heads
+            k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + self.o_proj(a.transpose(1, 2).reshape(b, n, -1))
+            h = self.post_norm(x)
+            return x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
+
+    class LlamaDecoder(base):
+        def __init__(self, vocab: int, dim: int, layers: int, heads: int, kv_heads: int,
+                     hidden: int, tie_embeddings: bool = False) -> None:
+            super().__init__(init_cfg=dict(type="Normal", std=0.02,
+                                           layer=["Linear", "Embedding"]))
+            self.embed = nn.Embedding(vocab, dim)
+            self.layers = module_list([DecoderLayer(dim, heads, kv_heads, hidden, layers)
+                                       for _ in range(layers)])
+            self.norm = RMSNorm(dim)
+            self.lm_head = nn.Linear(dim, vocab, bias=False)
+            if tie_embeddings:
+                self.lm_head.weight = self.embed.weight
+
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+            x = self.embed(tokens)
+            for layer in self.layers:
+                x = layer(x)
+            return self.lm_head(self.norm(x))
+
     return SimpleNamespace(**{k: v for k, v in locals().items() if isinstance(v, type)})
 
 
@@ -225,3 +303,19 @@ def vit_b16(kit: Any = None, num_classes: int = 1000, depth: int = 12) -> nn.Mod
 def transformer(kit: Any = None, depth: int = 48, dim: int = 512) -> nn.Module:
     """A pre-norm transformer stack (48 blocks of dim 512: 151 M parameters)."""
     return _kit_classes(kit).Transformer(depth=depth, dim=dim, heads=max(1, dim // 64))
+
+
+#: Llama-style configurations: (vocab, dim, layers, heads, kv_heads, MLP hidden).
+LLAMA_SIZES = {
+    "tiny": (1000, 64, 2, 4, 2, 176),
+    "1b": (32000, 2048, 24, 16, 8, 8192),
+    "7b": (32000, 4096, 32, 32, 32, 11008),
+    "70b": (32000, 8192, 80, 64, 8, 28672),
+}
+
+
+def llama(kit: Any = None, size: str = "1b", tie_embeddings: bool = False) -> nn.Module:
+    """A Llama-style decoder; ``size`` is a key of :data:`LLAMA_SIZES` (1b: 1.2 B parameters)."""
+    vocab, dim, layers, heads, kv_heads, hidden = LLAMA_SIZES[size]
+    return _kit_classes(kit).LlamaDecoder(vocab, dim, layers, heads, kv_heads, hidden,
+                                          tie_embeddings)

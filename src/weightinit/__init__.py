@@ -7,6 +7,7 @@ any tensor is written.
 
 import logging
 
+from .deferred import deferred
 from .engine import get_init_record, initialize, update_init_info
 from .errors import (
     CheckpointError,
@@ -37,6 +38,7 @@ from .functional import (
     uniform_init,
     xavier_init,
 )
+from .materialize import UndefinedParameterError
 from .module import BaseModule, ModuleDict, ModuleList, Sequential
 from .plan import Plan, PlanEntry, plan
 from .record import InitRecord, ParamRecord
@@ -71,9 +73,9 @@ __all__ = [
     "InitTypeError", "InitValueError", "KaimingInit", "MODELS", "MODEL_WRAPPERS", "ModuleDict",
     "ModuleList", "NormalInit", "OverrideError", "OverrideTargetError", "ParamRecord", "Plan",
     "PlanEntry", "PretrainedInit", "Registry", "Sequential", "ShapeError", "TruncNormalInit",
-    "UniformInit", "UnknownTypeError", "UnsafeCheckpointError", "WEIGHT_INITIALIZERS",
+    "UndefinedParameterError", "UniformInit", "UnknownTypeError", "UnsafeCheckpointError", "WEIGHT_INITIALIZERS",
     "XavierInit", "bias_init_with_prob", "build_from_cfg", "caffe2_xavier_init",
-    "constant_init", "get_init_record", "initialize", "is_model_wrapper", "kaiming_init",
+    "constant_init", "deferred", "get_init_record", "initialize", "is_model_wrapper", "kaiming_init",
     "normal_init", "plan", "trunc_normal_", "trunc_normal_init", "uniform_init",
     "update_init_info", "xavier_init",
 ]

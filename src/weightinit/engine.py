@@ -24,8 +24,9 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from . import materialize
 from .config import Rule, module_label, parse_init_cfg
-from .errors import InitRecordError, InitTypeError
+from .errors import InitRecordError, InitRuntimeError, InitTypeError
 from .plan import Call, Planner, Write, Writer, schedule
 from .record import InitRecord, ParamRecord
 
@@ -97,6 +98,32 @@ class Session:
         self.entries: dict[int, tuple[Tensor, _Entry]] = {}
         self.snapshots: list[dict[int, _State]] = []
         self._members: set[int] | None = None
+        self._replaced: list[Tensor] = []
+        self.left_to_user: list[str] = []
+
+    def prepare(self, events: list[Write | Call], device: Any, dtype: Any) -> list[Write | Call]:
+        """Materialize meta tensors (or move real ones) before executing ``events``.
+
+        Checks first that every tensor will get a defined value, then
+        allocates each once and returns the events re-pointed at the new
+        tensors, with the PyTorch-default writes in front.
+        """
+        root = self.root
+        if device is None and dtype is None and not materialize.needs_materialization(root):
+            return events
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise InitTypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+        mapping: dict[int, Tensor] = {}
+        defaults, undefined = materialize.default_events(root, mapping)
+        events = defaults + events
+        self.left_to_user = materialize.check_defined(root, undefined, events)
+        try:
+            self._replaced = materialize.allocate(root, mapping, device, dtype)
+        except (RuntimeError, TypeError) as err:
+            raise InitRuntimeError(f"cannot allocate {type(root).__name__} on device={device!r} "
+                                   f"dtype={dtype!r}: {err}") from err
+        self._members = None
+        return materialize.remap(events, mapping)
 
     def contains(self, module: nn.Module) -> bool:
         if self._members is None:
@@ -114,10 +141,14 @@ class Session:
     def flush(self, items: list[tuple[Tensor, Writer]]) -> None:
         if not items:
             return
+        done_groups: set[int] = set()
         with torch.no_grad():
             for tensor, writer in items:
-                if tensor.device.type != "meta":
+                group = getattr(writer, "group", None)
+                if tensor.device.type != "meta" and (group is None or group not in done_groups):
                     writer.write(tensor)
+                    if group is not None:
+                        done_groups.add(group)
                 self.entries[id(tensor)] = (tensor, _Entry(writer.kind, writer.info,
                                                            writer.declared_in, writer.init))
                 self._refresh(tensor)
@@ -128,6 +159,19 @@ class Session:
             if id(tensor) in snap:
                 state = state or _State.of(tensor)
                 snap[id(tensor)] = state
+
+    def check_user_defined(self) -> None:
+        """Tensors without a default that user code was trusted to write must have been."""
+        if not self.left_to_user:
+            return
+        tensors = dict(self.root.named_parameters())
+        tensors.update(self.root.named_buffers())
+        missed = [n for n in self.left_to_user if id(tensors.get(n)) not in self.entries]
+        if missed:
+            raise materialize.UndefinedParameterError(
+                f"{type(self.root).__name__}: {', '.join(missed)} have no defined value: they "
+                "have no default, no rule covers them, and the user-defined init_weights over "
+                "them did not write them. Fix: write them in that init_weights or add a rule.")
 
     def run_call(self, call: Call) -> None:
         module = call.module
@@ -187,9 +231,12 @@ def _finish(session: Session, module: nn.Module) -> InitRecord:
     return record
 
 
-def run_init_weights(module: nn.Module) -> None:
+def run_init_weights(module: nn.Module, device: Any = None, dtype: Any = None) -> None:
     """``BaseModule.init_weights``: plan the subtree, validate it all, then execute."""
     session, outermost = _enter(module)
+    if not outermost and (device is not None or dtype is not None):
+        raise InitTypeError(f"{type(module).__name__}.init_weights: device/dtype can only be "
+                            "given to the outermost init_weights() call")
     token = _ACTIVE.set(session)
     try:
         if module.is_init:
@@ -198,38 +245,53 @@ def run_init_weights(module: nn.Module) -> None:
         else:
             planner = Planner(session.root, session.cache)
             planner.plan_init_weights(module)
+            events = planner.events
             if outermost:
                 planner.validate_tree(module)
+                events = session.prepare(events, device, dtype)
             if module.init_cfg:
                 logger.debug("initialize %s with init_cfg %s", type(module).__name__,
                              module.init_cfg)
-            session.execute(planner.events)
+            session.execute(events)
             for m in planner.visited:
                 m._is_init = True
+            if outermost:
+                session.check_user_defined()
         if outermost:
             _finish(session, module)
     finally:
         _ACTIVE.reset(token)
 
 
-def _run_rules(module: nn.Module, rules: tuple[Rule, ...]) -> InitRecord | None:
+def _run_rules(module: nn.Module, rules: tuple[Rule, ...], device: Any = None,
+               dtype: Any = None) -> InitRecord | None:
     session, outermost = _enter(module)
+    if not outermost and (device is not None or dtype is not None):
+        raise InitTypeError("initialize: device/dtype can only be given outside init_weights")
     token = _ACTIVE.set(session)
     try:
         planner = Planner(session.root, session.cache)
         planner.plan_rules(module, rules)
-        session.execute(planner.events)
+        events = planner.events
+        if outermost:
+            events = session.prepare(events, device, dtype)
+        session.execute(events)
         return _finish(session, module) if outermost else None
     finally:
         _ACTIVE.reset(token)
 
 
-def initialize(module: nn.Module, init_cfg: dict | list[dict]) -> InitRecord | None:
+def initialize(module: nn.Module, init_cfg: dict | list[dict], *, device: Any = None,
+               dtype: Any = None) -> InitRecord | None:
     """Apply ``init_cfg`` rules to any ``nn.Module`` (timm, torchvision, Hugging Face ...).
 
     Rules apply in list order, each rule's overrides right after its own
     layer pass; the last writer wins and each tensor is written once. The
     whole config is validated before anything is written.
+
+    A model built under :func:`weightinit.deferred` (or on ``meta``) is
+    materialized on ``device`` (default CPU) in ``dtype`` (default: as
+    declared), each tensor written once.
 
     Returns the init record (``None`` when called from inside another
     module's ``init_weights``, whose record it joins).
@@ -249,7 +311,7 @@ def initialize(module: nn.Module, init_cfg: dict | list[dict]) -> InitRecord | N
     path = ""
     if session is not None and session.contains(module):
         path = next((n for n, m in session.root.named_modules() if m is module), "")
-    return _run_rules(module, parse_init_cfg(init_cfg, path, type(module).__name__))
+    return _run_rules(module, parse_init_cfg(init_cfg, path, type(module).__name__), device, dtype)
 
 
 def apply_initializer(module: nn.Module, init: Any) -> InitRecord | None:

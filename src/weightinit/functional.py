@@ -150,7 +150,12 @@ def trunc_normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0, a: float 
     if mean < a - 2 * std or mean > b + 2 * std:
         warnings.warn("mean is more than 2 std from [a, b] in trunc_normal_. "
                       "The distribution of values may be incorrect.", stacklevel=2)
-    if tensor.numel() == 0 or tensor.device.type == "meta":
+    if tensor.device.type == "meta":
+        from .deferred import note_call
+
+        note_call(trunc_normal_, tensor, mean, std, a, b)
+        return tensor
+    if tensor.numel() == 0:
         return tensor
     with torch.no_grad():
         mass = _norm_cdf((b - mean) / std) - _norm_cdf((a - mean) / std)

@@ -59,11 +59,16 @@ class BaseModule(nn.Module, metaclass=ABCMeta):
     def is_init(self, value: bool) -> None:
         self._is_init = value
 
-    def init_weights(self) -> None:
-        """Initialize the subtree by its ``init_cfg`` rules (see the module docstring)."""
+    def init_weights(self, device: Any = None, dtype: Any = None) -> None:
+        """Initialize the subtree by its ``init_cfg`` rules (see the module docstring).
+
+        For a model built under :func:`weightinit.deferred`, ``device``
+        (default CPU) and ``dtype`` (default: as declared) say where to
+        materialize it; each tensor is then allocated and written once.
+        """
         from .engine import run_init_weights
 
-        run_init_weights(self)
+        run_init_weights(self, device, dtype)
 
     @property
     def init_record(self) -> InitRecord | None:

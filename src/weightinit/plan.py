@@ -393,6 +393,8 @@ class PlanEntry:
         owner = self.owner
         if owner is None:
             return "not changed (keeps its value from construction)"
+        if getattr(owner, "kind", None) == "unchanged":
+            return owner.declared_in
         if isinstance(owner, Call):
             before = [w for w in self.writers[:-1] if isinstance(w, Writer)]
             prior = f"; before it: {before[-1].info}" if before else ""
@@ -416,6 +418,8 @@ class Plan:
     entries: dict[str, PlanEntry]
     buffers: dict[str, PlanEntry] = field(default_factory=dict)
     events: list[Write | Call] = field(default_factory=list, repr=False)
+    #: meta tensors with no default value, and why (materializing raises unless covered)
+    undefined: list[tuple[str, str]] = field(default_factory=list)
 
     def __getitem__(self, name: str) -> PlanEntry:
         return self.entries[name]
@@ -454,7 +458,8 @@ class Plan:
         return "\n".join(lines)
 
 
-def build_plan(root: nn.Module, events: list[Write | Call]) -> Plan:
+def build_plan(root: nn.Module, events: list[Write | Call],
+               undefined: list[tuple[str, str]] | None = None) -> Plan:
     """Fold events into per-tensor writer lists (a Call reaches its whole subtree)."""
     writers: dict[int, list[Writer | Call]] = {}
     for ev in events:
@@ -470,7 +475,7 @@ def build_plan(root: nn.Module, events: list[Write | Call]) -> Plan:
 
     params = {n: entry(n, p) for n, p in root.named_parameters()}
     buffers = {n: entry(n, b) for n, b in root.named_buffers() if id(b) in writers}
-    return Plan(type(root).__name__, params, buffers, list(events))
+    return Plan(type(root).__name__, params, buffers, list(events), list(undefined or []))
 
 
 def plan(model: nn.Module, init_cfg: Any = None) -> Plan:
@@ -504,4 +509,15 @@ def plan(model: nn.Module, init_cfg: Any = None) -> Plan:
             raise InitTypeError(f"init_cfg must be a dict or a list of dict, but got "
                                 f"{type(init_cfg).__name__}")
         planner.plan_rules(model, parse_init_cfg(init_cfg, "", type(model).__name__))
-    return build_plan(model, planner.events)
+    from .materialize import default_events, needs_materialization
+
+    events: list[Write | Call] = list(planner.events)
+    undefined: list[tuple[str, str]] = []
+    if needs_materialization(model):
+        defaults, undefined = default_events(model, {})
+        events = list(defaults) + events
+        covered = {id(ev.tensor) for ev in planner.events if isinstance(ev, Write)}
+        tensors = dict(model.named_parameters())
+        tensors.update(model.named_buffers())
+        undefined = [(n, why) for n, why in undefined if id(tensors.get(n)) not in covered]
+    return build_plan(model, events, undefined)

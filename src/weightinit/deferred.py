@@ -1,0 +1,221 @@
+"""Deferred construction: build a model without storage, materialize it once, later.
+
+Inside ``with deferred():``
+
+* ``torch.empty``-family calls return ``meta`` tensors (no storage), so
+  parameters declared the usual way (``Parameter(torch.empty(...))``) cost
+  nothing;
+* in-place writes to those tensors — the constructors' default init
+  (``kaiming_uniform_``, ``normal_``, ``fill_``, ``.data.zero_()``, ...) —
+  are not run but *recorded*, so they can be replayed later, exactly, for the
+  parameters no rule covers;
+* parameters built from computed values (``Parameter(torch.zeros(d))``)
+  keep that value to copy in later, and every other tensor (buffers such as
+  BatchNorm statistics or rotary frequencies) is computed for real as usual.
+
+``init_weights(device=..., dtype=...)`` / ``initialize(..., device=...)``
+then plan the rules, check that every parameter will have a defined value,
+allocate each tensor once on the target device and write it once: by its
+final rule, else by its replayed constructor init.
+
+Example::
+
+    >>> with weightinit.deferred():
+    ...     model = Net()                  # no parameter storage, no default init
+    >>> model.init_weights(device="cuda")  # allocate on the GPU, write each tensor once
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+from torch.overrides import TorchFunctionMode
+
+_EMPTY_FACTORIES = {torch.empty, torch.empty_like, torch.empty_strided, Tensor.new_empty}
+_INPLACE_DUNDERS = {"__setitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__",
+                    "__idiv__", "__ifloordiv__", "__ipow__"}
+_ALIAS_ATTRS = {"data"}
+_ALIAS_FUNCS = {"detach", "detach_", "requires_grad_"}
+_LOCK = threading.Lock()
+
+
+@dataclass
+class Construction:
+    """How the constructor left one deferred tensor, to be replayed on real storage."""
+
+    device: torch.device
+    ops: list[tuple[Callable[..., Any], tuple, dict]] = field(default_factory=list)
+    broken: str | None = None  # why the recorded init cannot be replayed
+
+    @property
+    def defined(self) -> bool:
+        """True if replaying the ops gives the tensor a value (it is not left as ``empty``)."""
+        return self.broken is None and bool(self.ops)
+
+    def describe(self) -> str:
+        names = []
+        for fn, _, _ in self.ops:
+            name = "value" if fn is Tensor.copy_ else getattr(fn, "__name__", "op")
+            if name not in names:
+                names.append(name)
+        return ", ".join(names) if names else "nothing"
+
+
+def construction_of(t: Tensor) -> Construction | None:
+    """The recorded construction of a deferred tensor, or ``None`` for any other tensor."""
+    return getattr(t, "_wi_construction", None)
+
+
+def _owner(t: Any) -> Tensor | None:
+    if not isinstance(t, Tensor):
+        return None
+    if construction_of(t) is not None:
+        return t
+    return getattr(t, "_wi_alias_of", None)
+
+
+def _mark(t: Tensor, construction: Construction) -> Tensor:
+    t._wi_construction = construction  # type: ignore[attr-defined]
+    return t
+
+
+def _is_inplace(func: Any) -> bool:
+    name = getattr(func, "__name__", "")
+    if name in _INPLACE_DUNDERS:
+        return True
+    return name.endswith("_") and not name.startswith("_") and name not in _ALIAS_FUNCS
+
+
+def _record(target: Tensor, func: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+    construction = construction_of(target)
+    if construction is None:
+        return
+    for a in list(args[1:]) + list(kwargs.values()):
+        if isinstance(a, Tensor) and a.device.type == "meta" and _owner(a) is None:
+            construction.broken = (f"its constructor writes it with {func.__name__} from a value "
+                                   "computed on the meta device")
+            return
+    construction.ops.append((func, args[1:], dict(kwargs)))
+
+
+class _DeferredMode(TorchFunctionMode):
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None):
+        kwargs = kwargs or {}
+        if func in _EMPTY_FACTORIES:
+            out_kwargs = dict(kwargs)
+            device = out_kwargs.pop("device", None)
+            if device is None:
+                src = args[0] if func in (torch.empty_like, Tensor.new_empty) else None
+                device = src.device if isinstance(src, Tensor) and src.device.type != "meta" \
+                    else torch.get_default_device() if hasattr(torch, "get_default_device") \
+                    else torch.device("cpu")
+            out = func(*args, device="meta", **out_kwargs)
+            return _mark(out, Construction(torch.device(device)))
+        target = _owner(args[0]) if args else None
+        if target is not None:
+            module = getattr(func, "__module__", "") or ""
+            if module == "torch.nn.init" or _is_inplace(func):
+                _record(target, func, args, kwargs)
+                return args[0]
+            name = getattr(func, "__name__", "")
+            attr = getattr(getattr(func, "__self__", None), "__name__", None)
+            if (name == "__get__" and attr in _ALIAS_ATTRS) or name in _ALIAS_FUNCS:
+                out = func(*args, **kwargs)
+                if isinstance(out, Tensor) and out is not target:
+                    out._wi_alias_of = target  # type: ignore[attr-defined]
+                return out
+        return func(*args, **kwargs)
+
+
+_INIT_FUNCS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_",
+               "dirac_", "xavier_uniform_", "xavier_normal_", "kaiming_uniform_",
+               "kaiming_normal_", "orthogonal_", "sparse_")
+
+
+def _recording(fn: Callable[..., Any]) -> Callable[..., Any]:
+    # Some torch.nn.init functions (trunc_normal_) do not dispatch through
+    # __torch_function__; wrap them so a call on a deferred tensor is recorded.
+    @functools.wraps(fn)
+    def wrapper(tensor: Any, *args: Any, **kwargs: Any) -> Any:
+        target = _owner(tensor)
+        if target is None:
+            return fn(tensor, *args, **kwargs)
+        _record(target, fn, (tensor, *args), kwargs)
+        return tensor
+
+    return wrapper
+
+
+def _deferred_parameter_new(original: Callable[..., Any]) -> Callable[..., Any]:
+    def new(cls: type, data: Tensor | None = None, requires_grad: bool = True) -> Tensor:
+        if data is None or not isinstance(data, Tensor) or type(data) not in (Tensor, nn.Parameter):
+            return original(cls, data, requires_grad)
+        construction = construction_of(data)
+        if construction is None:
+            alias = getattr(data, "_wi_alias_of", None)
+            construction = construction_of(alias) if alias is not None else None
+        if construction is None and data.device.type == "meta":
+            return original(cls, data, requires_grad)  # a plain meta tensor: nothing known
+        if construction is None:
+            # Built from a computed value: keep it, to copy in if no rule covers it.
+            value = data.detach()
+            construction = Construction(value.device, [(Tensor.copy_, (value,), {})])
+            data = torch.empty_like(value, device="meta")
+        param = original(cls, data, requires_grad)
+        return _mark(param, construction)
+
+    return new
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Build models inside this block without parameter storage or default init.
+
+    Any ``nn.Module`` works, BaseModule-based or not. Materialize with
+    ``model.init_weights(device=..., dtype=...)`` or
+    ``weightinit.initialize(model, init_cfg, device=..., dtype=...)``.
+    """
+    with _LOCK:
+        saved_new = nn.Parameter.__dict__["__new__"]
+        saved_init = {name: getattr(nn.init, name) for name in _INIT_FUNCS
+                      if hasattr(nn.init, name)}
+        nn.Parameter.__new__ = _deferred_parameter_new(  # type: ignore[method-assign]
+            saved_new.__func__ if isinstance(saved_new, staticmethod) else saved_new)
+        for name, fn in saved_init.items():
+            setattr(nn.init, name, _recording(fn))
+        try:
+            with _DeferredMode():
+                yield
+        finally:
+            nn.Parameter.__new__ = saved_new  # type: ignore[method-assign]
+            for name, fn in saved_init.items():
+                setattr(nn.init, name, fn)
+
+
+def note_call(func: Callable[..., Any], tensor: Tensor, *args: Any, **kwargs: Any) -> bool:
+    """Record ``func(tensor, ...)`` if ``tensor`` is deferred; True if it was recorded."""
+    target = _owner(tensor)
+    if target is None:
+        return False
+    _record(target, func, (tensor, *args), kwargs)
+    return True
+
+
+def replay(construction: Construction, tensor: Tensor, mapping: dict[int, Tensor]) -> None:
+    """Run the recorded constructor writes on real storage, in their original order."""
+    def real(a: Any) -> Any:
+        if isinstance(a, Tensor) and a.device.type == "meta":
+            return mapping[id(_owner(a))]
+        return a
+
+    with torch.no_grad():
+        for fn, args, kwargs in construction.ops:
+            fn(tensor, *[real(a) for a in args], **{k: real(v) for k, v in kwargs.items()})

@@ -1,0 +1,194 @@
+"""Turn a model whose tensors live on ``meta`` into real tensors, each allocated once.
+
+Three steps, the first two before any allocation:
+
+1. :func:`default_events` — for every meta parameter and buffer, the write
+   that gives it its PyTorch default: the replayed constructor init of a
+   :func:`~weightinit.deferred` model, else the module's
+   ``reset_parameters()``. These come first in the event list, so the
+   scheduler drops them wherever a rule writes the tensor later.
+2. :func:`check_defined` — a tensor with no default, no rule and no user
+   code over it would be left as uninitialized memory: that is an error
+   naming it and the fix.
+3. :func:`allocate` — empty storage on the target device and dtype,
+   swapped into every module slot that held the meta tensor (ties stay
+   tied); real tensors are moved there.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from .deferred import Construction, construction_of, replay
+from .errors import InitRuntimeError
+from .plan import Call, Write, subtree_tensors
+
+logger = logging.getLogger("weightinit")
+
+
+class UndefinedParameterError(InitRuntimeError):
+    """A deferred parameter would be left without a defined value."""
+
+
+def _reset_method(module: nn.Module) -> Any:
+    for name in ("reset_parameters", "_reset_parameters"):
+        fn = getattr(module, name, None)
+        if callable(fn):
+            return fn
+    return None
+
+
+@dataclass(frozen=True)
+class DefaultWriter:
+    """Writes a tensor's PyTorch default: its replayed constructor init or ``reset_parameters``."""
+
+    module: nn.Module
+    root_name: str
+    construction: Construction | None
+    mapping: dict[int, Tensor]
+
+    kind = "unchanged"
+    init = None
+    where = ""
+
+    @property
+    def group(self) -> int | None:
+        # One reset_parameters() call covers all of a module's direct tensors.
+        return None if self.construction is not None else id(self.module)
+
+    @property
+    def info(self) -> str:
+        return f"not changed by init_weights of {self.root_name}"
+
+    @property
+    def declared_in(self) -> str:
+        if self.construction is not None:
+            return f"PyTorch default (constructor: {self.construction.describe()})"
+        return f"PyTorch default (reset_parameters of {type(self.module).__name__})"
+
+    def write(self, tensor: Tensor) -> None:
+        if self.construction is not None:
+            replay(self.construction, tensor, self.mapping)
+        else:
+            _reset_method(self.module)()
+
+
+def _slots(root: nn.Module) -> list[tuple[str, nn.Module, str, str, Tensor]]:
+    """(full name, module, 'param'|'buffer', attr, tensor) for every slot, aliases included."""
+    out = []
+    for prefix, m in root.named_modules(remove_duplicate=False):
+        dot = f"{prefix}." if prefix else ""
+        for name, p in m._parameters.items():
+            if p is not None:
+                out.append((dot + name, m, "param", name, p))
+        for name, b in m._buffers.items():
+            if b is not None:
+                out.append((dot + name, m, "buffer", name, b))
+    return out
+
+
+def needs_materialization(root: nn.Module) -> bool:
+    return any(t.device.type == "meta" for t in list(root.parameters()) + list(root.buffers()))
+
+
+def default_events(root: nn.Module, mapping: dict[int, Tensor]
+                   ) -> tuple[list[Write], list[tuple[str, str]]]:
+    """Default writes for meta tensors, and the (name, reason) of tensors that have none."""
+    events: list[Write] = []
+    undefined: list[tuple[str, str]] = []
+    seen: set[int] = set()
+    root_name = type(root).__name__
+    for name, module, _, _, t in _slots(root):
+        if t.device.type != "meta" or id(t) in seen:
+            continue
+        seen.add(id(t))
+        construction = construction_of(t)
+        if construction is not None and construction.defined:
+            events.append(Write(t, DefaultWriter(module, root_name, construction, mapping)))
+        elif construction is None and _reset_method(module) is not None:
+            events.append(Write(t, DefaultWriter(module, root_name, None, mapping)))
+        elif construction is not None and construction.broken:
+            undefined.append((name, construction.broken))
+        elif construction is not None:
+            undefined.append((name, "its constructor creates it with torch.empty and never "
+                                    "writes it"))
+        else:
+            undefined.append((name, f"it is on the meta device and {type(module).__name__} has "
+                                    "no reset_parameters()"))
+    return events, undefined
+
+
+def check_defined(root: nn.Module, undefined: list[tuple[str, str]],
+                  events: list[Write | Call]) -> list[str]:
+    """Raise for undefined tensors no rule writes; return those left to user code."""
+    written = {id(ev.tensor) for ev in events if isinstance(ev, Write)}
+    user = {id(t) for ev in events if isinstance(ev, Call) for t in subtree_tensors(ev.module)}
+    by_name = dict((n, t) for n, _, _, _, t in _slots(root))
+    bad, left_to_user = [], []
+    for name, reason in undefined:
+        t = by_name[name]
+        if id(t) in written:
+            continue
+        if id(t) in user:
+            left_to_user.append(name)
+            continue
+        bad.append(f"{name} ({reason})")
+    if bad:
+        raise UndefinedParameterError(
+            f"{type(root).__name__}: {len(bad)} tensor(s) would be left without a defined value: "
+            f"{'; '.join(bad)}. Nothing was allocated. Fix: add an init_cfg rule that covers "
+            "them (e.g. layer=<their module class>), give the module an init_weights method, "
+            "or initialize them in the constructor.")
+    if left_to_user:
+        logger.warning("%s: %s have no default value; the user-defined init_weights over them "
+                       "must write them.", type(root).__name__, ", ".join(left_to_user))
+    return left_to_user
+
+
+def allocate(root: nn.Module, mapping: dict[int, Tensor], device: torch.device | str | None,
+             dtype: torch.dtype | None) -> list[Tensor]:
+    """Give every tensor real storage on ``device``/``dtype``; fill ``mapping`` old id -> new.
+
+    Returns the replaced tensors, which must outlive ``mapping`` (it is keyed by ``id``).
+    """
+    device = torch.device("cpu") if device is None else torch.device(device)
+    replaced: list[Tensor] = []
+    for _, module, kind, attr, t in _slots(root):
+        new = mapping.get(id(t))
+        if new is None:
+            target_dtype = dtype if dtype is not None and t.is_floating_point() else t.dtype
+            if t.device.type == "meta":
+                data = torch.empty(t.shape, dtype=target_dtype, device=device)
+            elif t.device != device or t.dtype != target_dtype:
+                data = t.detach().to(device=device, dtype=target_dtype)
+            else:
+                mapping[id(t)] = t
+                continue
+            if kind == "param":
+                new = nn.Parameter(data, requires_grad=t.requires_grad)
+            else:
+                new = data
+            mapping[id(t)] = new
+            replaced.append(t)
+        if kind == "param":
+            module._parameters[attr] = new
+        else:
+            module._buffers[attr] = new
+    return replaced
+
+
+def remap(events: list[Write | Call], mapping: dict[int, Tensor]) -> list[Write | Call]:
+    """The same events, pointing at the allocated tensors."""
+    out: list[Write | Call] = []
+    for ev in events:
+        if isinstance(ev, Write):
+            out.append(Write(mapping.get(id(ev.tensor), ev.tensor), ev.writer))
+        else:
+            out.append(ev)
+    return out
