@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -45,6 +46,9 @@ _INPLACE_DUNDERS = {"__setitem__", "__iadd__", "__isub__", "__imul__", "__itrued
 _ALIAS_ATTRS = {"data"}
 _ALIAS_FUNCS = {"detach", "detach_", "requires_grad_"}
 _LOCK = threading.Lock()
+# Orders recorded writes across tensors, so defaults replay in construction order
+# (and so draw from the random generator in the same order as eager construction).
+_SEQUENCE = itertools.count()
 
 
 @dataclass
@@ -54,6 +58,12 @@ class Construction:
     device: torch.device
     ops: list[tuple[Callable[..., Any], tuple, dict]] = field(default_factory=list)
     broken: str | None = None  # why the recorded init cannot be replayed
+    first: int = -1  # sequence number of the first recorded write
+
+    def add(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+        if not self.ops:
+            self.first = next(_SEQUENCE)
+        self.ops.append((fn, args, kwargs))
 
     @property
     def defined(self) -> bool:
@@ -103,7 +113,7 @@ def _record(target: Tensor, func: Callable[..., Any], args: tuple, kwargs: dict)
             construction.broken = (f"its constructor writes it with {func.__name__} from a value "
                                    "computed on the meta device")
             return
-    construction.ops.append((func, args[1:], dict(kwargs)))
+    construction.add(func, args[1:], dict(kwargs))
 
 
 class _DeferredMode(TorchFunctionMode):
@@ -167,7 +177,8 @@ def _deferred_parameter_new(original: Callable[..., Any]) -> Callable[..., Any]:
         if construction is None:
             # Built from a computed value: keep it, to copy in if no rule covers it.
             value = data.detach()
-            construction = Construction(value.device, [(Tensor.copy_, (value,), {})])
+            construction = Construction(value.device)
+            construction.add(Tensor.copy_, (value,), {})
             data = torch.empty_like(value, device="meta")
         param = original(cls, data, requires_grad)
         return _mark(param, construction)

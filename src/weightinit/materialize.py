@@ -121,6 +121,8 @@ def default_events(root: nn.Module, mapping: dict[int, Tensor]
         else:
             undefined.append((name, f"it is on the meta device and {type(module).__name__} has "
                                     "no reset_parameters()"))
+    # Replay in construction order: the random generator is then drawn in eager order.
+    events.sort(key=lambda ev: ev.writer.construction.first if ev.writer.construction else -1)
     return events, undefined
 
 
