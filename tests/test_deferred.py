@@ -19,7 +19,8 @@ import models  # noqa: E402
 
 def plain_stack() -> nn.Module:
     return nn.Sequential(nn.Linear(16, 32), nn.Conv2d(3, 8, 3), nn.Embedding(50, 8),
-                         nn.LayerNorm(8), nn.BatchNorm2d(8), nn.MultiheadAttention(8, 2))
+                         nn.LayerNorm(8), nn.BatchNorm2d(8), nn.MultiheadAttention(8, 2),
+                         nn.Embedding(20, 8, padding_idx=3))
 
 
 def test_construction_allocates_nothing_and_records_defaults():
@@ -58,6 +59,10 @@ class Custom(nn.Module):
         self.gamma.data.fill_(0.1)
         self.grid = nn.Parameter(torch.zeros(4, 4))
         self.grid.data[0] = 1.0
+        self.cols = nn.Parameter(torch.empty(2, 3))
+        first, second = self.cols.data.t().unbind(1)  # writes through views of views
+        first.fill_(1.0)
+        second.fill_(2.0)
         self.register_buffer("mask", torch.tril(torch.ones(4, 4)))
         self.register_buffer("filled", torch.empty(3))
         self.filled.fill_(2.0)
@@ -74,7 +79,7 @@ def test_custom_parameters_buffers_and_ties():
     assert lazy.head.weight is lazy.embed.weight
     rec = wi.initialize(lazy, dict(type="Normal", layer="Embedding", std=0.5))
     assert lazy.head.weight is lazy.embed.weight and not lazy.head.weight.is_meta
-    for name in ("cls_token", "ramp", "gamma", "grid", "mask", "filled"):
+    for name in ("cls_token", "ramp", "gamma", "grid", "cols", "mask", "filled"):
         assert torch.equal(getattr(lazy, name), getattr(eager, name)), name
     assert lazy.pos.abs().max() <= 2 * 0.02 * 10 and abs(lazy.pos.std().item() - 0.02) < 0.004
     assert abs(lazy.embed.weight.std().item() - 0.5) < 0.1

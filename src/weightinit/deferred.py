@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import operator
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -56,14 +57,16 @@ class Construction:
     """How the constructor left one deferred tensor, to be replayed on real storage."""
 
     device: torch.device
-    ops: list[tuple[Callable[..., Any], tuple, dict]] = field(default_factory=list)
+    #: (write, args, kwargs, chain): ``write(view, *args)`` where ``view`` is the
+    #: tensor reached from the owner by the ``chain`` of (func, args, kwargs) steps
+    ops: list[tuple[Callable[..., Any], tuple, dict, tuple]] = field(default_factory=list)
     broken: str | None = None  # why the recorded init cannot be replayed
     first: int = -1  # sequence number of the first recorded write
 
-    def add(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+    def add(self, fn: Callable[..., Any], args: tuple, kwargs: dict, chain: tuple = ()) -> None:
         if not self.ops:
             self.first = next(_SEQUENCE)
-        self.ops.append((fn, args, kwargs))
+        self.ops.append((fn, args, kwargs, chain))
 
     @property
     def defined(self) -> bool:
@@ -72,7 +75,7 @@ class Construction:
 
     def describe(self) -> str:
         names = []
-        for fn, _, _ in self.ops:
+        for fn, _, _, _ in self.ops:
             name = "value" if fn is Tensor.copy_ else getattr(fn, "__name__", "op")
             if name not in names:
                 names.append(name)
@@ -85,11 +88,29 @@ def construction_of(t: Tensor) -> Construction | None:
 
 
 def _owner(t: Any) -> Tensor | None:
+    """The deferred tensor that ``t`` is, or was derived from (alias, view, expression)."""
     if not isinstance(t, Tensor):
         return None
     if construction_of(t) is not None:
         return t
-    return getattr(t, "_wi_alias_of", None)
+    path = getattr(t, "_wi_path", None)
+    return path[0] if path is not None else None
+
+
+def _chain(t: Tensor) -> tuple:
+    path = getattr(t, "_wi_path", None)
+    return path[1] if path is not None and construction_of(t) is None else ()
+
+
+def _derive(out: Any, owner: Tensor, chain: tuple) -> None:
+    # Remember how ``out`` was computed from ``owner``, so a later in-place
+    # write to it (``weight[pad].zero_()``) can be replayed on the real tensor.
+    if isinstance(out, Tensor):
+        if out is not owner and construction_of(out) is None:
+            out._wi_path = (owner, chain)  # type: ignore[attr-defined]
+    elif isinstance(out, (tuple, list)):
+        for i, item in enumerate(out):
+            _derive(item, owner, (*chain, (operator.getitem, (i,), {})))
 
 
 def _mark(t: Tensor, construction: Construction) -> Tensor:
@@ -104,8 +125,10 @@ def _is_inplace(func: Any) -> bool:
     return name.endswith("_") and not name.startswith("_") and name not in _ALIAS_FUNCS
 
 
-def _record(target: Tensor, func: Callable[..., Any], args: tuple, kwargs: dict) -> None:
-    construction = construction_of(target)
+def _record(tensor: Tensor, func: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+    """Record the in-place write ``func(tensor, *args[1:], **kwargs)`` on its owner."""
+    target = _owner(tensor)
+    construction = construction_of(target) if target is not None else None
     if construction is None:
         return
     for a in list(args[1:]) + list(kwargs.values()):
@@ -113,7 +136,7 @@ def _record(target: Tensor, func: Callable[..., Any], args: tuple, kwargs: dict)
             construction.broken = (f"its constructor writes it with {func.__name__} from a value "
                                    "computed on the meta device")
             return
-    construction.add(func, args[1:], dict(kwargs))
+    construction.add(func, args[1:], dict(kwargs), _chain(tensor))
 
 
 class _DeferredMode(TorchFunctionMode):
@@ -130,19 +153,20 @@ class _DeferredMode(TorchFunctionMode):
             out = func(*args, device="meta", **out_kwargs)
             return _mark(out, Construction(torch.device(device)))
         target = _owner(args[0]) if args else None
-        if target is not None:
-            module = getattr(func, "__module__", "") or ""
-            if module == "torch.nn.init" or _is_inplace(func):
-                _record(target, func, args, kwargs)
-                return args[0]
-            name = getattr(func, "__name__", "")
-            attr = getattr(getattr(func, "__self__", None), "__name__", None)
-            if (name == "__get__" and attr in _ALIAS_ATTRS) or name in _ALIAS_FUNCS:
-                out = func(*args, **kwargs)
-                if isinstance(out, Tensor) and out is not target:
-                    out._wi_alias_of = target  # type: ignore[attr-defined]
-                return out
-        return func(*args, **kwargs)
+        if target is None:
+            return func(*args, **kwargs)
+        module = getattr(func, "__module__", "") or ""
+        if module == "torch.nn.init" or _is_inplace(func):
+            _record(args[0], func, args, kwargs)
+            return args[0]
+        out = func(*args, **kwargs)
+        name = getattr(func, "__name__", "")
+        attr = getattr(getattr(func, "__self__", None), "__name__", None)
+        if (name == "__get__" and attr in _ALIAS_ATTRS) or name in _ALIAS_FUNCS:
+            _derive(out, target, _chain(args[0]))
+        elif name != "__get__":
+            _derive(out, target, (*_chain(args[0]), (func, args[1:], kwargs)))
+        return out
 
 
 _INIT_FUNCS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_",
@@ -155,10 +179,9 @@ def _recording(fn: Callable[..., Any]) -> Callable[..., Any]:
     # __torch_function__; wrap them so a call on a deferred tensor is recorded.
     @functools.wraps(fn)
     def wrapper(tensor: Any, *args: Any, **kwargs: Any) -> Any:
-        target = _owner(tensor)
-        if target is None:
+        if _owner(tensor) is None:
             return fn(tensor, *args, **kwargs)
-        _record(target, fn, (tensor, *args), kwargs)
+        _record(tensor, fn, (tensor, *args), kwargs)
         return tensor
 
     return wrapper
@@ -169,9 +192,9 @@ def _deferred_parameter_new(original: Callable[..., Any]) -> Callable[..., Any]:
         if data is None or not isinstance(data, Tensor) or type(data) not in (Tensor, nn.Parameter):
             return original(cls, data, requires_grad)
         construction = construction_of(data)
-        if construction is None:
-            alias = getattr(data, "_wi_alias_of", None)
-            construction = construction_of(alias) if alias is not None else None
+        if construction is None and not _chain(data):
+            owner = _owner(data)
+            construction = construction_of(owner) if owner is not None else None
         if construction is None and data.device.type == "meta":
             return original(cls, data, requires_grad)  # a plain meta tensor: nothing known
         if construction is None:
@@ -213,20 +236,26 @@ def deferred() -> Iterator[None]:
 
 def note_call(func: Callable[..., Any], tensor: Tensor, *args: Any, **kwargs: Any) -> bool:
     """Record ``func(tensor, ...)`` if ``tensor`` is deferred; True if it was recorded."""
-    target = _owner(tensor)
-    if target is None:
+    if _owner(tensor) is None:
         return False
-    _record(target, func, (tensor, *args), kwargs)
+    _record(tensor, func, (tensor, *args), kwargs)
     return True
+
+
+def _follow(base: Tensor, chain: tuple) -> Any:
+    for fn, args, kwargs in chain:
+        base = fn(base, *args, **kwargs)
+    return base
 
 
 def replay(construction: Construction, tensor: Tensor, mapping: dict[int, Tensor]) -> None:
     """Run the recorded constructor writes on real storage, in their original order."""
     def real(a: Any) -> Any:
         if isinstance(a, Tensor) and a.device.type == "meta":
-            return mapping[id(_owner(a))]
+            return _follow(mapping[id(_owner(a))], _chain(a))
         return a
 
     with torch.no_grad():
-        for fn, args, kwargs in construction.ops:
-            fn(tensor, *[real(a) for a in args], **{k: real(v) for k, v in kwargs.items()})
+        for fn, args, kwargs, chain in construction.ops:
+            fn(_follow(tensor, chain), *[real(a) for a in args],
+               **{k: real(v) for k, v in kwargs.items()})
