@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import inspect
 import logging
 from dataclasses import dataclass
@@ -63,7 +64,19 @@ class Rule:
         return f"{module_label(self.owner, self.owner_class)} {self.location}"
 
 
-def _accepted_args(cls: type) -> set[str] | None:
+def _plain_copy(value: Any) -> Any:
+    """Deep copy of config data; scalars, strings and classes are shared (they are immutable)."""
+    if isinstance(value, dict):
+        return {k: _plain_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain_copy(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool, type, tuple)):
+        return value
+    return copy.deepcopy(value)
+
+
+@functools.cache
+def _accepted_args(cls: type) -> frozenset[str] | None:
     """Keyword arguments a class accepts, following ``**kwargs`` up the MRO (None: any)."""
     names: set[str] = set()
     for klass in cls.__mro__:
@@ -80,13 +93,31 @@ def _accepted_args(cls: type) -> set[str] | None:
             elif p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self":
                 names.add(p.name)
         if not more:
-            return names
+            return frozenset(names)
     return None
 
 
-def build_initializer(cfg: dict, where: str) -> Any:
-    """Build a rule object from one config dict; errors say ``where`` it came from."""
-    args = copy.deepcopy(cfg)
+def build_initializer(cfg: dict, where: str, cache: dict | None = None) -> Any:
+    """Build a rule object from one config dict; errors say ``where`` it came from.
+
+    With ``cache``, equal configs share one rule object (rules are values).
+    """
+    key = None
+    if cache is not None:
+        try:
+            key = ("init", repr(cfg))
+        except Exception:  # an argument whose repr fails: just do not share
+            key = None
+        if key is not None and key in cache:
+            return cache[key]
+    init = _build_initializer(cfg, where)
+    if key is not None and getattr(init, "plannable", False):
+        cache[key] = init  # only planned rules: user initializers get mutated when called
+    return init
+
+
+def _build_initializer(cfg: dict, where: str) -> Any:
+    args = _plain_copy(cfg)
     if "type" not in args:
         raise InitKeyError(f"{where}: no 'type' key in {cfg}. Fix: add type=<initializer name>, "
                            f"one of {', '.join(sorted(WEIGHT_INITIALIZERS.module_dict))}.")
@@ -114,7 +145,8 @@ def is_pretrained_cfg(cfg: dict) -> bool:
     return t == "Pretrained" or (inspect.isclass(t) and issubclass(t, PretrainedInit))
 
 
-def _parse_overrides(override: Any, base: dict, where: str) -> tuple[Override, ...]:
+def _parse_overrides(override: Any, base: dict, where: str,
+                     cache: dict | None) -> tuple[Override, ...]:
     if not isinstance(override, (dict, list, tuple)):
         raise InitTypeError(f"{where}.override: must be a dict or a list of dict, but got "
                             f"{type(override).__name__}")
@@ -124,7 +156,7 @@ def _parse_overrides(override: Any, base: dict, where: str) -> tuple[Override, .
         loc = f"{where}.override" + ("" if isinstance(override, dict) else f"[{j}]")
         if not isinstance(item, dict):
             raise InitTypeError(f"{loc}: must be a dict, got {type(item).__name__} ({item!r})")
-        args = copy.deepcopy(item)
+        args = _plain_copy(item)
         name = args.pop("name", None)
         if name is None:
             raise OverrideError(f'{loc}: `override` must contain the key "name", but got {item}. '
@@ -136,12 +168,12 @@ def _parse_overrides(override: Any, base: dict, where: str) -> tuple[Override, .
         elif "type" not in args:
             raise OverrideError(f'{loc}: `override` need "type" key, but got {args}. Fix: add '
                                 "type=..., or give only name to reuse the enclosing rule.")
-        out.append(Override(name=name, init=build_initializer(args, loc), location=loc))
+        out.append(Override(name=name, init=build_initializer(args, loc, cache), location=loc))
     return tuple(out)
 
 
 def parse_init_cfg(init_cfg: Any, owner: str = "", owner_class: str = "",
-                   *, field: str = "init_cfg") -> tuple[Rule, ...]:
+                   *, field: str = "init_cfg", cache: dict | None = None) -> tuple[Rule, ...]:
     """Validate an ``init_cfg`` (dict or list of dicts) into rules, in declaration order.
 
     Raises an :class:`InitError` subclass naming ``owner``'s entry on any mistake.
@@ -163,17 +195,17 @@ def parse_init_cfg(init_cfg: Any, owner: str = "", owner_class: str = "",
         if not isinstance(entry, dict):
             raise ConfigStructureError(f"{where}: must be a dict, got {type(entry).__name__} "
                                        f"({entry!r})")
-        args = copy.deepcopy(entry)
+        args = _plain_copy(entry)
         override = args.pop("override", None)
-        init = build_initializer(args, where)
+        init = build_initializer(args, where, cache)
         overrides: tuple[Override, ...] = ()
         if override is not None:
             base = {k: v for k, v in args.items() if k != "layer"}
-            overrides = _parse_overrides(override, base, where)
+            overrides = _parse_overrides(override, base, where, cache)
         elif isinstance(init, BaseInit) and not init.layer and init.plannable:
             logger.warning("%s: %s has neither 'layer' nor 'override', so it initializes "
                            "nothing. Fix: add layer=<class name> or override=dict(name=...).",
                            where, type(init).__name__)
-        rules.append(Rule(init=init, cfg=copy.deepcopy(entry), location=loc, owner=owner,
+        rules.append(Rule(init=init, cfg=_plain_copy(entry), location=loc, owner=owner,
                           owner_class=owner_class, overrides=overrides))
     return tuple(rules)

@@ -114,11 +114,12 @@ class Session:
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise InitTypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
         mapping: dict[int, Tensor] = {}
-        defaults, undefined = materialize.default_events(root, mapping)
+        slots = materialize.slots_of(root)
+        defaults, undefined = materialize.default_events(root, mapping, slots)
         events = defaults + events
-        self.left_to_user = materialize.check_defined(root, undefined, events)
+        self.left_to_user = materialize.check_defined(root, undefined, events, slots)
         try:
-            self._replaced = materialize.allocate(root, mapping, device, dtype)
+            self._replaced = materialize.allocate(root, mapping, device, dtype, slots)
         except (RuntimeError, TypeError) as err:
             raise InitRuntimeError(f"cannot allocate {type(root).__name__} on device={device!r} "
                                    f"dtype={dtype!r}: {err}") from err
@@ -142,6 +143,7 @@ class Session:
         if not items:
             return
         done_groups: set[int] = set()
+        infos: dict[tuple[int, str], _Entry] = {}  # rule texts are built once per writer
         with torch.no_grad():
             for tensor, writer in items:
                 group = getattr(writer, "group", None)
@@ -149,9 +151,15 @@ class Session:
                     writer.write(tensor)
                     if group is not None:
                         done_groups.add(group)
-                self.entries[id(tensor)] = (tensor, _Entry(writer.kind, writer.info,
-                                                           writer.declared_in, writer.init))
-                self._refresh(tensor)
+                key = (id(writer.init) if writer.init is not None else id(writer), writer.where)
+                entry = infos.get(key) if writer.kind == "rule" else None
+                if entry is None:
+                    entry = _Entry(writer.kind, writer.info, writer.declared_in, writer.init)
+                    if writer.kind == "rule":
+                        infos[key] = entry
+                self.entries[id(tensor)] = (tensor, entry)
+                if self.snapshots:
+                    self._refresh(tensor)
 
     def _refresh(self, tensor: Tensor) -> None:
         state = None

@@ -119,7 +119,7 @@ def _trunc_normal_rejection(tensor: Tensor, mean: float, std: float, a: float, b
         tensor.numel(), dtype=tensor.dtype, device=tensor.device)
     flat.normal_(mean, std)
     lo, hi = torch.aminmax(flat)
-    if lo.item() < a or hi.item() > b:
+    if bool(((lo < a) | (hi > b)).item()):  # one device sync
         idx = torch.nonzero((flat < a) | (flat > b)).squeeze(1)
         while idx.numel():
             draw = torch.empty(idx.numel(), dtype=flat.dtype, device=flat.device).normal_(mean, std)

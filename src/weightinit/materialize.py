@@ -79,7 +79,7 @@ class DefaultWriter:
             _reset_method(self.module)()
 
 
-def _slots(root: nn.Module) -> list[tuple[str, nn.Module, str, str, Tensor]]:
+def slots_of(root: nn.Module) -> list[tuple[str, nn.Module, str, str, Tensor]]:
     """(full name, module, 'param'|'buffer', attr, tensor) for every slot, aliases included."""
     out = []
     for prefix, m in root.named_modules(remove_duplicate=False):
@@ -97,14 +97,17 @@ def needs_materialization(root: nn.Module) -> bool:
     return any(t.device.type == "meta" for t in list(root.parameters()) + list(root.buffers()))
 
 
-def default_events(root: nn.Module, mapping: dict[int, Tensor]
+Slots = list[tuple[str, nn.Module, str, str, Tensor]]
+
+
+def default_events(root: nn.Module, mapping: dict[int, Tensor], slots: Slots | None = None
                    ) -> tuple[list[Write], list[tuple[str, str]]]:
     """Default writes for meta tensors, and the (name, reason) of tensors that have none."""
     events: list[Write] = []
     undefined: list[tuple[str, str]] = []
     seen: set[int] = set()
     root_name = type(root).__name__
-    for name, module, _, _, t in _slots(root):
+    for name, module, _, _, t in slots if slots is not None else slots_of(root):
         if t.device.type != "meta" or id(t) in seen:
             continue
         seen.add(id(t))
@@ -127,11 +130,13 @@ def default_events(root: nn.Module, mapping: dict[int, Tensor]
 
 
 def check_defined(root: nn.Module, undefined: list[tuple[str, str]],
-                  events: list[Write | Call]) -> list[str]:
+                  events: list[Write | Call], slots: Slots | None = None) -> list[str]:
     """Raise for undefined tensors no rule writes; return those left to user code."""
     written = {id(ev.tensor) for ev in events if isinstance(ev, Write)}
     user = {id(t) for ev in events if isinstance(ev, Call) for t in subtree_tensors(ev.module)}
-    by_name = dict((n, t) for n, _, _, _, t in _slots(root))
+    if not undefined:
+        return []
+    by_name = {n: t for n, _, _, _, t in (slots if slots is not None else slots_of(root))}
     bad, left_to_user = [], []
     for name, reason in undefined:
         t = by_name[name]
@@ -154,14 +159,14 @@ def check_defined(root: nn.Module, undefined: list[tuple[str, str]],
 
 
 def allocate(root: nn.Module, mapping: dict[int, Tensor], device: torch.device | str | None,
-             dtype: torch.dtype | None) -> list[Tensor]:
+             dtype: torch.dtype | None, slots: Slots | None = None) -> list[Tensor]:
     """Give every tensor real storage on ``device``/``dtype``; fill ``mapping`` old id -> new.
 
     Returns the replaced tensors, which must outlive ``mapping`` (it is keyed by ``id``).
     """
     device = torch.device("cpu") if device is None else torch.device(device)
     replaced: list[Tensor] = []
-    for _, module, kind, attr, t in _slots(root):
+    for _, module, kind, attr, t in slots if slots is not None else slots_of(root):
         new = mapping.get(id(t))
         if new is None:
             target_dtype = dtype if dtype is not None and t.is_floating_point() else t.dtype

@@ -161,7 +161,7 @@ class Planner:
         key = ("rules", id(module))
         if key not in self.cache:
             self.cache[key] = (module, parse_init_cfg(module.init_cfg, self.path(module),
-                                                      type(module).__name__))
+                                                      type(module).__name__, cache=self.cache))
         return self.cache[key][1]
 
     # -- BaseModule.init_weights ---------------------------------------------
