@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Set up a virtual environment in .venv (if needed) and run a job in it.
-#   bash run.sh example   initialize the bundled ResNet-50 and print its init record
-#   bash run.sh test      lint and run the whole test suite
+#   make demo   (bash scripts/run.sh example)   initialize the bundled ResNet-50 and print its init record
+#   make test   (bash scripts/run.sh test)      lint and run the whole test suite
 set -euo pipefail
-cd "$(dirname "$0")"
+cd "$(dirname "$0")/.."
 VENV=.venv
 PY="$VENV/bin/python"
 
@@ -32,7 +32,7 @@ case "${1:-}" in
         "$PY" -m pytest "$@"
         ;;
     *)
-        echo "usage: bash run.sh {example|test} [args...]" >&2
+        echo "usage: bash scripts/run.sh {example|test} [args...]" >&2
         exit 2
         ;;
 esac
