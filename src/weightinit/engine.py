@@ -200,15 +200,24 @@ class Session:
         entry = _Entry(kind, call.info, call.where or call.info, call.init)
         self.mark_changed(module, snap, entry)
 
-    def mark_changed(self, module: nn.Module, snap: dict[int, _State], entry: _Entry) -> None:
+    def mark_changed(self, module: nn.Module, snap: dict[int, _State] | None,
+                     entry: _Entry) -> None:
+        """Give ``entry`` to the parameters of ``module`` user code changed since ``snap``.
+
+        With ``snap=None`` each parameter is compared with the innermost
+        running call's snapshot (``update_init_info``); parameters no call
+        tracks are left alone.
+        """
         for p in module.parameters():
-            state = snap.get(id(p))
+            if snap is not None:
+                state = snap.get(id(p))
+            else:
+                state = next((s[id(p)] for s in reversed(self.snapshots) if id(p) in s), None)
+                if state is None:
+                    continue
             if state is None or state.changed(p):
                 self.entries[id(p)] = (p, entry)
-                fresh = _State.of(p)
-                for other in self.snapshots:
-                    if id(p) in other:
-                        other[id(p)] = fresh
+                self._refresh(p)
 
     # -- the record ----------------------------------------------------------------
     def record(self) -> InitRecord:
@@ -351,15 +360,8 @@ def update_init_info(module: nn.Module, init_info: str) -> None:
                               "it from inside your module's init_weights.")
     if not isinstance(init_info, str):
         raise InitTypeError(f"init_info must be a str, got {type(init_info).__name__}")
-    entry = _Entry("user", init_info, f"update_init_info in {type(module).__name__}")
-    for p in module.parameters():
-        state = next((s[id(p)] for s in reversed(session.snapshots) if id(p) in s), None)
-        if state is not None and state.changed(p):
-            session.entries[id(p)] = (p, entry)
-            fresh = _State.of(p)
-            for snap in session.snapshots:
-                if id(p) in snap:
-                    snap[id(p)] = fresh
+    session.mark_changed(module, None,
+                         _Entry("user", init_info, f"update_init_info in {type(module).__name__}"))
 
 
 def get_init_record(module: nn.Module) -> InitRecord | None:
