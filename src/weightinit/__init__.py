@@ -31,11 +31,14 @@ from .functional import (
     bias_init_with_prob,
     caffe2_xavier_init,
     constant_init,
+    fan_in_and_fan_out,
     kaiming_init,
     normal_init,
+    tf_trunc_normal_,
     trunc_normal_,
     trunc_normal_init,
     uniform_init,
+    variance_scaling_,
     xavier_init,
 )
 from .materialize import UndefinedParameterError
@@ -54,12 +57,25 @@ from .rules import (
     BaseInit,
     Caffe2XavierInit,
     ConstantInit,
+    DefaultInit,
+    DiracInit,
+    EyeInit,
     KaimingInit,
+    LeCunNormalInit,
+    LeCunUniformInit,
+    LSUVError,
+    LSUVInit,
     NormalInit,
+    OnesInit,
+    OrthogonalInit,
     PretrainedInit,
+    TFTruncNormalInit,
     TruncNormalInit,
     UniformInit,
+    VarianceScalingInit,
     XavierInit,
+    ZeroInitResidualInit,
+    ZerosInit,
 )
 
 logging.getLogger("weightinit").addHandler(logging.NullHandler())
@@ -67,6 +83,10 @@ logging.getLogger("weightinit").addHandler(logging.NullHandler())
 __version__ = "0.1.0"
 
 __all__ = [
+    "DefaultInit", "DiracInit", "EyeInit", "LeCunNormalInit", "LeCunUniformInit", "LSUVError",
+    "LSUVInit", "OnesInit", "OrthogonalInit", "TFTruncNormalInit", "VarianceScalingInit",
+    "ZeroInitResidualInit", "ZerosInit", "fan_in_and_fan_out", "tf_trunc_normal_",
+    "variance_scaling_",
     "BaseInit", "BaseModule", "Caffe2XavierInit", "CheckpointError", "CheckpointKeyError",
     "CheckpointNotFoundError", "ConfigStructureError", "ConstantInit", "DistributionError",
     "InitError", "InitKeyError", "InitRecord", "InitRecordError", "InitRuntimeError",

@@ -60,6 +60,11 @@ class Rule:
         return isinstance(self.init, PretrainedInit)
 
     @property
+    def late(self) -> bool:
+        """Applied after the declaring module's children: Pretrained and data-driven rules."""
+        return self.pretrained or bool(getattr(self.init, "late", False))
+
+    @property
     def where(self) -> str:
         return f"{module_label(self.owner, self.owner_class)} {self.location}"
 
@@ -202,10 +207,11 @@ def parse_init_cfg(init_cfg: Any, owner: str = "", owner_class: str = "",
         if override is not None:
             base = {k: v for k, v in args.items() if k != "layer"}
             overrides = _parse_overrides(override, base, where, cache)
-        elif isinstance(init, BaseInit) and not init.layer and init.plannable:
+        elif (isinstance(init, BaseInit) and not init.layer and not init.param
+              and init.plannable and not getattr(init, "targets_itself", False)):
             logger.warning("%s: %s has neither 'layer' nor 'override', so it initializes "
-                           "nothing. Fix: add layer=<class name> or override=dict(name=...).",
-                           where, type(init).__name__)
+                           "nothing. Fix: add layer=<class name>, param=<name pattern> or "
+                           "override=dict(name=...).", where, type(init).__name__)
         rules.append(Rule(init=init, cfg=_plain_copy(entry), location=loc, owner=owner,
                           owner_class=owner_class, overrides=overrides))
     return tuple(rules)

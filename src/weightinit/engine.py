@@ -196,8 +196,9 @@ class Session:
                 call.init(module)
         finally:
             self.snapshots.pop()
-        kind = "user" if call.init is None else "initializer"
-        entry = _Entry(kind, call.info, call.where or call.info, call.init)
+        kind = "user" if call.init is None else getattr(call.init, "record_kind", "initializer")
+        entry = _Entry(kind, call.info, call.where or call.info,
+                       getattr(call.init, "rule", call.init))
         self.mark_changed(module, snap, entry)
 
     def mark_changed(self, module: nn.Module, snap: dict[int, _State] | None,

@@ -21,6 +21,10 @@ from .errors import DistributionError, InitValueError, ShapeError
 
 DISTRIBUTIONS = ("normal", "uniform")
 FAN_MODES = ("fan_in", "fan_out")
+VS_MODES = ("fan_in", "fan_out", "fan_avg")
+VS_DISTRIBUTIONS = ("truncated_normal", "normal", "uniform")
+# std of a standard normal truncated to [-2, 2]: dividing by it keeps the variance.
+_TRUNC2_STD = 0.87962566103423978
 NONLINEARITIES = (
     "linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
     "conv_transpose3d", "sigmoid", "tanh", "relu", "leaky_relu", "selu",
@@ -39,11 +43,20 @@ def check_choice(value: object, allowed: tuple[str, ...], what: str, where: str 
     return value  # type: ignore[return-value]
 
 
-def fan_in_and_fan_out(shape: torch.Size | tuple[int, ...]) -> tuple[int, int]:
+def fan_in_and_fan_out(shape: torch.Size | tuple[int, ...],
+                       module: nn.Module | None = None) -> tuple[int, int]:
     """Fans of a weight of this shape: ``fan_in = shape[1]·k``, ``fan_out = shape[0]·k``.
 
     ``k`` is the receptive field size (product of ``shape[2:]``, 1 for linear
-    weights), matching ``torch.nn.init``. Needs at least 2 dimensions.
+    weights): with no ``module`` this is exactly ``torch.nn.init``'s rule,
+    which Xavier and Kaiming keep. Given the module that owns the weight,
+    the fans follow what each unit is connected to:
+
+    * grouped conv (``groups=g``): ``fan_out = shape[0]/g·k``;
+    * transposed conv, weight ``(in, out/g, *k)``: ``fan_in = shape[0]/g·k``,
+      ``fan_out = shape[1]·k``;
+    * embedding, weight ``(num, dim)``: each output reads one row, so
+      ``fan_in = 1`` and ``fan_out = dim``.
 
     Example::
 
@@ -54,7 +67,53 @@ def fan_in_and_fan_out(shape: torch.Size | tuple[int, ...]) -> tuple[int, int]:
         raise ShapeError(f"fan in and fan out can not be computed for a tensor with fewer than "
                          f"2 dimensions (shape {tuple(shape)})")
     receptive = math.prod(shape[2:]) if len(shape) > 2 else 1
-    return shape[1] * receptive, shape[0] * receptive
+    if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+        return 1, shape[1]
+    groups = getattr(module, "groups", 1) if isinstance(module, nn.modules.conv._ConvNd) else 1
+    if getattr(module, "transposed", False):
+        return shape[0] // groups * receptive, shape[1] * receptive
+    return shape[1] * receptive, shape[0] // groups * receptive
+
+
+def variance_scaling_std(shape: tuple[int, ...], scale: float = 1.0, mode: str = "fan_in",
+                         module: nn.Module | None = None) -> float:
+    """The std every VarianceScaling preset promises: √(scale / n), n the fan of ``mode``.
+
+    ``fan_avg`` is (fan_in + fan_out) / 2.
+    """
+    check_choice(mode, VS_MODES, "mode")
+    fan_in, fan_out = fan_in_and_fan_out(shape, module)
+    n = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[mode]
+    return math.sqrt(scale / n) if n > 0 else 0.0
+
+
+def variance_scaling_(tensor: Tensor, scale: float = 1.0, mode: str = "fan_in",
+                      distribution: str = "truncated_normal",
+                      module: nn.Module | None = None) -> Tensor:
+    """Fill so that Var(w) = scale / n, n = fan_in, fan_out or their mean (``mode``).
+
+    One primitive for the classic rules (as in JAX): Glorot is
+    (scale=gain², fan_avg), He is (gain², fan_in or fan_out), LeCun is
+    (1, fan_in). ``distribution``:
+
+    * ``truncated_normal``: N(0, σ²) truncated to ±2σ, σ = √(scale/n)/0.8796
+      so the truncated variance is scale/n;
+    * ``normal``: N(0, scale/n);
+    * ``uniform``: U(-b, b), b = √(3·scale/n).
+
+    Example::
+
+        >>> variance_scaling_(torch.empty(256, 128), 2.0, "fan_in", "normal")  # He normal
+    """
+    check_choice(distribution, VS_DISTRIBUTIONS, "distribution")
+    std = variance_scaling_std(tuple(tensor.shape), scale, mode, module)
+    if distribution == "uniform":
+        bound = math.sqrt(3.0) * std
+        return uniform_(tensor, -bound, bound)
+    if distribution == "normal" or std == 0:
+        return normal_(tensor, 0.0, std)
+    sigma = std / _TRUNC2_STD
+    return trunc_normal_(tensor, 0.0, sigma, -2 * sigma, 2 * sigma)
 
 
 def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
@@ -167,44 +226,51 @@ def trunc_normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0, a: float 
 
 
 def xavier_std(shape: tuple[int, ...], gain: float = 1.0) -> float:
-    """Glorot: std = gain·√(2 / (fan_in + fan_out))."""
-    fan_in, fan_out = fan_in_and_fan_out(shape)
-    return gain * math.sqrt(2.0 / float(fan_in + fan_out))
+    """Glorot: std = gain·√(2 / (fan_in + fan_out)) (torch's fans)."""
+    return variance_scaling_std(shape, gain * gain, "fan_avg")
 
 
 def kaiming_std(shape: tuple[int, ...], a: float = 0.0, mode: str = "fan_in",
                 nonlinearity: str = "leaky_relu") -> float:
-    """He: std = gain(nonlinearity, a) / √fan, fan chosen by ``mode``."""
+    """He: std = gain(nonlinearity, a) / √fan, fan chosen by ``mode`` (torch's fans)."""
     check_choice(mode, FAN_MODES, "mode")
-    fan_in, fan_out = fan_in_and_fan_out(shape)
-    fan = fan_in if mode == "fan_in" else fan_out
-    if fan == 0:
-        return 0.0
-    return calculate_gain(nonlinearity, a) / math.sqrt(fan)
+    gain = calculate_gain(nonlinearity, a)
+    return variance_scaling_std(shape, gain * gain, mode)
 
 
 def xavier_normal_(tensor: Tensor, gain: float = 1.0) -> Tensor:
     """Fill with N(0, std²), std = gain·√(2/(fan_in+fan_out)) (Glorot & Bengio, 2010)."""
-    return normal_(tensor, 0.0, xavier_std(tensor.shape, gain))
+    return variance_scaling_(tensor, gain * gain, "fan_avg", "normal")
 
 
 def xavier_uniform_(tensor: Tensor, gain: float = 1.0) -> Tensor:
     """Fill with U(-b, b), b = gain·√(6/(fan_in+fan_out)) (Glorot & Bengio, 2010)."""
-    bound = math.sqrt(3.0) * xavier_std(tensor.shape, gain)
-    return uniform_(tensor, -bound, bound)
+    return variance_scaling_(tensor, gain * gain, "fan_avg", "uniform")
 
 
 def kaiming_normal_(tensor: Tensor, a: float = 0.0, mode: str = "fan_in",
                     nonlinearity: str = "leaky_relu") -> Tensor:
     """Fill with N(0, std²), std = gain/√fan (He et al., 2015)."""
-    return normal_(tensor, 0.0, kaiming_std(tensor.shape, a, mode, nonlinearity))
+    check_choice(mode, FAN_MODES, "mode")
+    gain = calculate_gain(nonlinearity, a)
+    return variance_scaling_(tensor, gain * gain, mode, "normal")
 
 
 def kaiming_uniform_(tensor: Tensor, a: float = 0.0, mode: str = "fan_in",
                      nonlinearity: str = "leaky_relu") -> Tensor:
     """Fill with U(-b, b), b = gain·√(3/fan) (He et al., 2015)."""
-    bound = math.sqrt(3.0) * kaiming_std(tensor.shape, a, mode, nonlinearity)
-    return uniform_(tensor, -bound, bound)
+    check_choice(mode, FAN_MODES, "mode")
+    gain = calculate_gain(nonlinearity, a)
+    return variance_scaling_(tensor, gain * gain, mode, "uniform")
+
+
+def tf_trunc_normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0, a: float = -2.0,
+                     b: float = 2.0) -> Tensor:
+    """TensorFlow-style truncated normal: bounds ``a``, ``b`` in units of ``std`` around ``mean``.
+
+    Same as ``trunc_normal_(tensor, mean, std, mean + a·std, mean + b·std)``.
+    """
+    return trunc_normal_(tensor, mean, std, mean + a * std, mean + b * std)
 
 
 # ---------------------------------------------------------------- module level

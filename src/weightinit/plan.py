@@ -49,6 +49,7 @@ class Writer:
     where: str
     key: str | None = None
     source: Tensor | None = None
+    module: nn.Module | None = field(default=None, compare=False)
 
     @property
     def kind(self) -> str:
@@ -64,13 +65,17 @@ class Writer:
             return f"checkpoint {self.init.checkpoint} key {self.key} ({self.where})"
         return self.where
 
+    @property
+    def group(self) -> int | None:
+        return None if self.source is not None else self.init.group(self.module)
+
     def write(self, tensor: Tensor) -> None:
         if self.source is not None:
             tensor.copy_(self.source)
         elif self.role == "bias":
             self.init.init_bias(tensor)
         else:
-            self.init.init_weight(tensor)
+            self.init.fill_weight(tensor, self.module)
 
 
 @dataclass(frozen=True)
@@ -170,7 +175,7 @@ class Planner:
         self.visited.append(module)
         rules = self.rules_of(module) if module.init_cfg else ()
         for rule in rules:
-            if not rule.pretrained:
+            if not rule.late:
                 self.apply_rule(module, rule)
         for child in module.children():
             target = child
@@ -187,7 +192,7 @@ class Planner:
             else:
                 self.events.append(Call(target, self.path(target)))
         for rule in rules:
-            if rule.pretrained:
+            if rule.late:
                 self.apply_rule(module, rule)
 
     def validate_tree(self, module: nn.Module) -> None:
@@ -288,23 +293,62 @@ class Planner:
                                     where=where))
             return
         layers = init.layer
-        for m in self._order(target):
-            if not whole and not layer_matches(m, layers):
-                continue
-            for role in ROLES:
-                t = getattr(m, role, None)
-                if not isinstance(t, torch.Tensor):
-                    continue
-                if role == "weight":
-                    try:
-                        init.check_weight(tuple(t.shape))
-                    except InitError as err:
-                        raise ShapeError(f"{where}: {type(init).__name__} cannot initialize "
-                                         f"{self.label(m)}.weight: {err}. Fix: restrict 'layer' "
-                                         "to modules with 2-D or larger weights, or use another "
-                                         "rule for this module.") from err
-                if not self.validate_only:
-                    self.events.append(Write(t, Writer(init, role, where)))
+        itself = getattr(init, "targets_itself", False) and not layers
+        try:
+            if itself:
+                for role, t in init.module_targets(target):
+                    self._emit(init, role, t, target, where)
+            elif layers or whole:
+                for m in self._order(target):
+                    if whole or layer_matches(m, layers):
+                        for role, t in init.module_targets(m):
+                            self._emit(init, role, t, m, where)
+        except ShapeError:
+            raise
+        except InitError as err:
+            raise type(err)(f"{where}: {err}") from err
+        if init.param:
+            for name, m, t in self.resolve_params(target, init.param, where):
+                self._emit(init, "param", t, m, where, name)
+        stage = init.stage(target)
+        if stage is not None:
+            self.events.append(Call(target, self.path(target), init=stage, where=where))
+
+    def _emit(self, init: BaseInit, role: str, t: Tensor, m: nn.Module, where: str,
+              name: str | None = None) -> None:
+        if role != "bias":
+            try:
+                init.check_weight(tuple(t.shape))
+            except InitError as err:
+                what = f"{self.label(m)}.{name.rsplit('.', 1)[-1] if name else role}"
+                raise ShapeError(f"{where}: {type(init).__name__} cannot initialize {what}: "
+                                 f"{err}. Fix: restrict 'layer'/'param' to tensors it fits, or "
+                                 "use another rule for this one.") from err
+        if not self.validate_only:
+            self.events.append(Write(t, Writer(init, role, where, module=m)))
+
+    def resolve_params(self, module: nn.Module, patterns: list[str], where: str
+                       ) -> list[tuple[str, nn.Module, Tensor]]:
+        """Parameters of ``module`` whose relative name matches one of ``patterns``."""
+        found = []
+        owners = dict(module.named_modules())
+        for name, p in module.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            if any(fnmatch.fnmatchcase(name, pat) or ("." not in pat and
+                                                     fnmatch.fnmatchcase(leaf, pat))
+                   for pat in patterns):
+                owner = owners[name.rsplit(".", 1)[0]] if "." in name else module
+                found.append((name, owner, p))
+        for pat in patterns:
+            if not any(fnmatch.fnmatchcase(n, pat) or ("." not in pat and fnmatch.fnmatchcase(
+                    n.rsplit(".", 1)[-1], pat)) for n, _, _ in found):
+                names = [n for n, _ in module.named_parameters()]
+                sample = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+                raise OverrideTargetError(
+                    f"{where}: param pattern {pat!r} matches no parameter of "
+                    f"{self.label(module)}; its parameters are: {sample or '(none)'}. Fix: "
+                    "correct the pattern ('*' matches any characters, dots included).")
+        return found
 
     def apply_pretrained(self, target: nn.Module, init: PretrainedInit, where: str) -> None:
         key = ("ckpt", init.checkpoint, init.prefix, str(init.map_location),

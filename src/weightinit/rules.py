@@ -21,7 +21,9 @@ Writing your own rule is one decorator and one method::
 
 from __future__ import annotations
 
+import fnmatch
 import functools
+import math
 from typing import Any
 
 import torch
@@ -29,7 +31,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from . import functional as F
-from .errors import InitTypeError, InitValueError, ShapeError
+from .errors import InitRuntimeError, InitTypeError, InitValueError, ShapeError
 from .registry import WEIGHT_INITIALIZERS
 
 
@@ -56,6 +58,11 @@ class BaseInit:
         bias: constant written into every matched bias (default 0).
         bias_prob: if given, bias = ``bias_init_with_prob(bias_prob)``.
         layer: class name(s) whose modules this rule initializes.
+        param: glob pattern(s) of parameter names, relative to the module
+            that declares the rule (``'pos_embed'``, ``'blocks.*.gamma'``):
+            those parameters get this rule's weight fill, whatever their name
+            or module. A pattern without a dot also matches that name at any
+            depth.
 
     Subclasses implement :meth:`init_weight`. Calling an instance on a module
     plans and applies it like ``initialize(module, rule)``.
@@ -63,9 +70,12 @@ class BaseInit:
 
     #: argument names shown in ``repr`` and the record, in order
     arg_names: tuple[str, ...] = ()
+    #: applied after the declaring module's children, like ``Pretrained``
+    late = False
 
     def __init__(self, *, bias: float = 0, bias_prob: float | None = None,
-                 layer: str | list[str] | None = None) -> None:
+                 layer: str | list[str] | None = None,
+                 param: str | list[str] | None = None) -> None:
         self.wholemodule = False
         if not isinstance(bias, (int, float)):
             raise InitTypeError(f"bias must be a number, but got a {type(bias).__name__} "
@@ -86,6 +96,14 @@ class BaseInit:
         self.bias = F.bias_init_with_prob(bias_prob) if bias_prob is not None else bias
         self.bias_prob = bias_prob
         self.layer = layers
+        if param is not None and not isinstance(param, (str, list)):
+            raise InitTypeError(f"param must be a str or a list of str, but got a "
+                                f"{type(param).__name__} ({param!r})")
+        params = [] if param is None else [param] if isinstance(param, str) else list(param)
+        for pattern in params:
+            if not isinstance(pattern, str) or not pattern:
+                raise InitTypeError(f"param must hold non-empty str patterns, got {pattern!r}")
+        self.param = params
 
     # -- what a rule writes -------------------------------------------------
     def init_weight(self, tensor: Tensor) -> None:
@@ -95,6 +113,32 @@ class BaseInit:
     def init_bias(self, tensor: Tensor) -> None:
         """Fill a matched ``bias`` with the constant ``self.bias``."""
         F.constant_(tensor, self.bias)
+
+    def fill_weight(self, tensor: Tensor, module: nn.Module | None) -> None:
+        """Fill a weight (or a ``param``-targeted tensor) knowing the module that owns it.
+
+        Rules whose maths depends on the module (fans of grouped convs,
+        ``reset_parameters``) override this; the default calls
+        :meth:`init_weight`.
+        """
+        self.init_weight(tensor)
+
+    def module_targets(self, module: nn.Module) -> list[tuple[str, Tensor]]:
+        """The (role, tensor) pairs this rule writes in a matched module: weight and bias."""
+        out = []
+        for role in ("weight", "bias"):
+            t = getattr(module, role, None)
+            if isinstance(t, Tensor):
+                out.append((role, t))
+        return out
+
+    def group(self, module: nn.Module | None) -> int | None:
+        """Writes sharing a group are done by one call (e.g. one ``reset_parameters``)."""
+        return None
+
+    def stage(self, module: nn.Module) -> Any:
+        """A data-driven step to run on ``module`` after this rule's writes, or ``None``."""
+        return None
 
     def check_weight(self, shape: tuple[int, ...]) -> None:
         """Raise :class:`ShapeError` if :meth:`init_weight` cannot fill this shape."""
@@ -114,6 +158,14 @@ class BaseInit:
         out["bias"] = self.bias
         return out
 
+    def targets_text(self) -> str:
+        parts = []
+        if self.layer:
+            parts.append(f"layer={self.layer!r}")
+        if self.param:
+            parts.append(f"param={self.param!r}")
+        return ", ".join(parts)
+
     @property
     def type_name(self) -> str:
         name = type(self).__name__
@@ -126,8 +178,8 @@ class BaseInit:
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.args().items())
-        layer = f", layer={self.layer!r}" if self.layer else ""
-        return f"{type(self).__name__}({args}{layer})"
+        targets = self.targets_text()
+        return f"{type(self).__name__}({args}{', ' + targets if targets else ''})"
 
     def __call__(self, module: nn.Module) -> None:
         from .engine import apply_initializer
@@ -337,3 +389,423 @@ class PretrainedInit:
         from .engine import apply_initializer
 
         apply_initializer(module, self)
+
+
+# ---------------------------------------------------------------- beyond MMEngine
+
+
+@WEIGHT_INITIALIZERS.register_module(name="VarianceScaling")
+class VarianceScalingInit(BaseInit):
+    """Var(w) = scale / n, n = fan_in, fan_out or fan_avg of the weight's module.
+
+    The one primitive behind Glorot/He/LeCun. Fans know the module: grouped
+    convs, transposed convs and embeddings are counted by what each unit is
+    connected to (see :func:`weightinit.functional.fan_in_and_fan_out`).
+    ``distribution``: ``truncated_normal`` (±2σ, variance corrected),
+    ``normal`` or ``uniform``.
+
+    Example::
+
+        >>> dict(type='VarianceScaling', layer='Linear', scale=2.0, mode='fan_in',
+        ...      distribution='normal')
+    """
+
+    arg_names = ("scale", "mode", "distribution")
+
+    def __init__(self, scale: float = 1.0, mode: str = "fan_in",
+                 distribution: str = "truncated_normal", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.scale = _number(scale, "scale")
+        if self.scale <= 0:
+            raise InitValueError(f"scale must be > 0, got {scale}")
+        self.mode = F.check_choice(mode, F.VS_MODES, "mode")
+        self.distribution = F.check_choice(distribution, F.VS_DISTRIBUTIONS, "distribution")
+
+    def check_weight(self, shape: tuple[int, ...]) -> None:
+        _require_fans(shape, type(self).__name__[:-4])
+
+    def init_weight(self, tensor: Tensor) -> None:
+        F.variance_scaling_(tensor, self.scale, self.mode, self.distribution)
+
+    def fill_weight(self, tensor: Tensor, module: nn.Module | None) -> None:
+        F.variance_scaling_(tensor, self.scale, self.mode, self.distribution, module)
+
+    def weight_std(self, shape: tuple[int, ...]) -> float | None:
+        return F.variance_scaling_std(shape, self.scale, self.mode)
+
+
+@WEIGHT_INITIALIZERS.register_module(name="LeCunNormal")
+class LeCunNormalInit(VarianceScalingInit):
+    """LeCun normal (LeCun et al., 1998; Klambauer et al., 2017 for SELU): truncated N, Var = 1/fan_in."""
+
+    arg_names = ()
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(scale=1.0, mode="fan_in", distribution="truncated_normal", **kwargs)
+
+
+@WEIGHT_INITIALIZERS.register_module(name="LeCunUniform")
+class LeCunUniformInit(VarianceScalingInit):
+    """LeCun uniform: U(-b, b), b = √(3 / fan_in)."""
+
+    arg_names = ()
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(scale=1.0, mode="fan_in", distribution="uniform", **kwargs)
+
+
+@WEIGHT_INITIALIZERS.register_module(name="Orthogonal")
+class OrthogonalInit(BaseInit):
+    """A (semi-)orthogonal matrix times ``gain`` (Saxe et al., 2013); trailing dims flattened.
+
+    For a weight viewed as ``rows × cols``: W·Wᵀ = gain²·I if rows ≤ cols,
+    else Wᵀ·W = gain²·I.
+    """
+
+    arg_names = ("gain",)
+
+    def __init__(self, gain: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.gain = _number(gain, "gain")
+
+    def check_weight(self, shape: tuple[int, ...]) -> None:
+        if len(shape) < 2:
+            raise ShapeError(f"Orthogonal needs at least 2 dimensions, got shape {tuple(shape)}")
+
+    def init_weight(self, tensor: Tensor) -> None:
+        with torch.no_grad():
+            nn.init.orthogonal_(tensor, gain=self.gain)
+
+    def weight_std(self, shape: tuple[int, ...]) -> float | None:
+        rows, cols = shape[0], math.prod(shape[1:])
+        return abs(self.gain) * math.sqrt(min(rows, cols) / (rows * cols))
+
+
+@WEIGHT_INITIALIZERS.register_module(name="Dirac")
+class DiracInit(BaseInit):
+    """Identity convolution: out channel i copies in channel i (per group) at the kernel centre.
+
+    ``groups`` defaults to the conv's own ``groups``. Needs a 3-, 4- or 5-D weight.
+    """
+
+    arg_names = ("groups",)
+
+    def __init__(self, groups: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if groups is not None and (isinstance(groups, bool) or not isinstance(groups, int)
+                                   or groups < 1):
+            raise InitTypeError(f"groups must be a positive int or None, got {groups!r}")
+        self.groups = groups
+
+    def check_weight(self, shape: tuple[int, ...]) -> None:
+        if len(shape) not in (3, 4, 5):
+            raise ShapeError(f"Dirac needs a conv weight with 3 to 5 dimensions, got shape "
+                             f"{tuple(shape)}")
+
+    def init_weight(self, tensor: Tensor) -> None:
+        self.fill_weight(tensor, None)
+
+    def fill_weight(self, tensor: Tensor, module: nn.Module | None) -> None:
+        groups = self.groups or getattr(module, "groups", 1) or 1
+        if tensor.shape[0] % groups:
+            raise ShapeError(f"Dirac: {tensor.shape[0]} output channels are not divisible by "
+                             f"groups={groups}")
+        with torch.no_grad():
+            nn.init.dirac_(tensor, groups)
+
+
+@WEIGHT_INITIALIZERS.register_module(name="Eye")
+class EyeInit(BaseInit):
+    """Identity matrix (ones on the diagonal) for a 2-D weight."""
+
+    def check_weight(self, shape: tuple[int, ...]) -> None:
+        if len(shape) != 2:
+            raise ShapeError(f"Eye needs a 2-D weight, got shape {tuple(shape)}")
+
+    def init_weight(self, tensor: Tensor) -> None:
+        with torch.no_grad():
+            nn.init.eye_(tensor)
+
+
+@WEIGHT_INITIALIZERS.register_module(name="Zeros")
+class ZerosInit(BaseInit):
+    """weight ← 0; bias ← ``bias``."""
+
+    def init_weight(self, tensor: Tensor) -> None:
+        F.constant_(tensor, 0.0)
+
+    def weight_std(self, shape: tuple[int, ...]) -> float | None:
+        return 0.0
+
+
+@WEIGHT_INITIALIZERS.register_module(name="Ones")
+class OnesInit(BaseInit):
+    """weight ← 1; bias ← ``bias``."""
+
+    def init_weight(self, tensor: Tensor) -> None:
+        F.constant_(tensor, 1.0)
+
+    def weight_std(self, shape: tuple[int, ...]) -> float | None:
+        return 0.0
+
+
+@WEIGHT_INITIALIZERS.register_module(name="TFTruncNormal")
+class TFTruncNormalInit(TruncNormalInit):
+    """TensorFlow-style truncated normal: bounds ``a``, ``b`` in units of ``std`` (default ±2σ)."""
+
+    def init_weight(self, tensor: Tensor) -> None:
+        F.tf_trunc_normal_(tensor, self.mean, self.std, self.a, self.b)
+
+
+@WEIGHT_INITIALIZERS.register_module(name="Default")
+class DefaultInit(BaseInit):
+    """The module's own PyTorch default: ``reset_parameters()`` of each matched module.
+
+    Writes all of the module's direct parameters (one call per module); ``bias``
+    is not used. A matched module without ``reset_parameters`` is an error.
+    """
+
+    def module_targets(self, module: nn.Module) -> list[tuple[str, Tensor]]:
+        if _reset_of(module) is None:
+            raise InitTypeError(f"Default: {type(module).__name__} has no reset_parameters(), "
+                                "so it has no PyTorch default. Fix: give it another rule.")
+        return [("reset", p) for p in module._parameters.values() if p is not None]
+
+    def group(self, module: nn.Module | None) -> int | None:
+        return id(module)
+
+    def init_weight(self, tensor: Tensor) -> None:
+        raise InitTypeError("Default needs the module: it calls its reset_parameters()")
+
+    def fill_weight(self, tensor: Tensor, module: nn.Module | None) -> None:
+        reset = _reset_of(module) if module is not None else None
+        if reset is None:
+            raise InitTypeError("Default needs a module with reset_parameters()")
+        reset()
+
+    def args(self) -> dict[str, Any]:
+        return {}
+
+    def _get_init_info(self) -> str:
+        return "DefaultInit: reset_parameters()"
+
+
+def _reset_of(module: nn.Module) -> Any:
+    for name in ("reset_parameters", "_reset_parameters"):
+        fn = getattr(module, name, None)
+        if callable(fn):
+            return fn
+    return None
+
+
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, _NORM_TYPES) or (
+        "Norm" in type(module).__name__ and isinstance(getattr(module, "weight", None), Tensor))
+
+
+@WEIGHT_INITIALIZERS.register_module(name="ZeroInitResidual")
+class ZeroInitResidualInit(BaseInit):
+    """Zero the scale (γ) of the last normalization layer of each residual branch.
+
+    Each residual block then starts as the identity (Goyal et al., 2017;
+    "zero-init residual"). ``layer`` names the block classes; ``norm`` is a
+    glob of the norm's name inside the block (``'bn3'``, ``'*.norm2'``);
+    without ``norm`` the block's last normalization layer in registration
+    order is used. Without ``layer``, ``norm`` is a pattern over the whole
+    module declaring the rule (``'layer*.*.bn3'``). Norm biases are left as
+    they are.
+    """
+
+    arg_names = ("norm",)
+    targets_itself = True
+
+    def __init__(self, norm: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if norm is not None and not isinstance(norm, str):
+            raise InitTypeError(f"norm must be a str pattern or None, got {norm!r}")
+        if norm is None and not self.layer:
+            raise InitValueError("ZeroInitResidual needs layer=<residual block class> or "
+                                 "norm=<name pattern of the norms to zero>")
+        self.norm = norm
+
+    def _norms(self, block: nn.Module) -> list[nn.Module]:
+        if self.norm is None:
+            norms = [m for n, m in block.named_modules() if n and _is_norm(m)]
+            return norms[-1:]
+        parts = self.norm.split(".")
+        return [m for n, m in block.named_modules()
+                if n and len(n.split(".")) == len(parts)
+                and all(fnmatch.fnmatchcase(a, b) for a, b in zip(n.split("."), parts))]
+
+    def module_targets(self, module: nn.Module) -> list[tuple[str, Tensor]]:
+        out = []
+        for norm in self._norms(module):
+            w = getattr(norm, "weight", None)
+            if not isinstance(w, Tensor):
+                raise InitTypeError(f"ZeroInitResidual: {type(norm).__name__} in "
+                                    f"{type(module).__name__} has no affine weight to zero")
+            out.append(("weight", w))
+        if not out:
+            raise InitValueError(f"ZeroInitResidual: no normalization layer "
+                                 f"{'named ' + repr(self.norm) if self.norm else ''} in "
+                                 f"{type(module).__name__}. Fix: set norm=<name pattern>.")
+        return out
+
+    def init_weight(self, tensor: Tensor) -> None:
+        F.constant_(tensor, 0.0)
+
+    def args(self) -> dict[str, Any]:
+        return {"norm": self.norm}
+
+
+class LSUVError(InitRuntimeError):
+    """LSUV could not bring a layer's output to unit variance."""
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass once the watched layer has run."""
+
+
+@WEIGHT_INITIALIZERS.register_module(name="LSUV")
+class LSUVInit(BaseInit):
+    """Layer-sequential unit variance (Mishkin & Matas, 2016), data-driven.
+
+    Matched layers (``layer``, default every Linear and Conv) get an
+    orthogonal weight and a constant bias; then, layer by layer in forward
+    order, the weight is rescaled by ``target_std / std(output)`` until the
+    layer's output std on the batch is within ``tol`` (relative) of
+    ``target_std``, at most ``max_iters`` times. Runs after the declaring
+    module's children (like Pretrained), on the whole module, since it
+    measures the signal that flows through it.
+
+    The batch: ``data`` (a tensor, or a callable returning one) or random
+    normal data of ``input_shape`` drawn with ``seed``. Buffers changed by
+    the forward passes (BatchNorm statistics) are restored afterwards.
+
+    Example::
+
+        >>> dict(type='LSUV', input_shape=(64, 3, 32, 32), tol=0.05)
+    """
+
+    arg_names = ("input_shape", "tol", "max_iters", "target_std")
+    late = True
+
+    def __init__(self, input_shape: list[int] | tuple[int, ...] | None = None, data: Any = None,
+                 tol: float = 0.05, max_iters: int = 10, target_std: float = 1.0,
+                 seed: int = 0, **kwargs: Any) -> None:
+        kwargs.setdefault("layer", ["Linear", "Conv1d", "Conv2d", "Conv3d"])
+        super().__init__(**kwargs)
+        if (input_shape is None) == (data is None):
+            raise InitValueError("LSUV needs exactly one of input_shape=(batch, ...) or data=<a "
+                                 "tensor or a callable returning one>")
+        if input_shape is not None and (
+                not isinstance(input_shape, (list, tuple)) or not input_shape
+                or any(isinstance(d, bool) or not isinstance(d, int) or d < 1
+                       for d in input_shape)):
+            raise InitTypeError(f"input_shape must be a list of positive ints, got "
+                                f"{input_shape!r}")
+        if data is not None and not (isinstance(data, Tensor) or callable(data)):
+            raise InitTypeError(f"data must be a tensor or a callable, got {type(data).__name__}")
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
+        self.data = data
+        self.tol = _number(tol, "tol")
+        self.target_std = _number(target_std, "target_std")
+        if self.tol <= 0 or self.target_std <= 0:
+            raise InitValueError(f"tol and target_std must be > 0, got {tol}, {target_std}")
+        if isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1:
+            raise InitTypeError(f"max_iters must be an int >= 1, got {max_iters!r}")
+        self.max_iters = max_iters
+        self.seed = seed
+
+    def check_weight(self, shape: tuple[int, ...]) -> None:
+        if len(shape) < 2:
+            raise ShapeError(f"LSUV needs weights with at least 2 dimensions, got {tuple(shape)}")
+
+    def init_weight(self, tensor: Tensor) -> None:
+        with torch.no_grad():
+            nn.init.orthogonal_(tensor)
+
+    def stage(self, module: nn.Module) -> Any:
+        return _LSUVStage(self)
+
+
+class _LSUVStage:
+    """The data-driven half of LSUV, run as a step after the orthogonal writes."""
+
+    record_kind = "rule"
+
+    def __init__(self, rule: LSUVInit) -> None:
+        self.rule = rule
+
+    def _get_init_info(self) -> str:
+        return self.rule._get_init_info()
+
+    def _batch(self, module: nn.Module) -> Tensor:
+        rule = self.rule
+        if rule.data is not None:
+            return rule.data() if callable(rule.data) else rule.data
+        ref = next((p for p in module.parameters()), None)
+        device = ref.device if ref is not None else torch.device("cpu")
+        dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
+        gen = torch.Generator(device="cpu").manual_seed(rule.seed)
+        return torch.randn(rule.input_shape, generator=gen).to(device=device, dtype=dtype)
+
+    def __call__(self, module: nn.Module) -> None:
+        rule = self.rule
+        names = {id(m): n or type(m).__name__ for n, m in module.named_modules()}
+        layers = {id(m): m for m in module.modules() if layer_matches(m, rule.layer)}
+        batch = self._batch(module)
+        saved = {n: b.detach().clone() for n, b in module.named_buffers()}
+        order: list[nn.Module] = []
+        hooks = [m.register_forward_hook(lambda m, i, o: order.append(m) if m not in order
+                                         else None) for m in layers.values()]
+        try:
+            with torch.no_grad():
+                module(batch)
+                for h in hooks:
+                    h.remove()
+                hooks = []
+                for layer in order:
+                    self._normalize(module, layer, names[id(layer)], batch)
+        finally:
+            for h in hooks:
+                h.remove()
+            with torch.no_grad():
+                for n, b in module.named_buffers():
+                    if n in saved:
+                        b.copy_(saved[n])
+
+    def _normalize(self, module: nn.Module, layer: nn.Module, name: str, batch: Tensor) -> None:
+        rule = self.rule
+        seen: dict[str, Tensor] = {}
+
+        def grab(m: nn.Module, inputs: Any, output: Any) -> None:
+            seen["out"] = output[0] if isinstance(output, tuple) else output
+            raise _StopForward
+
+        handle = layer.register_forward_hook(grab)
+        try:
+            std = float("nan")
+            for _ in range(rule.max_iters):
+                try:
+                    module(batch)
+                except _StopForward:
+                    pass
+                std = seen["out"].float().std().item()
+                if not math.isfinite(std) or std == 0:
+                    raise LSUVError(
+                        f"LSUV: the output of {name} ({type(layer).__name__}) has std {std} on "
+                        "the batch, so it cannot be scaled to unit variance. Fix: check the "
+                        "layers before it (dead activations?) or exclude it from 'layer'.")
+                if abs(std - rule.target_std) <= rule.tol * rule.target_std:
+                    return
+                layer.weight.mul_(rule.target_std / std)
+            raise LSUVError(
+                f"LSUV: {name} ({type(layer).__name__}) did not reach output std "
+                f"{rule.target_std}±{rule.tol * rule.target_std:g} within {rule.max_iters} "
+                f"iterations (last std {std:.4g}). Fix: raise max_iters or tol.")
+        finally:
+            handle.remove()
