@@ -303,3 +303,12 @@ def test_user_rule_plans_records_and_materializes():
     assert torch.all(net[0].weight == 2) and torch.all(net[1].weight == 4)
     assert torch.all(net[0].bias == 1) and net[0].weight._version == 1
     assert rec["1.weight"].kind == "rule"
+
+
+def test_lsuv_on_a_deferred_model():
+    with wi.deferred():
+        net = nn.Sequential(*[m for _ in range(6) for m in (nn.Linear(32, 32), nn.GELU())])
+    wi.initialize(net, dict(type="LSUV", input_shape=(256, 32), tol=0.05))
+    x = torch.randn(256, 32, generator=torch.Generator().manual_seed(0))
+    stds = _layer_stds(net, x, (nn.Linear,))
+    assert all(abs(s - 1) <= 0.05 for s in stds), stds
