@@ -7,11 +7,19 @@ any tensor is written.
 
 import logging
 
+from .checkpoint import (
+    CheckpointDownloadError,
+    CheckpointHashError,
+    LoadReport,
+    cache_dir,
+    register_scheme,
+)
 from .deferred import deferred
-from .engine import get_init_record, initialize, update_init_info
+from .engine import get_init_record, initialize, load_checkpoint, update_init_info
 from .errors import (
     CheckpointError,
     CheckpointKeyError,
+    CheckpointMismatchError,
     CheckpointNotFoundError,
     ConfigStructureError,
     DistributionError,
@@ -83,6 +91,8 @@ logging.getLogger("weightinit").addHandler(logging.NullHandler())
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckpointDownloadError", "CheckpointHashError", "CheckpointMismatchError", "LoadReport",
+    "cache_dir", "load_checkpoint", "register_scheme",
     "DefaultInit", "DiracInit", "EyeInit", "LeCunNormalInit", "LeCunUniformInit", "LSUVError",
     "LSUVInit", "OnesInit", "OrthogonalInit", "TFTruncNormalInit", "VarianceScalingInit",
     "ZeroInitResidualInit", "ZerosInit", "fan_in_and_fan_out", "tf_trunc_normal_",

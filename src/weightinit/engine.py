@@ -25,6 +25,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from . import materialize
+from .checkpoint.loader import LoadReport
 from .config import Rule, module_label, parse_init_cfg
 from .errors import InitRecordError, InitRuntimeError, InitTypeError
 from .plan import Call, Planner, Write, Writer, schedule
@@ -100,6 +101,7 @@ class Session:
         self._members: set[int] | None = None
         self._replaced: list[Tensor] = []
         self.left_to_user: list[str] = []
+        self.loads: list[LoadReport] = []
 
     def prepare(self, events: list[Write | Call], device: Any, dtype: Any) -> list[Write | Call]:
         """Materialize meta tensors (or move real ones) before executing ``events``.
@@ -118,8 +120,9 @@ class Session:
         defaults, undefined = materialize.default_events(root, mapping, slots)
         events = defaults + events
         self.left_to_user = materialize.check_defined(root, undefined, events, slots)
+        adopt = materialize.adoptable(events, device, dtype)
         try:
-            self._replaced = materialize.allocate(root, mapping, device, dtype, slots)
+            self._replaced = materialize.allocate(root, mapping, device, dtype, slots, adopt)
         except (RuntimeError, TypeError) as err:
             raise InitRuntimeError(f"cannot allocate {type(root).__name__} on device={device!r} "
                                    f"dtype={dtype!r}: {err}") from err
@@ -232,7 +235,7 @@ class Session:
                 name=name, shape=tuple(p.shape), dtype=str(p.dtype).replace("torch.", ""),
                 device=str(p.device), kind=e.kind, info=e.info, declared_in=e.declared_in,
                 rule=e.init)
-        return InitRecord(root_name, params)
+        return InitRecord(root_name, params, tuple(self.loads))
 
 
 def _enter(module: nn.Module) -> tuple[Session, bool]:
@@ -271,6 +274,7 @@ def run_init_weights(module: nn.Module, device: Any = None, dtype: Any = None) -
                 logger.debug("initialize %s with init_cfg %s", type(module).__name__,
                              module.init_cfg)
             session.execute(events)
+            session.loads.extend(planner.loads)
             for m in planner.visited:
                 m._is_init = True
             if outermost:
@@ -282,7 +286,7 @@ def run_init_weights(module: nn.Module, device: Any = None, dtype: Any = None) -
 
 
 def _run_rules(module: nn.Module, rules: tuple[Rule, ...], device: Any = None,
-               dtype: Any = None) -> InitRecord | None:
+               dtype: Any = None, loads: list[LoadReport] | None = None) -> InitRecord | None:
     session, outermost = _enter(module)
     if not outermost and (device is not None or dtype is not None):
         raise InitTypeError("initialize: device/dtype can only be given outside init_weights")
@@ -294,6 +298,9 @@ def _run_rules(module: nn.Module, rules: tuple[Rule, ...], device: Any = None,
         if outermost:
             events = session.prepare(events, device, dtype)
         session.execute(events)
+        session.loads.extend(planner.loads)
+        if loads is not None:
+            loads.extend(planner.loads)
         return _finish(session, module) if outermost else None
     finally:
         _ACTIVE.reset(token)
@@ -342,6 +349,41 @@ def apply_initializer(module: nn.Module, init: Any) -> InitRecord | None:
     return _run_rules(module, (rule,))
 
 
+def load_checkpoint(model: nn.Module, source: str, *, prefix: str | None = None,
+                    map_location: Any = "cpu", strict: bool = False, mismatch: str = "skip",
+                    revise_keys: Any = None, allow_pickle: bool = False,
+                    sha256: str | None = None, device: Any = None,
+                    dtype: Any = None) -> LoadReport:
+    """Load a checkpoint into ``model`` (any ``nn.Module``) and report what happened.
+
+    ``source`` is a path, ``file://``, ``http(s)://`` (downloaded once into
+    the cache), ``torchvision://NAME`` or a registered scheme;
+    ``.safetensors`` is read lazily, ``.pth`` with ``weights_only=True``
+    unless ``allow_pickle``. Keys: nested ``state_dict``/``model``/``module``
+    unwrapped, ``revise_keys`` regexes applied (default: strip ``module.``),
+    then ``prefix`` selected. Shape mismatches are skipped and reported
+    (``mismatch='error'`` raises); ``strict`` makes missing or unexpected
+    keys an error. Every check runs before any write. A model built under
+    :func:`weightinit.deferred` is materialized on ``device``/``dtype``, and
+    tensors that come only from the checkpoint use the loaded storage as is.
+
+    Example::
+
+        >>> report = load_checkpoint(model, "weights.safetensors", prefix="backbone")
+        >>> report.missing, report.unexpected, report.mismatched
+    """
+    from .rules import PretrainedInit
+
+    init = PretrainedInit(source, prefix=prefix, map_location=map_location,
+                          allow_pickle=allow_pickle, revise_keys=revise_keys, strict=strict,
+                          mismatch=mismatch, sha256=sha256)
+    rule = Rule(init=init, cfg={}, location="load_checkpoint", owner="",
+                owner_class=type(model).__name__)
+    loads: list[LoadReport] = []
+    _run_rules(model, (rule,), device, dtype, loads)
+    return loads[-1]
+
+
 def update_init_info(module: nn.Module, init_info: str) -> None:
     """Inside a user-defined ``init_weights``: label the parameters of ``module`` it changed.
 
@@ -370,4 +412,5 @@ def get_init_record(module: nn.Module) -> InitRecord | None:
     return getattr(module, "_weightinit_record", None)
 
 
-__all__ = ["initialize", "update_init_info", "get_init_record", "module_label"]
+__all__ = ["initialize", "load_checkpoint", "update_init_info", "get_init_record",
+           "module_label"]

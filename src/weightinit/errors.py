@@ -78,5 +78,9 @@ class CheckpointKeyError(InitKeyError, AssertionError):
     """A checkpoint has no keys under the requested ``prefix``."""
 
 
+class CheckpointMismatchError(CheckpointError):
+    """A checkpoint's keys or shapes do not fit the model under the requested policy."""
+
+
 class UnsafeCheckpointError(CheckpointError):
     """A pickle checkpoint needs arbitrary code to load and pickles were not allowed."""

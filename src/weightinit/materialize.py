@@ -158,19 +158,59 @@ def check_defined(root: nn.Module, undefined: list[tuple[str, str]],
     return left_to_user
 
 
+def adoptable(events: list[Write | Call], device: torch.device | str | None,
+              dtype: torch.dtype | None) -> dict[int, Tensor]:
+    """Meta tensors whose only value comes from a checkpoint tensor that can be used as is.
+
+    Such a tensor is not allocated and copied into: the loaded tensor becomes
+    its storage (same shape, dtype and device, contiguous, not shared with
+    another key), so the file read is its one write.
+    """
+    device = torch.device("cpu") if device is None else torch.device(device)
+    last: dict[int, Any] = {}
+    meta: dict[int, Tensor] = {}
+    seen_by_user: set[int] = set()
+    for ev in events:
+        if isinstance(ev, Write):
+            last[id(ev.tensor)] = ev.writer
+            if ev.tensor.device.type == "meta":
+                meta[id(ev.tensor)] = ev.tensor
+        else:
+            seen_by_user.update(id(t) for t in subtree_tensors(ev.module))
+    adopt: dict[int, Tensor] = {}
+    used: set[int] = set()
+    for key, writer in last.items():
+        if key not in meta or key in seen_by_user or getattr(writer, "source", None) is None:
+            continue
+        t, value = meta[key], writer.value()
+        want = dtype if dtype is not None and t.is_floating_point() else t.dtype
+        if (value.dtype != want or value.device != device or not value.is_contiguous()
+                or value.untyped_storage().nbytes() != value.nbytes
+                or value.data_ptr() in used):
+            continue
+        used.add(value.data_ptr())
+        adopt[key] = value
+    return adopt
+
+
 def allocate(root: nn.Module, mapping: dict[int, Tensor], device: torch.device | str | None,
-             dtype: torch.dtype | None, slots: Slots | None = None) -> list[Tensor]:
+             dtype: torch.dtype | None, slots: Slots | None = None,
+             adopt: dict[int, Tensor] | None = None) -> list[Tensor]:
     """Give every tensor real storage on ``device``/``dtype``; fill ``mapping`` old id -> new.
 
+    Tensors in ``adopt`` take the given tensor as their storage instead.
     Returns the replaced tensors, which must outlive ``mapping`` (it is keyed by ``id``).
     """
+    adopt = adopt or {}
     device = torch.device("cpu") if device is None else torch.device(device)
     replaced: list[Tensor] = []
     for _, module, kind, attr, t in slots if slots is not None else slots_of(root):
         new = mapping.get(id(t))
         if new is None:
             target_dtype = dtype if dtype is not None and t.is_floating_point() else t.dtype
-            if t.device.type == "meta":
+            if id(t) in adopt:
+                data = adopt[id(t)]
+            elif t.device.type == "meta":
                 data = torch.empty(t.shape, dtype=target_dtype, device=device)
             elif t.device != device or t.dtype != target_dtype:
                 data = t.detach().to(device=device, dtype=target_dtype)

@@ -29,9 +29,15 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .checkpoint import load_pretrained_state
+from .checkpoint.loader import LoadReport, load_pretrained_state
 from .config import Rule, module_label, parse_init_cfg
-from .errors import InitError, InitTypeError, OverrideTargetError, ShapeError
+from .errors import (
+    CheckpointMismatchError,
+    InitError,
+    InitTypeError,
+    OverrideTargetError,
+    ShapeError,
+)
 from .registry import is_model_wrapper
 from .rules import BaseInit, PretrainedInit, layer_matches
 
@@ -48,7 +54,7 @@ class Writer:
     role: str
     where: str
     key: str | None = None
-    source: Tensor | None = None
+    source: Any = None  # a CheckpointState, for checkpoint writes
     module: nn.Module | None = field(default=None, compare=False)
 
     @property
@@ -69,9 +75,15 @@ class Writer:
     def group(self) -> int | None:
         return None if self.source is not None else self.init.group(self.module)
 
+    def value(self) -> Tensor:
+        """The checkpoint tensor this writer copies (read from the file on first use)."""
+        return self.source.get(self.key)
+
     def write(self, tensor: Tensor) -> None:
         if self.source is not None:
-            tensor.copy_(self.source)
+            value = self.value()
+            if value.data_ptr() != tensor.data_ptr():  # adopted storage is already in place
+                tensor.copy_(value)
         elif self.role == "bias":
             self.init.init_bias(tensor)
         else:
@@ -150,6 +162,7 @@ class Planner:
         self.validate_only = validate_only
         self.events: list[Write | Call] = []
         self.visited: list[nn.Module] = []
+        self.loads: list[LoadReport] = []
         self._paths: dict[int, str] | None = None
         self._orders: dict[int, list[nn.Module]] = {}
 
@@ -351,37 +364,46 @@ class Planner:
         return found
 
     def apply_pretrained(self, target: nn.Module, init: PretrainedInit, where: str) -> None:
-        key = ("ckpt", init.checkpoint, init.prefix, str(init.map_location),
-               getattr(init, "allow_pickle", False))
+        key = ("ckpt", init.checkpoint, init.prefix, str(init.map_location), init.allow_pickle,
+               init.revise_keys, init.sha256)
         if key not in self.cache:
             self.cache[key] = load_pretrained_state(init, where)
         state = self.cache[key]
         slots = _state_tensors(target)
-        label = self.label(target)
-        mismatched, unexpected = [], []
-        for k, value in state.items():
+        report = LoadReport(init.checkpoint)
+        writes = []
+        for k in state.keys():
             slot = slots.get(k)
-            if slot is None or not isinstance(value, torch.Tensor):
-                unexpected.append(k)
-            elif tuple(slot.shape) != tuple(value.shape):
-                mismatched.append((k, tuple(value.shape), tuple(slot.shape)))
-            elif not self.validate_only:
-                self.events.append(Write(slot, Writer(init, "checkpoint", where, key=k,
-                                                      source=value)))
+            if slot is None or not state.is_tensor(k):
+                report.unexpected.append(k)
+            elif tuple(slot.shape) != state.shape(k):
+                report.mismatched.append((k, state.shape(k), tuple(slot.shape)))
+            else:
+                report.loaded.append(k)
+                writes.append(Write(slot, Writer(init, "checkpoint", where, key=k,
+                                                 source=state)))
+        report.missing = [k for k in slots if k not in state and "num_batches_tracked" not in k]
+        label = self.label(target)
+        fix = ("Fix: set prefix= or revise_keys= so the checkpoint's keys match the model's, "
+               "or check that this is the right checkpoint.")
+        if not report.loaded:
+            raise CheckpointMismatchError(
+                f"{where}: no key of {init.checkpoint} matches {label}: checkpoint keys "
+                f"start {', '.join(state.keys()[:5]) or '(none)'}; the module's start "
+                f"{', '.join(list(slots)[:5]) or '(none)'}. {fix}")
+        if init.mismatch == "error" and report.mismatched:
+            raise CheckpointMismatchError(f"{where}: shape mismatch loading {init.checkpoint} "
+                                          f"into {label}: {report}. Fix: use mismatch='skip' to "
+                                          "leave those tensors to the other rules.")
+        if init.strict and (report.missing or report.unexpected):
+            raise CheckpointMismatchError(f"{where}: strict load of {init.checkpoint} into "
+                                          f"{label}: {report}. {fix}")
         if self.validate_only:
             return
-        missing = [k for k in slots if k not in state and "num_batches_tracked" not in k]
-        if unexpected or missing or mismatched:
-            parts = []
-            if unexpected:
-                parts.append(f"unexpected key in source state_dict: {', '.join(unexpected)}")
-            if mismatched:
-                parts.append("size mismatch (kept the rule's init): " + ", ".join(
-                    f"{k}: checkpoint {s} vs model {m}" for k, s, m in mismatched))
-            if missing:
-                parts.append(f"missing keys in source state_dict: {', '.join(missing)}")
-            logger.warning("%s: loading %s into %s: %s", where, init.checkpoint, label,
-                           "; ".join(parts))
+        self.events.extend(writes)
+        self.loads.append(report)
+        if report.unexpected or report.missing or report.mismatched:
+            logger.warning("%s: loading into %s: %s", where, label, report)
 
 
 Step = list[tuple[Tensor, Writer]] | Call

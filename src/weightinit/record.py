@@ -54,6 +54,8 @@ class InitRecord:
 
     root: str
     params: dict[str, ParamRecord]
+    #: one LoadReport per checkpoint load (keys loaded, missing, unexpected, mismatched)
+    loads: tuple[Any, ...] = ()
 
     def __getitem__(self, name: str) -> ParamRecord:
         return self.params[name]

@@ -266,6 +266,17 @@ class NormalInit(BaseInit):
         return float(self.std)
 
 
+def _truncated_std(std: float, alpha: float, beta: float) -> float | None:
+    # Std of a normal of this std truncated to [alpha, beta] in units of std.
+    pdf = lambda x: math.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)  # noqa: E731
+    mass = F._norm_cdf(beta) - F._norm_cdf(alpha)
+    if mass <= 0:
+        return None
+    tail = (alpha * pdf(alpha) - beta * pdf(beta)) / mass
+    shift = (pdf(alpha) - pdf(beta)) / mass
+    return std * math.sqrt(max(0.0, 1 + tail - shift * shift))
+
+
 @WEIGHT_INITIALIZERS.register_module(name="TruncNormal")
 class TruncNormalInit(BaseInit):
     """weight ← N(mean, std²) truncated to the absolute bounds [a, b]."""
@@ -286,6 +297,15 @@ class TruncNormalInit(BaseInit):
 
     def init_weight(self, tensor: Tensor) -> None:
         F.trunc_normal_(tensor, self.mean, self.std, self.a, self.b)
+
+    def weight_std(self, shape: tuple[int, ...]) -> float | None:
+        """Std of N(mean, std²) truncated to [a, b]: std·√(1 + (αφ(α) − βφ(β))/Z − ((φ(α) − φ(β))/Z)²).
+
+        α = (a − mean)/std, β = (b − mean)/std, Z = Φ(β) − Φ(α). With the
+        usual std=0.02, a=-2, b=2 the bounds are 100 std away: the std is 0.02.
+        """
+        return _truncated_std(self.std, (self.a - self.mean) / self.std,
+                              (self.b - self.mean) / self.std)
 
 
 @WEIGHT_INITIALIZERS.register_module(name="Uniform")
@@ -345,14 +365,23 @@ class Caffe2XavierInit(KaimingInit):
 
 @WEIGHT_INITIALIZERS.register_module(name="Pretrained")
 class PretrainedInit:
-    """Load a module's weights from a checkpoint; applied after every other rule.
+    """Load a module's weights from a checkpoint; applied after the module's children.
 
     Args:
-        checkpoint: path of the checkpoint (``~`` expanded; ``file://`` accepted).
+        checkpoint: a path (``~`` expanded), ``file://``, ``http(s)://`` (cached),
+            ``torchvision://NAME``, or any scheme registered with
+            :func:`weightinit.register_scheme`.
         prefix: load only the keys under this prefix (``'backbone.'``), stripped.
         map_location: where tensors are read to (default ``'cpu'``).
         allow_pickle: read a ``.pth`` that needs arbitrary code to unpickle.
             Off by default: such a file could run anything while loading.
+        revise_keys: ``(regex, replacement)`` pairs applied to every key
+            before ``prefix`` (default: strip DDP's ``module.``).
+        strict: missing or unexpected keys are an error (raised before any write).
+        mismatch: ``'skip'`` (default, as MMEngine: keys whose shape differs
+            are left to the other rules and reported) or ``'error'``.
+        sha256: expected sha256 of the file (checked on download, or on read
+            for a local file).
 
     Keys the checkpoint covers are written once, from the checkpoint; keys it
     does not cover keep whatever rule (or default) owns them.
@@ -360,17 +389,29 @@ class PretrainedInit:
 
     def __init__(self, checkpoint: str, prefix: str | None = None,
                  map_location: str | torch.device | None = "cpu",
-                 allow_pickle: bool = False) -> None:
+                 allow_pickle: bool = False, revise_keys: Any = None, strict: bool = False,
+                 mismatch: str = "skip", sha256: str | None = None) -> None:
+        from .checkpoint.loader import check_revise_keys
+
         if not isinstance(checkpoint, str) and not hasattr(checkpoint, "__fspath__"):
             raise InitTypeError(f"checkpoint must be a path, got {type(checkpoint).__name__}")
         if prefix is not None and not isinstance(prefix, str):
             raise InitTypeError(f"prefix must be a str or None, got {type(prefix).__name__}")
+        for name, flag in (("allow_pickle", allow_pickle), ("strict", strict)):
+            if not isinstance(flag, bool):
+                raise InitTypeError(f"{name} must be a bool, got {type(flag).__name__}")
+        if mismatch not in ("skip", "error"):
+            raise InitValueError(f"mismatch must be 'skip' or 'error', got {mismatch!r}")
+        if sha256 is not None and not (isinstance(sha256, str) and len(sha256) == 64):
+            raise InitTypeError(f"sha256 must be a 64-character hex string, got {sha256!r}")
         self.checkpoint = str(checkpoint)
         self.prefix = prefix
         self.map_location = map_location
-        if not isinstance(allow_pickle, bool):
-            raise InitTypeError(f"allow_pickle must be a bool, got {type(allow_pickle).__name__}")
         self.allow_pickle = allow_pickle
+        self.revise_keys = check_revise_keys(revise_keys)
+        self.strict = strict
+        self.mismatch = mismatch
+        self.sha256 = sha256
         self.wholemodule = False
 
     plannable = True
@@ -526,6 +567,13 @@ class EyeInit(BaseInit):
         with torch.no_grad():
             nn.init.eye_(tensor)
 
+    def weight_std(self, shape: tuple[int, ...]) -> float | None:
+        """√(p(1 − p)), p = min(rows, cols)/(rows·cols): the share of ones."""
+        if len(shape) != 2 or not shape[0] * shape[1]:
+            return None
+        p = min(shape) / (shape[0] * shape[1])
+        return math.sqrt(p * (1 - p))
+
 
 @WEIGHT_INITIALIZERS.register_module(name="Zeros")
 class ZerosInit(BaseInit):
@@ -555,6 +603,10 @@ class TFTruncNormalInit(TruncNormalInit):
 
     def init_weight(self, tensor: Tensor) -> None:
         F.tf_trunc_normal_(tensor, self.mean, self.std, self.a, self.b)
+
+    def weight_std(self, shape: tuple[int, ...]) -> float | None:
+        """Std of N(mean, std²) truncated to mean + [a, b]·std (a, b in units of std)."""
+        return _truncated_std(self.std, self.a, self.b)
 
 
 @WEIGHT_INITIALIZERS.register_module(name="Default")
@@ -656,6 +708,9 @@ class ZeroInitResidualInit(BaseInit):
 
     def init_weight(self, tensor: Tensor) -> None:
         F.constant_(tensor, 0.0)
+
+    def weight_std(self, shape: tuple[int, ...]) -> float | None:
+        return 0.0
 
     def args(self) -> dict[str, Any]:
         return {"norm": self.norm}

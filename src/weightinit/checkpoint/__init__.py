@@ -1,5 +1,18 @@
-"""Reading checkpoints for ``Pretrained`` rules."""
+"""Checkpoints for ``Pretrained`` rules and :func:`load_checkpoint`: sources, formats, keys."""
 
-from .loader import load_pretrained_state, read_checkpoint
+from .loader import CheckpointState, LoadReport, load_pretrained_state, read_checkpoint
+from .sources import (
+    CheckpointDownloadError,
+    CheckpointHashError,
+    cache_dir,
+    download,
+    register_scheme,
+    resolve,
+    torchvision_urls,
+)
 
-__all__ = ["load_pretrained_state", "read_checkpoint"]
+__all__ = [
+    "CheckpointDownloadError", "CheckpointHashError", "CheckpointState", "LoadReport",
+    "cache_dir", "download", "load_pretrained_state", "read_checkpoint", "register_scheme",
+    "resolve", "torchvision_urls",
+]
