@@ -44,6 +44,7 @@ class CheckpointState:
         self.source = source
         self._dense: dict[str, Any] = {}
         self._lazy: dict[str, tuple[Any, str]] = {}
+        self._read: dict[str, Tensor] = {}  # lazy entries already read (memory-mapped)
 
     @classmethod
     def from_dict(cls, source: str, state: dict[str, Any]) -> CheckpointState:
@@ -80,8 +81,11 @@ class CheckpointState:
 
     def get(self, key: str) -> Tensor:
         if key in self._lazy:
-            handle, name = self._lazy[key]
-            return handle.get_tensor(name)
+            out = self._read.get(key)
+            if out is None:
+                handle, name = self._lazy[key]
+                out = self._read[key] = handle.get_tensor(name)
+            return out
         return self._dense[key]
 
     def renamed(self, mapping: dict[str, str]) -> CheckpointState:
