@@ -1,6 +1,7 @@
 .PHONY: demo test
 
-# Set up .venv if needed, build the bundled ResNet-50, initialize it and print its record.
+# Set up .venv if needed; `weightinit init` the bundled ResNet-50 config: print the init report,
+# write out/resnet50.safetensors and out/resnet50-report.md.
 demo:
 	bash scripts/run.sh example
 

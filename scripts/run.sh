@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up a virtual environment in .venv (if needed) and run a job in it.
-#   make demo   (bash scripts/run.sh example)   initialize the bundled ResNet-50 and print its init record
+#   make demo   (bash scripts/run.sh example)   weightinit init the bundled ResNet-50: print the report,
+#                                               write out/resnet50.safetensors and out/resnet50-report.md
 #   make test   (bash scripts/run.sh test)      lint and run the whole test suite
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +24,8 @@ case "${1:-}" in
     example)
         setup
         shift
-        "$PY" examples/resnet50.py "$@"
+        "$VENV/bin/weightinit" init examples/configs/resnet50.py \
+            --out out/resnet50.safetensors --report out/resnet50-report.md "$@"
         ;;
     test)
         setup

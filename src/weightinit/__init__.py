@@ -14,6 +14,7 @@ from .checkpoint import (
     cache_dir,
     register_scheme,
 )
+from .configfile import ConfigError, ConfigNotFoundError, ModelConfig, load_config
 from .deferred import deferred
 from .engine import get_init_record, initialize, load_checkpoint, update_init_info
 from .errors import (
@@ -49,6 +50,7 @@ from .functional import (
     variance_scaling_,
     xavier_init,
 )
+from .health import HealthCheckError, HealthResult, check_health, plot_health
 from .materialize import UndefinedParameterError
 from .module import BaseModule, ModuleDict, ModuleList, Sequential
 from .plan import Plan, PlanEntry, plan
@@ -61,6 +63,7 @@ from .registry import (
     build_from_cfg,
     is_model_wrapper,
 )
+from .report import ParamReport, Report, build_report, plan_report
 from .rules import (
     BaseInit,
     Caffe2XavierInit,
@@ -91,6 +94,9 @@ logging.getLogger("weightinit").addHandler(logging.NullHandler())
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConfigError", "ConfigNotFoundError", "HealthCheckError", "HealthResult",
+    "ModelConfig", "ParamReport", "Report", "build_report", "check_health",
+    "load_config", "plan_report", "plot_health",
     "CheckpointDownloadError", "CheckpointHashError", "CheckpointMismatchError", "LoadReport",
     "cache_dir", "load_checkpoint", "register_scheme",
     "DefaultInit", "DiracInit", "EyeInit", "LeCunNormalInit", "LeCunUniformInit", "LSUVError",
