@@ -88,12 +88,14 @@ from .rules import (
     ZeroInitResidualInit,
     ZerosInit,
 )
+from .seeding import derive_seed, seeded
 
 logging.getLogger("weightinit").addHandler(logging.NullHandler())
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "derive_seed", "seeded",
     "ConfigError", "ConfigNotFoundError", "HealthCheckError", "HealthResult",
     "ModelConfig", "ParamReport", "Report", "build_report", "check_health",
     "load_config", "plan_report", "plot_health",

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from .errors import InitError, InitRuntimeError
+from .seeding import seeded
 
 PROG = "weightinit"
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
@@ -224,7 +225,8 @@ def _build_and_init(cfg: Any, args: argparse.Namespace, out: Output
     where = f"{device}" + (f", {str(dtype).replace('torch.', '')}" if dtype else "")
     with out.step(f"initializing {type(model).__name__} on {where}"):
         start = time.perf_counter()
-        record = cfg.initialize(model, device=device, dtype=dtype)
+        with seeded(_seed(cfg, args)):  # values depend on (seed, name, rule) only
+            record = cfg.initialize(model, device=device, dtype=dtype)
         elapsed = time.perf_counter() - start
     return model, record, elapsed
 

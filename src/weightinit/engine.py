@@ -30,6 +30,7 @@ from .config import Rule, module_label, parse_init_cfg
 from .errors import InitRecordError, InitRuntimeError, InitTypeError
 from .plan import Call, Planner, Write, Writer, schedule
 from .record import InitRecord, ParamRecord
+from .seeding import current_seed, seeded_write
 
 logger = logging.getLogger("weightinit")
 
@@ -93,8 +94,10 @@ class _Entry:
 class Session:
     """State of one outermost initialization: pending writes, what wrote what."""
 
-    def __init__(self, root: nn.Module) -> None:
+    def __init__(self, root: nn.Module, seed: int | None = None) -> None:
         self.root = root
+        self.seed = seed
+        self._names: dict[int, str] | None = None
         self.cache: dict = {}
         self.entries: dict[int, tuple[Tensor, _Entry]] = {}
         self.snapshots: list[dict[int, _State]] = []
@@ -127,6 +130,7 @@ class Session:
             raise InitRuntimeError(f"cannot allocate {type(root).__name__} on device={device!r} "
                                    f"dtype={dtype!r}: {err}") from err
         self._members = None
+        self._names = None
         return materialize.remap(events, mapping)
 
     def contains(self, module: nn.Module) -> bool:
@@ -151,7 +155,14 @@ class Session:
             for tensor, writer in items:
                 group = getattr(writer, "group", None)
                 if tensor.device.type != "meta" and (group is None or group not in done_groups):
-                    writer.write(tensor)
+                    if self.seed is not None and getattr(writer, "source", None) is None:
+                        # The rule's content, not where it was declared: defaults by their ops.
+                        text = writer.declared_in if writer.kind == "unchanged" else writer.info
+                        rule = f"{text}|{getattr(writer, 'role', 'default')}"
+                        seeded_write(self.seed, self.name_of(tensor), rule, tensor,
+                                     lambda t=tensor, w=writer: w.write(t))
+                    else:
+                        writer.write(tensor)
                     if group is not None:
                         done_groups.add(group)
                 key = (id(writer.init) if writer.init is not None else id(writer), writer.where)
@@ -163,6 +174,14 @@ class Session:
                 self.entries[id(tensor)] = (tensor, entry)
                 if self.snapshots:
                     self._refresh(tensor)
+
+    def name_of(self, tensor: Tensor) -> str:
+        """Full name of a parameter or buffer under the session's root."""
+        if self._names is None:
+            self._names = {}
+            for name, t in list(self.root.named_buffers()) + list(self.root.named_parameters()):
+                self._names[id(t)] = name
+        return self._names.get(id(tensor), f"<tensor {tuple(tensor.shape)}>")
 
     def _refresh(self, tensor: Tensor) -> None:
         state = None
@@ -238,11 +257,14 @@ class Session:
         return InitRecord(root_name, params, tuple(self.loads))
 
 
-def _enter(module: nn.Module) -> tuple[Session, bool]:
+def _enter(module: nn.Module, seed: int | None = None) -> tuple[Session, bool]:
     session = _ACTIVE.get()
     if session is not None and session.contains(module):
+        if seed is not None:
+            raise InitTypeError(f"{type(module).__name__}: seed can only be given to the "
+                                "outermost init_weights()/initialize() call")
         return session, False
-    return Session(module), True
+    return Session(module, current_seed(seed)), True
 
 
 def _finish(session: Session, module: nn.Module) -> InitRecord:
@@ -252,9 +274,10 @@ def _finish(session: Session, module: nn.Module) -> InitRecord:
     return record
 
 
-def run_init_weights(module: nn.Module, device: Any = None, dtype: Any = None) -> None:
+def run_init_weights(module: nn.Module, device: Any = None, dtype: Any = None,
+                     seed: int | None = None) -> None:
     """``BaseModule.init_weights``: plan the subtree, validate it all, then execute."""
-    session, outermost = _enter(module)
+    session, outermost = _enter(module, seed)
     if not outermost and (device is not None or dtype is not None):
         raise InitTypeError(f"{type(module).__name__}.init_weights: device/dtype can only be "
                             "given to the outermost init_weights() call")
@@ -286,8 +309,9 @@ def run_init_weights(module: nn.Module, device: Any = None, dtype: Any = None) -
 
 
 def _run_rules(module: nn.Module, rules: tuple[Rule, ...], device: Any = None,
-               dtype: Any = None, loads: list[LoadReport] | None = None) -> InitRecord | None:
-    session, outermost = _enter(module)
+               dtype: Any = None, loads: list[LoadReport] | None = None,
+               seed: int | None = None) -> InitRecord | None:
+    session, outermost = _enter(module, seed)
     if not outermost and (device is not None or dtype is not None):
         raise InitTypeError("initialize: device/dtype can only be given outside init_weights")
     token = _ACTIVE.set(session)
@@ -307,7 +331,7 @@ def _run_rules(module: nn.Module, rules: tuple[Rule, ...], device: Any = None,
 
 
 def initialize(module: nn.Module, init_cfg: dict | list[dict], *, device: Any = None,
-               dtype: Any = None) -> InitRecord | None:
+               dtype: Any = None, seed: int | None = None) -> InitRecord | None:
     """Apply ``init_cfg`` rules to any ``nn.Module`` (timm, torchvision, Hugging Face ...).
 
     Rules apply in list order, each rule's overrides right after its own
@@ -316,7 +340,9 @@ def initialize(module: nn.Module, init_cfg: dict | list[dict], *, device: Any = 
 
     A model built under :func:`weightinit.deferred` (or on ``meta``) is
     materialized on ``device`` (default CPU) in ``dtype`` (default: as
-    declared), each tensor written once.
+    declared), each tensor written once. With ``seed`` (or inside
+    :func:`weightinit.seeded`) each tensor's values depend only on the seed,
+    its name and its rule.
 
     Returns the init record (``None`` when called from inside another
     module's ``init_weights``, whose record it joins).
@@ -336,7 +362,8 @@ def initialize(module: nn.Module, init_cfg: dict | list[dict], *, device: Any = 
     path = ""
     if session is not None and session.contains(module):
         path = next((n for n, m in session.root.named_modules() if m is module), "")
-    return _run_rules(module, parse_init_cfg(init_cfg, path, type(module).__name__), device, dtype)
+    return _run_rules(module, parse_init_cfg(init_cfg, path, type(module).__name__), device, dtype,
+                      seed=seed)
 
 
 def apply_initializer(module: nn.Module, init: Any) -> InitRecord | None:

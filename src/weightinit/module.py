@@ -59,16 +59,18 @@ class BaseModule(nn.Module, metaclass=ABCMeta):
     def is_init(self, value: bool) -> None:
         self._is_init = value
 
-    def init_weights(self, device: Any = None, dtype: Any = None) -> None:
+    def init_weights(self, device: Any = None, dtype: Any = None, seed: int | None = None) -> None:
         """Initialize the subtree by its ``init_cfg`` rules (see the module docstring).
 
         For a model built under :func:`weightinit.deferred`, ``device``
         (default CPU) and ``dtype`` (default: as declared) say where to
-        materialize it; each tensor is then allocated and written once.
+        materialize it; each tensor is then allocated and written once. With
+        ``seed`` (or inside :func:`weightinit.seeded`) each parameter's values
+        depend only on the seed, its full name and its rule.
         """
         from .engine import run_init_weights
 
-        run_init_weights(self, device, dtype)
+        run_init_weights(self, device, dtype, seed)
 
     @property
     def init_record(self) -> InitRecord | None:
