@@ -28,20 +28,13 @@ from torch import Tensor
 from .deferred import Construction, construction_of, replay
 from .errors import InitRuntimeError
 from .plan import Call, Write, subtree_tensors
+from .rules import reset_method_of
 
 logger = logging.getLogger("weightinit")
 
 
 class UndefinedParameterError(InitRuntimeError):
     """A deferred parameter would be left without a defined value."""
-
-
-def _reset_method(module: nn.Module) -> Any:
-    for name in ("reset_parameters", "_reset_parameters"):
-        fn = getattr(module, name, None)
-        if callable(fn):
-            return fn
-    return None
 
 
 @dataclass(frozen=True)
@@ -76,7 +69,7 @@ class DefaultWriter:
         if self.construction is not None:
             replay(self.construction, tensor, self.mapping)
         else:
-            _reset_method(self.module)()
+            reset_method_of(self.module)()
 
 
 def slots_of(root: nn.Module) -> list[tuple[str, nn.Module, str, str, Tensor]]:
@@ -114,7 +107,7 @@ def default_events(root: nn.Module, mapping: dict[int, Tensor], slots: Slots | N
         construction = construction_of(t)
         if construction is not None and construction.defined:
             events.append(Write(t, DefaultWriter(module, root_name, construction, mapping)))
-        elif construction is None and _reset_method(module) is not None:
+        elif construction is None and reset_method_of(module) is not None:
             events.append(Write(t, DefaultWriter(module, root_name, None, mapping)))
         elif construction is not None and construction.broken:
             undefined.append((name, construction.broken))

@@ -618,7 +618,7 @@ class DefaultInit(BaseInit):
     """
 
     def module_targets(self, module: nn.Module) -> list[tuple[str, Tensor]]:
-        if _reset_of(module) is None:
+        if reset_method_of(module) is None:
             raise InitTypeError(f"Default: {type(module).__name__} has no reset_parameters(), "
                                 "so it has no PyTorch default. Fix: give it another rule.")
         return [("reset", p) for p in module._parameters.values() if p is not None]
@@ -630,7 +630,7 @@ class DefaultInit(BaseInit):
         raise InitTypeError("Default needs the module: it calls its reset_parameters()")
 
     def fill_weight(self, tensor: Tensor, module: nn.Module | None) -> None:
-        reset = _reset_of(module) if module is not None else None
+        reset = reset_method_of(module) if module is not None else None
         if reset is None:
             raise InitTypeError("Default needs a module with reset_parameters()")
         reset()
@@ -642,7 +642,8 @@ class DefaultInit(BaseInit):
         return "DefaultInit: reset_parameters()"
 
 
-def _reset_of(module: nn.Module) -> Any:
+def reset_method_of(module: nn.Module) -> Any:
+    """The module's ``reset_parameters`` (or MultiheadAttention's ``_reset_parameters``)."""
     for name in ("reset_parameters", "_reset_parameters"):
         fn = getattr(module, name, None)
         if callable(fn):
