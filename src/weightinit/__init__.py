@@ -89,13 +89,14 @@ from .rules import (
     ZerosInit,
 )
 from .seeding import derive_seed, seeded
+from .sharding import ShardingError
 
 logging.getLogger("weightinit").addHandler(logging.NullHandler())
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "derive_seed", "seeded",
+    "derive_seed", "seeded", "ShardingError",
     "ConfigError", "ConfigNotFoundError", "HealthCheckError", "HealthResult",
     "ModelConfig", "ParamReport", "Report", "build_report", "check_health",
     "load_config", "plan_report", "plot_health",

@@ -209,6 +209,14 @@ def _deferred_parameter_new(original: Callable[..., Any]) -> Callable[..., Any]:
     return new
 
 
+def _note_on_module(module: nn.Module, name: str, param: Any) -> None:
+    # Parameter registration hook: keep each parameter's construction on its
+    # module too, so it survives sharding, which replaces the parameter object.
+    construction = construction_of(param) if isinstance(param, Tensor) else None
+    if construction is not None:
+        module.__dict__.setdefault("_wi_constructions", {})[name] = construction
+
+
 @contextlib.contextmanager
 def deferred() -> Iterator[None]:
     """Build models inside this block without parameter storage or default init.
@@ -225,10 +233,15 @@ def deferred() -> Iterator[None]:
             saved_new.__func__ if isinstance(saved_new, staticmethod) else saved_new)
         for name, fn in saved_init.items():
             setattr(nn.init, name, _recording(fn))
+        register = getattr(nn.modules.module, "register_module_parameter_registration_hook",
+                           None)
+        handle = register(_note_on_module) if register is not None else None
         try:
             with _DeferredMode():
                 yield
         finally:
+            if handle is not None:
+                handle.remove()
             nn.Parameter.__new__ = saved_new  # type: ignore[method-assign]
             for name, fn in saved_init.items():
                 setattr(nn.init, name, fn)

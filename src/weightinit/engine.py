@@ -30,7 +30,17 @@ from .config import Rule, module_label, parse_init_cfg
 from .errors import InitRecordError, InitRuntimeError, InitTypeError
 from .plan import Call, Planner, Write, Writer, schedule
 from .record import InitRecord, ParamRecord
-from .seeding import current_seed, seeded_write
+from .seeding import current_seed, derive_seed, fill_elementwise, run_seeded
+from .sharding import (
+    ShardingError,
+    check_layout,
+    common_seed,
+    has_sharded,
+    is_sharded,
+    mesh_device,
+    refresh_fsdp,
+    write_shard,
+)
 
 logger = logging.getLogger("weightinit")
 
@@ -73,14 +83,22 @@ class _State:
 
     @classmethod
     def of(cls, t: Tensor) -> _State:
-        return cls(t, t._version, t.data_ptr() if t.device.type != "meta" else 0, _digest(t))
+        data = _local(t)
+        return cls(t, t._version, data.data_ptr() if data.device.type != "meta" else 0,
+                   _digest(data))
 
     def changed(self, t: Tensor) -> bool:
         if t is not self.tensor or t._version != self.version:
             return True
-        if t.device.type != "meta" and t.data_ptr() != self.ptr:
+        data = _local(t)
+        if data.device.type != "meta" and data.data_ptr() != self.ptr:
             return True
-        return _digest(t) != self.digest
+        return _digest(data) != self.digest
+
+
+def _local(t: Tensor) -> Tensor:
+    """The rank's own storage of a sharded tensor (reading it needs no communication)."""
+    return t._local_tensor if is_sharded(t) else t
 
 
 @dataclass(frozen=True)
@@ -123,6 +141,11 @@ class Session:
         defaults, undefined = materialize.default_events(root, mapping, slots)
         events = defaults + events
         self.left_to_user = materialize.check_defined(root, undefined, events, slots)
+        sharded = [(name, t) for name, _, _, _, t in slots if is_sharded(t)]
+        for name, t in sharded:
+            check_layout(t, device, name)
+        if device is None and sharded:
+            device = mesh_device(sharded[0][1])  # unsharded buffers go where the shards go
         adopt = materialize.adoptable(events, device, dtype)
         try:
             self._replaced = materialize.allocate(root, mapping, device, dtype, slots, adopt)
@@ -131,7 +154,27 @@ class Session:
                                    f"dtype={dtype!r}: {err}") from err
         self._members = None
         self._names = None
+        if has_sharded(root):
+            refresh_fsdp(root)
         return materialize.remap(events, mapping)
+
+    def refuse_sharded_stages(self, events: list[Write | Call]) -> None:
+        """Data-driven steps (LSUV) need the whole model: refuse them before any write."""
+        for ev in events:
+            if (isinstance(ev, Call) and getattr(ev.init, "whole_model", False)
+                    and has_sharded(ev.module)):
+                raise ShardingError(
+                    f"{ev.info} ({ev.where or ev.path or type(ev.module).__name__}) runs forward "
+                    f"passes over {type(ev.module).__name__}, whose parameters are sharded; it "
+                    "cannot run shard by shard. Nothing was written. Fix: initialize with this "
+                    "rule before sharding the model, or use a rule that is not data-driven.")
+
+    def agree_on_seed(self) -> None:
+        """Sharded models are always written seeded, with one seed on every rank."""
+        if self.seed is None and has_sharded(self.root):
+            self.seed = common_seed()
+            logger.info("%s is sharded and no seed was given: using seed %d (drawn on rank 0)",
+                        type(self.root).__name__, self.seed)
 
     def contains(self, module: nn.Module) -> bool:
         if self._members is None:
@@ -155,14 +198,7 @@ class Session:
             for tensor, writer in items:
                 group = getattr(writer, "group", None)
                 if tensor.device.type != "meta" and (group is None or group not in done_groups):
-                    if self.seed is not None and getattr(writer, "source", None) is None:
-                        # The rule's content, not where it was declared: defaults by their ops.
-                        text = writer.declared_in if writer.kind == "unchanged" else writer.info
-                        rule = f"{text}|{getattr(writer, 'role', 'default')}"
-                        seeded_write(self.seed, self.name_of(tensor), rule, tensor,
-                                     lambda t=tensor, w=writer: w.write(t))
-                    else:
-                        writer.write(tensor)
+                    self.write(tensor, writer)
                     if group is not None:
                         done_groups.add(group)
                 key = (id(writer.init) if writer.init is not None else id(writer), writer.where)
@@ -174,6 +210,27 @@ class Session:
                 self.entries[id(tensor)] = (tensor, entry)
                 if self.snapshots:
                     self._refresh(tensor)
+
+    def write(self, tensor: Tensor, writer: Writer) -> None:
+        """One write: plain, seeded (blockwise for elementwise rules), or one rank's shard."""
+        if self.seed is None or (getattr(writer, "source", None) is not None
+                                 and not is_sharded(tensor)):
+            writer.write(tensor)
+            return
+        # The rule's content, not where it was declared: defaults by their ops.
+        text = writer.declared_in if writer.kind == "unchanged" else writer.info
+        rule = f"{text}|{getattr(writer, 'role', 'default')}"
+        name = self.name_of(tensor)
+        if is_sharded(tensor):
+            write_shard(tensor, writer, self.seed, name, rule)
+            return
+        seed = derive_seed(self.seed, name, rule)
+        dist = writer.elementwise(tuple(tensor.shape)) if hasattr(writer, "elementwise") \
+            else None
+        if dist is not None and writer.group is None:
+            fill_elementwise(dist, tensor, seed)
+        else:
+            run_seeded(seed, tensor.device, lambda: writer.write(tensor))
 
     def name_of(self, tensor: Tensor) -> str:
         """Full name of a parameter or buffer under the session's root."""
@@ -292,7 +349,9 @@ def run_init_weights(module: nn.Module, device: Any = None, dtype: Any = None,
             events = planner.events
             if outermost:
                 planner.validate_tree(module)
+                session.refuse_sharded_stages(events)
                 events = session.prepare(events, device, dtype)
+                session.agree_on_seed()
             if module.init_cfg:
                 logger.debug("initialize %s with init_cfg %s", type(module).__name__,
                              module.init_cfg)
@@ -320,7 +379,9 @@ def _run_rules(module: nn.Module, rules: tuple[Rule, ...], device: Any = None,
         planner.plan_rules(module, rules)
         events = planner.events
         if outermost:
+            session.refuse_sharded_stages(events)
             events = session.prepare(events, device, dtype)
+            session.agree_on_seed()
         session.execute(events)
         session.loads.extend(planner.loads)
         if loads is not None:
@@ -380,7 +441,7 @@ def load_checkpoint(model: nn.Module, source: str, *, prefix: str | None = None,
                     map_location: Any = "cpu", strict: bool = False, mismatch: str = "skip",
                     revise_keys: Any = None, allow_pickle: bool = False,
                     sha256: str | None = None, device: Any = None,
-                    dtype: Any = None) -> LoadReport:
+                    dtype: Any = None, seed: int | None = None) -> LoadReport:
     """Load a checkpoint into ``model`` (any ``nn.Module``) and report what happened.
 
     ``source`` is a path, ``file://``, ``http(s)://`` (downloaded once into
@@ -392,7 +453,9 @@ def load_checkpoint(model: nn.Module, source: str, *, prefix: str | None = None,
     (``mismatch='error'`` raises); ``strict`` makes missing or unexpected
     keys an error. Every check runs before any write. A model built under
     :func:`weightinit.deferred` is materialized on ``device``/``dtype``, and
-    tensors that come only from the checkpoint use the loaded storage as is.
+    tensors that come only from the checkpoint use the loaded storage as is;
+    the others get their PyTorch default (seeded by ``seed``, see
+    :func:`weightinit.seeded`). A sharded model reads only each rank's slice.
 
     Example::
 
@@ -407,7 +470,7 @@ def load_checkpoint(model: nn.Module, source: str, *, prefix: str | None = None,
     rule = Rule(init=init, cfg={}, location="load_checkpoint", owner="",
                 owner_class=type(model).__name__)
     loads: list[LoadReport] = []
-    _run_rules(model, (rule,), device, dtype, loads)
+    _run_rules(model, (rule,), device, dtype, loads, seed)
     return loads[-1]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -105,15 +106,55 @@ def variance_scaling_(tensor: Tensor, scale: float = 1.0, mode: str = "fan_in",
 
         >>> variance_scaling_(torch.empty(256, 128), 2.0, "fan_in", "normal")  # He normal
     """
+    return variance_scaling_dist(tuple(tensor.shape), scale, mode, distribution,
+                                 module).fill_(tensor)
+
+
+def variance_scaling_dist(shape: tuple[int, ...], scale: float = 1.0, mode: str = "fan_in",
+                          distribution: str = "truncated_normal",
+                          module: nn.Module | None = None) -> Elementwise:
+    """The per-element distribution :func:`variance_scaling_` draws for this shape."""
     check_choice(distribution, VS_DISTRIBUTIONS, "distribution")
-    std = variance_scaling_std(tuple(tensor.shape), scale, mode, module)
+    std = variance_scaling_std(shape, scale, mode, module)
     if distribution == "uniform":
         bound = math.sqrt(3.0) * std
-        return uniform_(tensor, -bound, bound)
+        return Elementwise("uniform", (-bound, bound))
     if distribution == "normal" or std == 0:
-        return normal_(tensor, 0.0, std)
+        return Elementwise("normal", (0.0, std))
     sigma = std / _TRUNC2_STD
-    return trunc_normal_(tensor, 0.0, sigma, -2 * sigma, 2 * sigma)
+    return Elementwise("trunc_normal", (0.0, sigma, -2 * sigma, 2 * sigma))
+
+
+@dataclass(frozen=True)
+class Elementwise:
+    """A fill whose elements are independent draws of one distribution (or one constant).
+
+    Such a fill can be generated piece by piece: any slice of the tensor
+    can be drawn without drawing the rest, which is what seeded and sharded
+    initialization build on. ``kind`` and ``args``:
+
+    * ``constant``: ``(val,)``
+    * ``normal``: ``(mean, std)``
+    * ``uniform``: ``(low, high)``
+    * ``trunc_normal``: ``(mean, std, a, b)``, absolute bounds
+    """
+
+    kind: str
+    args: tuple[float, ...]
+
+    @property
+    def random(self) -> bool:
+        return self.kind != "constant"
+
+    def fill_(self, tensor: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Fill ``tensor`` with this distribution, drawing from ``generator`` (default: global)."""
+        if self.kind == "constant":
+            return constant_(tensor, *self.args)
+        if self.kind == "normal":
+            return normal_(tensor, *self.args, generator=generator)
+        if self.kind == "uniform":
+            return uniform_(tensor, *self.args, generator=generator)
+        return trunc_normal_(tensor, *self.args, generator=generator)
 
 
 def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
@@ -140,28 +181,31 @@ def constant_(tensor: Tensor, val: float) -> Tensor:
         return tensor.fill_(val)
 
 
-def normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0) -> Tensor:
+def normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0,
+            generator: torch.Generator | None = None) -> Tensor:
     """Fill with draws from N(mean, std²)."""
     with torch.no_grad():
-        return tensor.normal_(mean, std)
+        return tensor.normal_(mean, std, generator=generator)
 
 
-def uniform_(tensor: Tensor, a: float = 0.0, b: float = 1.0) -> Tensor:
+def uniform_(tensor: Tensor, a: float = 0.0, b: float = 1.0,
+             generator: torch.Generator | None = None) -> Tensor:
     """Fill with draws from U(a, b)."""
     with torch.no_grad():
-        return tensor.uniform_(a, b)
+        return tensor.uniform_(a, b, generator=generator)
 
 
 def _norm_cdf(x: float) -> float:
     return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
 
 
-def _trunc_normal_inverse_cdf(tensor: Tensor, mean: float, std: float, a: float, b: float) -> None:
+def _trunc_normal_inverse_cdf(tensor: Tensor, mean: float, std: float, a: float, b: float,
+                              generator: torch.Generator | None = None) -> None:
     # Map U(Φ(α), Φ(β)) through Φ⁻¹; exact in distribution but five passes.
     lower, upper = _norm_cdf((a - mean) / std), _norm_cdf((b - mean) / std)
     work = tensor if tensor.dtype in (torch.float32, torch.float64) else torch.empty_like(
         tensor, dtype=torch.float32)
-    work.uniform_(2 * lower - 1, 2 * upper - 1)
+    work.uniform_(2 * lower - 1, 2 * upper - 1, generator=generator)
     work.erfinv_()
     work.mul_(std * math.sqrt(2.0))
     work.add_(mean)
@@ -170,18 +214,20 @@ def _trunc_normal_inverse_cdf(tensor: Tensor, mean: float, std: float, a: float,
         tensor.copy_(work)
 
 
-def _trunc_normal_rejection(tensor: Tensor, mean: float, std: float, a: float, b: float) -> None:
+def _trunc_normal_rejection(tensor: Tensor, mean: float, std: float, a: float, b: float,
+                            generator: torch.Generator | None = None) -> None:
     # Draw N(mean, std²) once; redraw only the out-of-range elements until all
     # are inside [a, b]. Each element ends up distributed exactly as the
     # truncated normal, and one extra read pass (aminmax) is the usual cost.
     flat = tensor.view(-1) if tensor.is_contiguous() else torch.empty(
         tensor.numel(), dtype=tensor.dtype, device=tensor.device)
-    flat.normal_(mean, std)
+    flat.normal_(mean, std, generator=generator)
     lo, hi = torch.aminmax(flat)
     if bool(((lo < a) | (hi > b)).item()):  # one device sync
         idx = torch.nonzero((flat < a) | (flat > b)).squeeze(1)
         while idx.numel():
-            draw = torch.empty(idx.numel(), dtype=flat.dtype, device=flat.device).normal_(mean, std)
+            draw = torch.empty(idx.numel(), dtype=flat.dtype, device=flat.device).normal_(
+                mean, std, generator=generator)
             flat[idx] = draw
             idx = idx[(draw < a) | (draw > b)]
     if flat.data_ptr() != tensor.data_ptr():
@@ -189,7 +235,7 @@ def _trunc_normal_rejection(tensor: Tensor, mean: float, std: float, a: float, b
 
 
 def trunc_normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0, a: float = -2.0,
-                  b: float = 2.0) -> Tensor:
+                  b: float = 2.0, generator: torch.Generator | None = None) -> Tensor:
     """Fill with N(mean, std²) truncated to the absolute bounds ``[a, b]``.
 
     Exact: draws outside ``[a, b]`` are redrawn until inside (rejection
@@ -219,9 +265,9 @@ def trunc_normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0, a: float 
     with torch.no_grad():
         mass = _norm_cdf((b - mean) / std) - _norm_cdf((a - mean) / std)
         if mass < _MIN_ACCEPT_MASS or not tensor.is_floating_point():
-            _trunc_normal_inverse_cdf(tensor, mean, std, a, b)
+            _trunc_normal_inverse_cdf(tensor, mean, std, a, b, generator)
         else:
-            _trunc_normal_rejection(tensor, mean, std, a, b)
+            _trunc_normal_rejection(tensor, mean, std, a, b, generator)
     return tensor
 
 

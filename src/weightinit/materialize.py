@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from . import sharding
 from .deferred import Construction, construction_of, replay
 from .errors import InitRuntimeError
 from .plan import Call, Write, subtree_tensors
@@ -100,11 +101,15 @@ def default_events(root: nn.Module, mapping: dict[int, Tensor], slots: Slots | N
     undefined: list[tuple[str, str]] = []
     seen: set[int] = set()
     root_name = type(root).__name__
-    for name, module, _, _, t in slots if slots is not None else slots_of(root):
+    for name, module, _, attr, t in slots if slots is not None else slots_of(root):
         if t.device.type != "meta" or id(t) in seen:
             continue
         seen.add(id(t))
         construction = construction_of(t)
+        if construction is None and sharding.is_sharded(t):
+            # Sharding (fully_shard, distribute_module) replaced the parameter object;
+            # deferred() also noted the construction on the module under its name.
+            construction = getattr(module, "_wi_constructions", {}).get(attr)
         if construction is not None and construction.defined:
             events.append(Write(t, DefaultWriter(module, root_name, construction, mapping)))
         elif construction is None and reset_method_of(module) is not None:
@@ -175,7 +180,10 @@ def adoptable(events: list[Write | Call], device: torch.device | str | None,
     for key, writer in last.items():
         if key not in meta or key in seen_by_user or getattr(writer, "source", None) is None:
             continue
-        t, value = meta[key], writer.value()
+        t = meta[key]
+        if sharding.is_sharded(t):
+            continue  # each rank reads its own slice instead
+        value = writer.value()
         want = dtype if dtype is not None and t.is_floating_point() else t.dtype
         if (value.dtype != want or value.device != device or not value.is_contiguous()
                 or value.untyped_storage().nbytes() != value.nbytes
@@ -203,6 +211,14 @@ def allocate(root: nn.Module, mapping: dict[int, Tensor], device: torch.device |
             target_dtype = dtype if dtype is not None and t.is_floating_point() else t.dtype
             if id(t) in adopt:
                 data = adopt[id(t)]
+            elif sharding.is_sharded(t):
+                if t.device.type != "meta" and t.dtype == target_dtype:
+                    mapping[id(t)] = t
+                    continue
+                if t.device.type != "meta":
+                    data = t.detach().to(dtype=target_dtype)
+                else:
+                    data = sharding.allocate_like(t, target_dtype)
             elif t.device.type == "meta":
                 data = torch.empty(t.shape, dtype=target_dtype, device=device)
             elif t.device != device or t.dtype != target_dtype:

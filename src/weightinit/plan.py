@@ -75,6 +75,12 @@ class Writer:
     def group(self) -> int | None:
         return None if self.source is not None else self.init.group(self.module)
 
+    def elementwise(self, shape: tuple[int, ...]) -> Any:
+        """The rule's per-element distribution for this tensor, or ``None`` (see BaseInit)."""
+        if self.source is not None or not hasattr(self.init, "elementwise"):
+            return None
+        return self.init.elementwise(self.role, shape, self.module)
+
     def value(self) -> Tensor:
         """The checkpoint tensor this writer copies (read from the file on first use)."""
         return self.source.get(self.key)

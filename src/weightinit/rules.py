@@ -123,6 +123,31 @@ class BaseInit:
         """
         self.init_weight(tensor)
 
+    def weight_dist(self, shape: tuple[int, ...], module: nn.Module | None
+                    ) -> F.Elementwise | None:
+        """The per-element distribution :meth:`fill_weight` draws for this shape, if it is one.
+
+        Rules whose weight fill is independent draws (or a constant) say so
+        here; seeded and sharded initialization then draw any slice of the
+        tensor on its own. ``None`` (orthogonal, identity, ...) means the
+        whole tensor must be filled at once.
+        """
+        return None
+
+    def elementwise(self, role: str, shape: tuple[int, ...], module: nn.Module | None
+                    ) -> F.Elementwise | None:
+        """:meth:`weight_dist` or the bias constant, unless a subclass changed the fill."""
+        cls = type(self)
+        if role == "bias":
+            if cls.init_bias is BaseInit.init_bias:
+                return F.Elementwise("constant", (float(self.bias),))
+            return None
+        owner = next(c for c in cls.__mro__ if "weight_dist" in vars(c))
+        if owner is BaseInit or any(getattr(cls, m) is not getattr(owner, m)
+                                    for m in ("init_weight", "fill_weight")):
+            return None
+        return self.weight_dist(tuple(shape), module)
+
     def module_targets(self, module: nn.Module) -> list[tuple[str, Tensor]]:
         """The (role, tensor) pairs this rule writes in a matched module: weight and bias."""
         out = []
@@ -217,6 +242,9 @@ class ConstantInit(BaseInit):
     def init_weight(self, tensor: Tensor) -> None:
         F.constant_(tensor, self.val)
 
+    def weight_dist(self, shape: tuple[int, ...], module: nn.Module | None) -> F.Elementwise:
+        return F.Elementwise("constant", (float(self.val),))
+
     def weight_std(self, shape: tuple[int, ...]) -> float | None:
         return 0.0
 
@@ -242,6 +270,10 @@ class XavierInit(BaseInit):
         fill = F.xavier_uniform_ if self.distribution == "uniform" else F.xavier_normal_
         fill(tensor, self.gain)
 
+    def weight_dist(self, shape: tuple[int, ...], module: nn.Module | None) -> F.Elementwise:
+        return F.variance_scaling_dist(shape, self.gain * self.gain, "fan_avg",
+                                       self.distribution)
+
     def weight_std(self, shape: tuple[int, ...]) -> float | None:
         return F.xavier_std(shape, self.gain)
 
@@ -261,6 +293,9 @@ class NormalInit(BaseInit):
 
     def init_weight(self, tensor: Tensor) -> None:
         F.normal_(tensor, self.mean, self.std)
+
+    def weight_dist(self, shape: tuple[int, ...], module: nn.Module | None) -> F.Elementwise:
+        return F.Elementwise("normal", (self.mean, self.std))
 
     def weight_std(self, shape: tuple[int, ...]) -> float | None:
         return float(self.std)
@@ -298,6 +333,9 @@ class TruncNormalInit(BaseInit):
     def init_weight(self, tensor: Tensor) -> None:
         F.trunc_normal_(tensor, self.mean, self.std, self.a, self.b)
 
+    def weight_dist(self, shape: tuple[int, ...], module: nn.Module | None) -> F.Elementwise:
+        return F.Elementwise("trunc_normal", (self.mean, self.std, self.a, self.b))
+
     def weight_std(self, shape: tuple[int, ...]) -> float | None:
         """Std of N(mean, std²) truncated to [a, b]: std·√(1 + (αφ(α) − βφ(β))/Z − ((φ(α) − φ(β))/Z)²).
 
@@ -321,6 +359,9 @@ class UniformInit(BaseInit):
 
     def init_weight(self, tensor: Tensor) -> None:
         F.uniform_(tensor, self.a, self.b)
+
+    def weight_dist(self, shape: tuple[int, ...], module: nn.Module | None) -> F.Elementwise:
+        return F.Elementwise("uniform", (self.a, self.b))
 
     def weight_std(self, shape: tuple[int, ...]) -> float | None:
         return abs(self.b - self.a) / 12**0.5
@@ -349,6 +390,10 @@ class KaimingInit(BaseInit):
     def init_weight(self, tensor: Tensor) -> None:
         fill = F.kaiming_uniform_ if self.distribution == "uniform" else F.kaiming_normal_
         fill(tensor, a=self.a, mode=self.mode, nonlinearity=self.nonlinearity)
+
+    def weight_dist(self, shape: tuple[int, ...], module: nn.Module | None) -> F.Elementwise:
+        gain = F.calculate_gain(self.nonlinearity, self.a)
+        return F.variance_scaling_dist(shape, gain * gain, self.mode, self.distribution)
 
     def weight_std(self, shape: tuple[int, ...]) -> float | None:
         return F.kaiming_std(shape, self.a, self.mode, self.nonlinearity)
@@ -471,6 +516,9 @@ class VarianceScalingInit(BaseInit):
     def fill_weight(self, tensor: Tensor, module: nn.Module | None) -> None:
         F.variance_scaling_(tensor, self.scale, self.mode, self.distribution, module)
 
+    def weight_dist(self, shape: tuple[int, ...], module: nn.Module | None) -> F.Elementwise:
+        return F.variance_scaling_dist(shape, self.scale, self.mode, self.distribution, module)
+
     def weight_std(self, shape: tuple[int, ...]) -> float | None:
         return F.variance_scaling_std(shape, self.scale, self.mode)
 
@@ -582,6 +630,9 @@ class ZerosInit(BaseInit):
     def init_weight(self, tensor: Tensor) -> None:
         F.constant_(tensor, 0.0)
 
+    def weight_dist(self, shape: tuple[int, ...], module: nn.Module | None) -> F.Elementwise:
+        return F.Elementwise("constant", (0.0,))
+
     def weight_std(self, shape: tuple[int, ...]) -> float | None:
         return 0.0
 
@@ -593,6 +644,9 @@ class OnesInit(BaseInit):
     def init_weight(self, tensor: Tensor) -> None:
         F.constant_(tensor, 1.0)
 
+    def weight_dist(self, shape: tuple[int, ...], module: nn.Module | None) -> F.Elementwise:
+        return F.Elementwise("constant", (1.0,))
+
     def weight_std(self, shape: tuple[int, ...]) -> float | None:
         return 0.0
 
@@ -603,6 +657,10 @@ class TFTruncNormalInit(TruncNormalInit):
 
     def init_weight(self, tensor: Tensor) -> None:
         F.tf_trunc_normal_(tensor, self.mean, self.std, self.a, self.b)
+
+    def weight_dist(self, shape: tuple[int, ...], module: nn.Module | None) -> F.Elementwise:
+        return F.Elementwise("trunc_normal", (self.mean, self.std, self.mean + self.a * self.std,
+                                              self.mean + self.b * self.std))
 
     def weight_std(self, shape: tuple[int, ...]) -> float | None:
         """Std of N(mean, std²) truncated to mean + [a, b]·std (a, b in units of std)."""
@@ -710,6 +768,9 @@ class ZeroInitResidualInit(BaseInit):
     def init_weight(self, tensor: Tensor) -> None:
         F.constant_(tensor, 0.0)
 
+    def weight_dist(self, shape: tuple[int, ...], module: nn.Module | None) -> F.Elementwise:
+        return F.Elementwise("constant", (0.0,))
+
     def weight_std(self, shape: tuple[int, ...]) -> float | None:
         return 0.0
 
@@ -792,6 +853,8 @@ class _LSUVStage:
     """The data-driven half of LSUV, run as a step after the orthogonal writes."""
 
     record_kind = "rule"
+    #: runs forward passes over the whole module: impossible on a sharded model
+    whole_model = True
 
     def __init__(self, rule: LSUVInit) -> None:
         self.rule = rule

@@ -8,6 +8,15 @@ left as it was. So a parameter's values do not depend on construction
 order, on which other modules exist, or on whether the model was built
 eagerly or deferred.
 
+Fills made of independent draws (normal, truncated normal, uniform, the
+Glorot/He/LeCun presets, constants) are drawn in fixed blocks of
+:data:`BLOCK` elements of the flattened tensor, each from its own generator
+seeded by (tensor seed, block index). Any slice of the tensor can then be
+drawn on its own, to the same values: this is how a sharded model's ranks
+each draw only their shard (see :mod:`weightinit.sharding`). Other fills
+(orthogonal, identity, ``reset_parameters``, user code) draw the whole tensor
+from one generator seeded by the tensor seed.
+
 Example::
 
     >>> with weightinit.seeded(1234):
@@ -20,6 +29,7 @@ import contextlib
 import contextvars
 import hashlib
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -59,6 +69,57 @@ def derive_seed(seed: int, name: str, rule: str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+#: elements per independently seeded block of an elementwise fill (fixed: changing it
+#: changes every seeded value)
+BLOCK = 1 << 20
+
+
+def block_seed(seed: int, index: int) -> int:
+    """The generator seed of block ``index`` of a tensor whose seed is ``seed``."""
+    digest = hashlib.sha256(f"{seed}|block|{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def _generator(device: torch.device, seed: int) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    return g
+
+
+def fill_elementwise(dist: Any, out: Tensor, seed: int, start: int = 0,
+                     total: int | None = None) -> None:
+    """Write elements ``[start, start + out.numel())`` of a seeded elementwise fill into ``out``.
+
+    The fill is of a tensor of ``total`` elements (default ``out.numel()``),
+    flattened in row-major order; ``dist`` is a
+    :class:`~weightinit.functional.Elementwise`. The values do not depend on
+    ``start`` or on how the tensor is split: only blocks overlapping the
+    range are drawn, whole, and the overlapping part is kept.
+    """
+    total = out.numel() if total is None else total
+    if out.numel() == 0:
+        return
+    if not dist.random:
+        dist.fill_(out)
+        return
+    flat = out.view(-1) if out.is_contiguous() else torch.empty(
+        out.numel(), dtype=out.dtype, device=out.device)
+    end = start + flat.numel()
+    with torch.no_grad():
+        for index in range(start // BLOCK, (end - 1) // BLOCK + 1):
+            lo, hi = index * BLOCK, min((index + 1) * BLOCK, total)
+            a, b = max(lo, start), min(hi, end)
+            gen = _generator(out.device, block_seed(seed, index))
+            if a == lo and b == hi:
+                dist.fill_(flat[a - start:b - start], gen)
+            else:
+                block = torch.empty(hi - lo, dtype=out.dtype, device=out.device)
+                dist.fill_(block, gen)
+                flat[a - start:b - start].copy_(block[a - lo:b - lo])
+        if flat.data_ptr() != out.data_ptr():
+            out.copy_(flat.view_as(out))
+
+
 def run_seeded(seed: int, device: torch.device, write: Callable[[], None]) -> None:
     """Run ``write`` with the generator of ``device`` seeded by ``seed``, then restore it."""
     if device.type == "cuda":
@@ -70,9 +131,3 @@ def run_seeded(seed: int, device: torch.device, write: Callable[[], None]) -> No
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(seed)
             write()
-
-
-def seeded_write(seed: int, name: str, rule: str, tensor: Tensor,
-                 write: Callable[[], None]) -> None:
-    """Write ``tensor`` with a generator that depends only on (seed, name, rule)."""
-    run_seeded(derive_seed(seed, name, rule), tensor.device, write)

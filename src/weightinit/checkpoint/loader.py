@@ -88,6 +88,18 @@ class CheckpointState:
             return out
         return self._dense[key]
 
+    def get_slice(self, key: str, index: tuple[slice, ...]) -> Tensor:
+        """``get(key)[index]``, reading only that part of a ``.safetensors`` file.
+
+        A rank of a sharded model asks for its shard: a safetensors entry is
+        read through ``get_slice`` (only the bytes of those rows), a
+        memory-mapped ``.pth`` tensor is indexed without reading the rest.
+        """
+        if key in self._lazy and key not in self._read:
+            handle, name = self._lazy[key]
+            return handle.get_slice(name)[index]
+        return self.get(key)[index]
+
     def renamed(self, mapping: dict[str, str]) -> CheckpointState:
         """A view with keys renamed ``new <- old`` (old keys not in ``mapping`` dropped)."""
         out = CheckpointState(self.source)

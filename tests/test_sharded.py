@@ -1,0 +1,221 @@
+"""SPEC B6 (second part): sharded initialization equals one process, shard by shard.
+
+Each world size starts its ranks once (``sharded_worker.py``, CPU ``gloo``
+on 127.0.0.1, bounded in time); the tests compare every rank's shards with
+the same model initialized in this process.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+import torch.nn as nn
+
+import sharded_worker as worker
+import weightinit as wi
+from weightinit import functional as F
+from weightinit.seeding import BLOCK, fill_elementwise
+
+dist = pytest.importorskip("torch.distributed")
+if not dist.is_available() or not dist.is_gloo_available():
+    pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
+
+WORKER = Path(__file__).with_name("sharded_worker.py")
+TIMEOUT_S = 240
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "net.safetensors"
+    safetensors.torch.save_file(worker.checkpoint_state(), str(path))
+    return path
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=["2-ranks", "3-ranks"])
+def ranks(request, tmp_path_factory, checkpoint) -> list[dict]:
+    world = request.param
+    out = tmp_path_factory.mktemp(f"world{world}")
+    port = str(_free_port())
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
+    procs = [subprocess.Popen([sys.executable, str(WORKER), str(r), str(world), port, str(out),
+                               str(checkpoint)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for r in range(world)]
+    logs = []
+    try:
+        for p in procs:
+            logs.append(p.communicate(timeout=TIMEOUT_S)[0])
+    finally:
+        for p in procs:
+            p.kill()
+    for r, p in enumerate(procs):
+        assert p.returncode == 0, f"rank {r} failed:\n{logs[r][-4000:]}"
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]
+
+
+def _reference(rules=worker.RULES) -> nn.Module:
+    # The ranks run with one thread each; so does the reference, because the QR
+    # behind Orthogonal may differ in the last bit with the number of BLAS threads.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = worker.build()
+        wi.initialize(model, rules, seed=worker.SEED)
+    finally:
+        torch.set_num_threads(threads)
+    return model
+
+
+def _assert_shards_equal(full: dict, shards: dict, world_label: str) -> None:
+    for name, (offset, local) in shards.items():
+        index = tuple(slice(o, o + n) for o, n in zip(offset, local.shape))
+        assert torch.equal(full[name].detach()[index], local), f"{name} {world_label}"
+
+
+def _gather(ranks: list[dict], scenario: str) -> dict[str, torch.Tensor]:
+    """Reassemble whole tensors from the ranks' shards (NaN where no rank wrote)."""
+    out = {}
+    for shards in (r[scenario] for r in ranks):
+        for name, (offset, local) in shards.items():
+            if name not in out:
+                shape = [o + n for o, n in zip(offset, local.shape)]
+                out[name] = (shape, [])
+            out[name][1].append((offset, local))
+    whole = {}
+    for name, (_, parts) in out.items():
+        shape = [max(o + n for o, t in parts for o, n in [(o[d], t.shape[d])])
+                 for d in range(len(parts[0][1].shape))]
+        full = torch.full(shape, float("nan"))
+        for offset, local in parts:
+            full[tuple(slice(o, o + n) for o, n in zip(offset, local.shape))] = local
+        whole[name] = full
+    return whole
+
+
+def test_fsdp2_shards_equal_single_process(ranks):
+    reference = dict(_reference().named_parameters())
+    for r, result in enumerate(ranks):
+        _assert_shards_equal(reference, result["fsdp"], f"rank {r}/{len(ranks)}")
+    gathered = _gather(ranks, "fsdp")
+    assert gathered.keys() == reference.keys()
+    for name, p in reference.items():
+        assert torch.equal(gathered[name], p.detach()), name  # every element written once
+
+
+def test_fsdp2_shards_are_really_split(ranks):
+    # FSDP2 shards dim 0 with torch.chunk: 1001 rows over 3 ranks -> 334, 334, 333.
+    world = len(ranks)
+    rows = [r["fsdp"]["big.weight"][1].shape[0] for r in ranks]
+    chunk = math.ceil(1001 / world)
+    assert rows == [min(chunk, 1001 - i * chunk) for i in range(world)]
+    assert [r["fsdp"]["big.weight"][0][0] for r in ranks] == [i * chunk for i in range(world)]
+
+
+def test_fsdp2_model_runs_forward_after_init(ranks):
+    expected = _reference()(torch.tensor([1, 5, 3, 36, 0]))
+    for result in ranks:
+        torch.testing.assert_close(result["fsdp_forward"], expected.detach(), rtol=1e-5,
+                                   atol=1e-5)
+
+
+def test_dtensor_shard_on_dim1_equals_single_process(ranks):
+    reference = dict(_reference().named_parameters())
+    for r, result in enumerate(ranks):
+        _assert_shards_equal(reference, result["shard1"], f"rank {r}/{len(ranks)}")
+    assert ranks[0]["shard1"]["big.weight"][1].shape[1] == math.ceil(1500 / len(ranks))
+
+
+def test_sharded_pretrained_load_equals_single_process(ranks, checkpoint):
+    reference = worker.build()
+    report = wi.load_checkpoint(reference, str(checkpoint), seed=worker.SEED)
+    wi.initialize(reference, [dict(type="Constant", param="pos", val=0.25)], seed=worker.SEED)
+    full = dict(reference.named_parameters())
+    saved = safetensors.torch.load_file(str(checkpoint))
+    for r, result in enumerate(ranks):
+        _assert_shards_equal(full, result["pretrained"], f"rank {r}")
+        assert result["pretrained_loaded"] == sorted(report.loaded)
+    gathered = _gather(ranks, "pretrained")
+    for key, value in saved.items():
+        assert torch.equal(gathered[key], value), key
+    assert torch.equal(gathered["pos"], torch.full((7, 24), 0.25))
+
+
+def test_without_seed_ranks_agree(ranks):
+    first = ranks[0]["replicated"]
+    for result in ranks[1:]:
+        for name, (_, local) in result["replicated"].items():
+            assert torch.equal(local, first[name][1]), name
+    # and it is a real draw, not the seeded reference
+    assert not torch.equal(first["big.weight"][1], _reference().big.weight.detach())
+
+
+def test_sharded_mistakes_raise_before_any_allocation(ranks):
+    errors = ranks[0]["errors"]
+    kind, message, device = errors["lsuv"]
+    assert kind == "ShardingError" and device == "meta"
+    assert "sharded" in message and "Fix: initialize with this rule before sharding" in message
+    kind, message, device = errors["device"]
+    assert kind == "InitValueError" and device == "meta"
+    assert "sharded over a 'cpu' device mesh" in message and "Fix: pass device='cpu'" in message
+    kind, message, device = errors["partial"]
+    assert kind == "ShardingError" and device == "meta"
+    assert message.startswith("square.weight: placement Partial(sum) is not supported")
+
+
+# -- single process: the blockwise seeding sharding relies on --------------------------------
+
+@pytest.mark.parametrize("dist_", [F.Elementwise("normal", (0.5, 2.0)),
+                                   F.Elementwise("uniform", (-1.0, 3.0)),
+                                   F.Elementwise("trunc_normal", (0.0, 1.0, -0.5, 1.5))])
+def test_any_slice_of_a_seeded_fill_is_drawn_alone(dist_):
+    total = 2 * BLOCK + 12345
+    whole = torch.empty(total)
+    fill_elementwise(dist_, whole, seed=11)
+    for start, stop in [(0, 10), (BLOCK - 5, BLOCK + 5), (BLOCK, 2 * BLOCK),
+                        (123, total), (total - 7, total)]:
+        part = torch.empty(stop - start)
+        fill_elementwise(dist_, part, seed=11, start=start, total=total)
+        assert torch.equal(part, whole[start:stop]), (start, stop)
+    assert torch.isfinite(whole).all()
+
+
+def test_blockwise_fill_has_the_rule_distribution():
+    w = torch.empty(1200, 1000)  # 1.2 M elements: two blocks
+    fill_elementwise(F.Elementwise("trunc_normal", (0.0, 1.0, -0.5, 1.5)), w, seed=3)
+    assert w.min() >= -0.5 and w.max() <= 1.5
+    flat = w.view(-1)
+    first, second = flat[:BLOCK], flat[BLOCK:]
+    # blocks are independent draws: different values, same distribution
+    assert not torch.equal(first[:1000], second[:1000])
+    assert abs(first.mean() - second.mean()) < 0.01
+    w = torch.empty(1200, 1000)
+    fill_elementwise(F.Elementwise("normal", (0.0, 0.02)), w, seed=3)
+    se = 0.02 / math.sqrt(w.numel())
+    assert abs(float(w.mean())) < 6 * se
+    assert abs(float(w.std()) - 0.02) < 6 * 0.02 / math.sqrt(2 * w.numel())
+
+
+def test_subclass_that_changes_the_fill_is_not_drawn_blockwise():
+    class Doubled(wi.rules.NormalInit):
+        def init_weight(self, tensor):
+            super().init_weight(tensor)
+            tensor.mul_(2)
+
+    assert wi.rules.NormalInit(std=1).elementwise("weight", (4, 4), None) is not None
+    assert Doubled(std=1).elementwise("weight", (4, 4), None) is None
+    assert Doubled(std=1, bias=0.5).elementwise("bias", (4,), None) == \
+        F.Elementwise("constant", (0.5,))
+    assert wi.rules.OrthogonalInit().elementwise("weight", (4, 4), None) is None
