@@ -118,6 +118,11 @@ def main() -> None:
     ids = torch.tensor([1, 5, 3, 36, 0])
     results["fsdp_forward"] = model(ids).detach()
 
+    with torch.device("meta"):  # not deferred: defaults come from reset_parameters()
+        model = fsdp(Net(), mesh)
+    wi.initialize(model, RULES, seed=SEED)
+    results["meta_reset"] = shards(model)
+
     model = place(build(), mesh, lambda dims: Shard(1) if dims > 1 else Replicate())
     wi.initialize(model, RULES, seed=SEED)
     results["shard1"] = shards(model)
@@ -163,4 +168,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
+    sys.stdout.flush()
+    os._exit(0)  # skip interpreter teardown: gloo's threads may abort it after the work is done

@@ -70,3 +70,14 @@ def test_resnet50_main_job_prints_the_report_and_writes_checkpoint_and_report(tm
     data = json.loads(js.read_text())
     assert data["totals"] == {"parameters": 161, "elements": 25557032}
     assert data["left_at_default"] == [] and data["std_mismatches"] == []
+
+
+def test_sharded_example_gathers_the_single_process_values():
+    pytest.importorskip("torch.distributed")
+    done = subprocess.run([sys.executable, "examples/sharded.py", "--ranks", "2"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    lines = sorted(line for line in done.stdout.splitlines() if line.startswith("rank "))
+    assert lines == ["rank 0/2: holds 110,240 of 220,480 parameter elements",
+                     "rank 1/2: holds 110,240 of 220,480 parameter elements"]
+    assert "all 21 parameters identical to a single-process init (seed=0)" in done.stdout

@@ -131,6 +131,22 @@ def test_fsdp2_model_runs_forward_after_init(ranks):
                                    atol=1e-5)
 
 
+def test_reset_parameters_defaults_shard_like_single_process(ranks):
+    # A model put on meta by torch.device("meta"): defaults are module-wide
+    # reset_parameters() calls, run on whole temporaries and sliced.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.device("meta"):
+            model = worker.Net()
+        wi.initialize(model, worker.RULES, seed=worker.SEED)
+    finally:
+        torch.set_num_threads(threads)
+    full = dict(model.named_parameters())
+    for r, result in enumerate(ranks):
+        _assert_shards_equal(full, result["meta_reset"], f"rank {r}/{len(ranks)}")
+
+
 def test_dtensor_shard_on_dim1_equals_single_process(ranks):
     reference = dict(_reference().named_parameters())
     for r, result in enumerate(ranks):
@@ -219,3 +235,27 @@ def test_subclass_that_changes_the_fill_is_not_drawn_blockwise():
     assert Doubled(std=1, bias=0.5).elementwise("bias", (4,), None) == \
         F.Elementwise("constant", (0.5,))
     assert wi.rules.OrthogonalInit().elementwise("weight", (4, 4), None) is None
+
+
+def test_single_call_constructor_defaults_are_elementwise():
+    from weightinit.deferred import construction_of
+    from weightinit.materialize import construction_elementwise
+
+    with wi.deferred():
+        net = nn.ModuleDict(dict(fc=nn.Linear(8, 4), conv=nn.Conv2d(2, 4, 3),
+                                 emb=nn.Embedding(5, 3), pad=nn.Embedding(5, 3, padding_idx=1),
+                                 ln=nn.LayerNorm(3)))
+
+    def dist_of(module, attr):
+        return construction_elementwise(construction_of(getattr(module, attr)),
+                                        tuple(getattr(module, attr).shape))
+
+    # kaiming_uniform_(a=sqrt(5)) and the bias bound are both 1/sqrt(fan_in)
+    kind, (low, high) = dist_of(net.fc, "weight").kind, dist_of(net.fc, "weight").args
+    assert kind == "uniform" and math.isclose(high, 1 / math.sqrt(8)) and low == -high
+    assert math.isclose(dist_of(net.fc, "bias").args[1], 1 / math.sqrt(8))
+    assert math.isclose(dist_of(net.conv, "weight").args[1], 1 / math.sqrt(18))
+    assert dist_of(net.emb, "weight") == F.Elementwise("normal", (0.0, 1.0))
+    assert dist_of(net.pad, "weight") is None  # normal_ then a zeroed row: replayed whole
+    assert dist_of(net.ln, "weight") == F.Elementwise("constant", (1.0,))
+    assert dist_of(net.ln, "bias") == F.Elementwise("constant", (0.0,))

@@ -18,6 +18,7 @@ Three steps, the first two before any allocation:
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,9 +26,11 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from . import functional as F
 from . import sharding
 from .deferred import Construction, construction_of, replay
 from .errors import InitRuntimeError
+from .functional import Elementwise
 from .plan import Call, Write, subtree_tensors
 from .rules import reset_method_of
 
@@ -64,13 +67,87 @@ class DefaultWriter:
     def declared_in(self) -> str:
         if self.construction is not None:
             return f"PyTorch default (constructor: {self.construction.describe()})"
-        return f"PyTorch default (reset_parameters of {type(self.module).__name__})"
+        return f"PyTorch default (reset_parameters of {sharding.class_name(self.module)})"
+
+    def elementwise(self, shape: tuple[int, ...]) -> Elementwise | None:
+        """The replayed constructor init as a per-element distribution, when it is one."""
+        if self.construction is None:
+            return None
+        return construction_elementwise(self.construction, shape)
 
     def write(self, tensor: Tensor) -> None:
         if self.construction is not None:
             replay(self.construction, tensor, self.mapping)
         else:
             reset_method_of(self.module)()
+
+
+_TENSOR_METHODS = {
+    "normal_": lambda shape, mean=0.0, std=1.0: Elementwise("normal", (mean, std)),
+    "uniform_": lambda shape, a=0.0, b=1.0, **kw: Elementwise(
+        "uniform", (kw.get("from", a), kw.get("to", b))),
+    "fill_": lambda shape, value: Elementwise("constant", (value,)),
+    "zero_": lambda shape: Elementwise("constant", (0.0,)),
+}
+
+
+def _vs(distribution: str, mode: str | None = None) -> Any:
+    def dist(shape: tuple[int, ...], a: float = 0.0, gain: float | None = None,
+             mode: str = mode or "fan_in", nonlinearity: str = "leaky_relu") -> Elementwise:
+        if gain is None:  # He: the gain of the nonlinearity
+            gain = F.calculate_gain(nonlinearity, a)
+        return F.variance_scaling_dist(shape, gain * gain, mode, distribution)
+    return dist
+
+
+_INIT_FUNCTIONS = {
+    "normal_": lambda shape, mean=0.0, std=1.0: Elementwise("normal", (mean, std)),
+    "uniform_": lambda shape, a=0.0, b=1.0: Elementwise("uniform", (a, b)),
+    "trunc_normal_": lambda shape, mean=0.0, std=1.0, a=-2.0, b=2.0: Elementwise(
+        "trunc_normal", (mean, std, a, b)),
+    "constant_": lambda shape, val: Elementwise("constant", (val,)),
+    "ones_": lambda shape: Elementwise("constant", (1.0,)),
+    "zeros_": lambda shape: Elementwise("constant", (0.0,)),
+    "kaiming_uniform_": _vs("uniform"),
+    "kaiming_normal_": _vs("normal"),
+    "xavier_uniform_": lambda shape, gain=1.0: _vs("uniform", "fan_avg")(shape, gain=gain),
+    "xavier_normal_": lambda shape, gain=1.0: _vs("normal", "fan_avg")(shape, gain=gain),
+}
+
+
+def construction_elementwise(construction: Construction, shape: tuple[int, ...]
+                             ) -> Elementwise | None:
+    """One recorded whole-tensor fill from ``torch.nn.init`` (or ``normal_``, ``fill_`` ...)
+    with plain arguments, as an :class:`~weightinit.functional.Elementwise`; else ``None``.
+
+    Multi-step inits (``Embedding``'s padding row), writes through views,
+    computed values and explicit generators are replayed as recorded.
+    """
+    if len(construction.ops) != 1:
+        return None
+    fn, args, kwargs, chain = construction.ops[0]
+    if chain or "generator" in kwargs or any(
+            not isinstance(a, (int, float, str)) or isinstance(a, bool)
+            for a in (*args, *kwargs.values())):
+        return None
+    name = getattr(fn, "__name__", "")
+    module = getattr(fn, "__module__", None) or ""
+    if module in ("torch.nn.init", "weightinit.functional"):
+        table = _INIT_FUNCTIONS
+    elif getattr(Tensor, name, None) is fn:
+        table = _TENSOR_METHODS
+    else:
+        return None
+    make = table.get(name)
+    if make is None:
+        return None
+    try:
+        dist = make(tuple(shape), *args, **kwargs)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    if any(not math.isfinite(float(v)) for v in dist.args):
+        return None
+    return dist
 
 
 def slots_of(root: nn.Module) -> list[tuple[str, nn.Module, str, str, Tensor]]:

@@ -61,6 +61,18 @@ def has_sharded(root: nn.Module) -> bool:
     return any(is_sharded(t) for t in list(root.parameters()) + list(root.buffers()))
 
 
+def class_name(module: nn.Module) -> str:
+    """The module's own class name, also once ``fully_shard`` made it ``FSDP<Class>``."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - torch without FSDP2
+        return type(module).__name__
+    for cls in type(module).__mro__:
+        if not issubclass(cls, FSDPModule):
+            return cls.__name__
+    return type(module).__name__  # pragma: no cover
+
+
 def local_region(t: Tensor, name: str = "") -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(global offset, shape) of this rank's shard of the DTensor ``t``.
 
