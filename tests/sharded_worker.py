@@ -101,7 +101,28 @@ def place(model: nn.Module, mesh, placement) -> nn.Module:
     return model
 
 
+def main_cuda(rank: str, world: str, port: str, out_dir: str) -> None:
+    """One rank per GPU (NCCL): FSDP2 over a CUDA mesh, shards saved to the CPU."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=rank, WORLD_SIZE=world)
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    torch.cuda.set_device(int(rank))
+    dist.init_process_group("nccl")
+    mesh = init_device_mesh("cuda", (int(world),))
+    model = fsdp(build(), mesh)
+    wi.initialize(model, RULES, seed=SEED)
+    devices = {p._local_tensor.device.type for p in model.parameters()}
+    results = {"fsdp": {k: (o, t.cpu()) for k, (o, t) in shards(model).items()},
+               "devices": sorted(devices)}
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def main() -> None:
+    if sys.argv[-1] == "cuda":
+        return main_cuda(*sys.argv[1:5])
     rank, world, port, out_dir, checkpoint = sys.argv[1:6]
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=rank, WORLD_SIZE=world)
     import torch.distributed as dist
@@ -117,6 +138,10 @@ def main() -> None:
     results["fsdp"] = shards(model)
     ids = torch.tensor([1, 5, 3, 36, 0])
     results["fsdp_forward"] = model(ids).detach()
+    # Initializing an already materialized sharded model again writes its shards in place.
+    wi.initialize(model, [dict(type="Constant", layer="Linear", val=0.5, bias=-1),
+                          dict(type="Normal", param="pos", std=3.0)], seed=SEED + 1)
+    results["again"] = shards(model)
 
     with torch.device("meta"):  # not deferred: defaults come from reset_parameters()
         model = fsdp(Net(), mesh)

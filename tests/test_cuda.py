@@ -11,6 +11,7 @@ import torch
 import weightinit as wi
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import models  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -58,3 +59,40 @@ def test_pretrained_into_cuda(tmp_path):
         m = models.llama(size="tiny")
     wi.initialize(m, dict(type="Pretrained", checkpoint=str(path)), device="cuda")
     assert torch.equal(m.layers[1].up_proj.weight.cpu(), src.layers[1].up_proj.weight)
+
+
+def test_fsdp2_on_a_cuda_mesh_equals_one_process_on_cuda(tmp_path):
+    import socket
+    import subprocess
+
+    import sharded_worker as worker
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    script = Path(__file__).with_name("sharded_worker.py")
+    done = subprocess.run([sys.executable, str(script), "0", "1", port, str(tmp_path), "cuda"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    result = torch.load(tmp_path / "rank0.pt", weights_only=False)
+    assert result["devices"] == ["cuda"]
+    reference = worker.build()
+    wi.initialize(reference, worker.RULES, seed=worker.SEED, device="cuda")
+    for name, p in reference.named_parameters():
+        offset, local = result["fsdp"][name]
+        assert offset == tuple(0 for _ in p.shape)
+        assert torch.equal(p.detach().cpu(), local), name
+
+
+def test_any_slice_of_a_seeded_cuda_fill_is_drawn_alone():
+    from weightinit.functional import Elementwise
+    from weightinit.seeding import BLOCK, fill_elementwise
+
+    for dist in (Elementwise("normal", (0.0, 1.0)), Elementwise("uniform", (-1.0, 1.0)),
+                 Elementwise("trunc_normal", (0.0, 1.0, -1.0, 1.0))):
+        total = BLOCK + 4321
+        whole = torch.empty(total, device="cuda")
+        fill_elementwise(dist, whole, seed=5)
+        part = torch.empty(2000, device="cuda")
+        fill_elementwise(dist, part, seed=5, start=BLOCK - 1000, total=total)
+        assert torch.equal(part, whole[BLOCK - 1000:BLOCK + 1000]), dist.kind

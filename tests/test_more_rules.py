@@ -312,3 +312,14 @@ def test_lsuv_on_a_deferred_model():
     x = torch.randn(256, 32, generator=torch.Generator().manual_seed(0))
     stds = _layer_stds(net, x, (nn.Linear,))
     assert all(abs(s - 1) <= 0.05 for s in stds), stds
+
+
+def test_orthogonal_in_half_precision_decomposes_in_float32():
+    for dtype in (torch.bfloat16, torch.float16):
+        with wi.deferred():
+            m = nn.Linear(32, 16, bias=False)
+        wi.initialize(m, dict(type="Orthogonal", layer="Linear", gain=2.0), dtype=dtype, seed=0)
+        w = m.weight.detach()
+        assert w.dtype == dtype
+        gram = w.float() @ w.float().T  # rows <= cols: W Wᵀ = gain² I, up to rounding
+        torch.testing.assert_close(gram, 4 * torch.eye(16), atol=0.1, rtol=0)

@@ -147,6 +147,17 @@ def test_reset_parameters_defaults_shard_like_single_process(ranks):
         _assert_shards_equal(full, result["meta_reset"], f"rank {r}/{len(ranks)}")
 
 
+def test_materialized_sharded_model_is_initialized_again_in_place(ranks):
+    reference = _reference()
+    wi.initialize(reference, [dict(type="Constant", layer="Linear", val=0.5, bias=-1),
+                              dict(type="Normal", param="pos", std=3.0)], seed=worker.SEED + 1)
+    full = dict(reference.named_parameters())
+    assert torch.all(full["big.weight"] == 0.5) and torch.all(full["big.bias"] == -1)
+    for r, result in enumerate(ranks):
+        _assert_shards_equal(full, result["again"], f"rank {r}/{len(ranks)}")
+    assert not torch.equal(_gather(ranks, "again")["pos"], _gather(ranks, "fsdp")["pos"])
+
+
 def test_dtensor_shard_on_dim1_equals_single_process(ranks):
     reference = dict(_reference().named_parameters())
     for r, result in enumerate(ranks):

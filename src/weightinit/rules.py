@@ -563,7 +563,13 @@ class OrthogonalInit(BaseInit):
 
     def init_weight(self, tensor: Tensor) -> None:
         with torch.no_grad():
-            nn.init.orthogonal_(tensor, gain=self.gain)
+            if tensor.dtype in (torch.float16, torch.bfloat16):
+                # QR has no half-precision kernels: decompose in float32, then round.
+                work = torch.empty(tensor.shape, dtype=torch.float32, device=tensor.device)
+                nn.init.orthogonal_(work, gain=self.gain)
+                tensor.copy_(work)
+            else:
+                nn.init.orthogonal_(tensor, gain=self.gain)
 
     def weight_std(self, shape: tuple[int, ...]) -> float | None:
         rows, cols = shape[0], math.prod(shape[1:])
