@@ -58,7 +58,11 @@ def main() -> int:
 
     mine = sum(p.to_local().numel() for p in model.parameters())
     total = sum(p.numel() for p in model.parameters())
-    print(f"rank {rank}/{world}: holds {mine:,} of {total:,} parameter elements", flush=True)
+    held: list = [None] * world
+    dist.all_gather_object(held, mine)
+    if rank == 0:
+        for r, n in enumerate(held):
+            print(f"rank {r}/{world}: holds {n:,} of {total:,} parameter elements")
 
     full = {name: p.full_tensor() for name, p in model.named_parameters()}  # all-gather
     differ = []

@@ -49,18 +49,22 @@ def checkpoint(tmp_path_factory) -> Path:
 def ranks(request, tmp_path_factory, checkpoint) -> list[dict]:
     world = request.param
     out = tmp_path_factory.mktemp(f"world{world}")
-    port = str(_free_port())
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
-    procs = [subprocess.Popen([sys.executable, str(WORKER), str(r), str(world), port, str(out),
-                               str(checkpoint)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for r in range(world)]
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=TIMEOUT_S)[0])
-    finally:
-        for p in procs:
-            p.kill()
+    for _attempt in range(3):  # a new port if another process took the free one meanwhile
+        port = str(_free_port())
+        procs = [subprocess.Popen([sys.executable, str(WORKER), str(r), str(world), port,
+                                   str(out), str(checkpoint)], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True) for r in range(world)]
+        logs = []
+        try:
+            for p in procs:
+                logs.append(p.communicate(timeout=TIMEOUT_S)[0])
+        finally:
+            for p in procs:
+                p.kill()
+        if not any("EADDRINUSE" in log or "address already in use" in log.lower()
+                   for log in logs):
+            break
     for r, p in enumerate(procs):
         assert p.returncode == 0, f"rank {r} failed:\n{logs[r][-4000:]}"
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]
