@@ -46,6 +46,7 @@ class Net(nn.Module):
         self.plain = nn.Linear(16, 10)  # no rule: its constructor default, replayed
         self.pad = nn.Embedding(11, 8, padding_idx=3)  # default with a row zeroed
         self.pos = nn.Parameter(torch.zeros(7, 24))
+        self.tiny = nn.Linear(3, 2)  # 2 rows over 3 ranks: one rank holds an empty shard
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         h = self.norm(self.table(ids) + self.pos[: ids.shape[0]])

@@ -128,6 +128,13 @@ def test_fsdp2_shards_are_really_split(ranks):
     assert [r["fsdp"]["big.weight"][0][0] for r in ranks] == [i * chunk for i in range(world)]
 
 
+def test_a_rank_with_an_empty_shard_is_fine(ranks):
+    rows = [r["fsdp"]["tiny.weight"][1].shape[0] for r in ranks]
+    assert rows == ([1, 1] if len(ranks) == 2 else [1, 1, 0])
+    reference = _reference()
+    assert torch.equal(_gather(ranks, "fsdp")["tiny.weight"], reference.tiny.weight.detach())
+
+
 def test_fsdp2_model_runs_forward_after_init(ranks):
     expected = _reference()(torch.tensor([1, 5, 3, 36, 0]))
     for result in ranks:

@@ -228,9 +228,11 @@ def write_shard(tensor: Tensor, writer: Any, seed: int, name: str, rule: str) ->
                     writer.value()
                 local.copy_(value)
             return [tensor]
+        group_module = getattr(writer, "module", None) if writer.group is not None else None
+        if group_module is None and local.numel() == 0:
+            return [tensor]  # this rank holds none of it
         tensor_seed = derive_seed(seed, name, rule)
         dist = writer.elementwise(global_shape) if hasattr(writer, "elementwise") else None
-        group_module = getattr(writer, "module", None) if writer.group is not None else None
         if dist is not None and group_module is None:
             start = _flat_range(global_shape, offset, shape)
             if start is not None:
