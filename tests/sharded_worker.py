@@ -53,6 +53,22 @@ class Net(nn.Module):
         return self.wide(h).sum()
 
 
+class UserGate(wi.BaseModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.empty(6, 4))
+
+    def init_weights(self) -> None:
+        nn.init.normal_(self.w)  # user code: torch's global generator
+
+
+class WithUserCode(wi.BaseModule):
+    def __init__(self) -> None:
+        super().__init__(dict(type="Normal", layer="Linear", std=0.1))
+        self.fc = nn.Linear(4, 6)
+        self.gate = UserGate()
+
+
 def build() -> Net:
     with wi.deferred():
         return Net()
@@ -164,6 +180,13 @@ def main() -> None:
     model = place(build(), mesh, lambda dims: Replicate())
     wi.initialize(model, RULES)  # no seed: rank 0 picks one for all
     results["replicated"] = shards(model)
+
+    torch.manual_seed(200 + int(rank))
+    with wi.deferred():
+        model = WithUserCode()
+    model = place(model, mesh, lambda dims: Replicate())
+    model.init_weights()  # user code on replicated tensors, no seed: replicas must agree
+    results["user_replicated"] = shards(model)
 
     # Mistakes: an error naming the tensor and the fix, and the model left on meta.
     from torch.distributed.tensor import DTensor, Partial

@@ -100,3 +100,36 @@ def test_derive_seed_is_stable():
         wi.derive_seed(0, "fc.weight", "NormalInit: mean=0, std=1, bias=0|weight")
     assert wi.derive_seed(0, "fc.weight", "r") != wi.derive_seed(1, "fc.weight", "r")
     assert 0 <= wi.derive_seed(123, "x", "y") < 2**63
+
+
+class UserGate(wi.BaseModule):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.empty(8, 8))
+
+    def init_weights(self):
+        nn.init.normal_(self.w)  # user code: draws from torch's global generator
+
+
+class WithUserCode(wi.BaseModule):
+    def __init__(self, extra: bool = False):
+        super().__init__()
+        if extra:
+            self.extra = nn.Linear(4, 4)
+        self.gate = UserGate()
+
+
+def test_user_init_weights_is_seeded_by_path_and_leaves_global_rng_alone():
+    torch.manual_seed(0)
+    a = WithUserCode()
+    before = torch.get_rng_state()
+    a.init_weights(seed=4)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(1)
+    b = WithUserCode(extra=True)
+    b.init_weights(seed=4)
+    assert torch.equal(a.gate.w, b.gate.w)
+    c = WithUserCode()
+    c.init_weights(seed=5)
+    assert not torch.equal(a.gate.w, c.gate.w)
+    assert a.init_record["gate.w"].kind == "user"

@@ -200,6 +200,15 @@ def test_without_seed_ranks_agree(ranks):
     assert not torch.equal(first["big.weight"][1], _reference().big.weight.detach())
 
 
+def test_user_code_on_replicated_tensors_agrees_across_ranks(ranks):
+    first = ranks[0]["user_replicated"]
+    assert set(first) == {"fc.weight", "fc.bias", "gate.w"}
+    for result in ranks[1:]:
+        for name, (_, local) in result["user_replicated"].items():
+            assert torch.equal(local, first[name][1]), name
+    assert abs(float(first["gate.w"][1].std()) - 1) < 0.5  # it really ran normal_
+
+
 def test_sharded_mistakes_raise_before_any_allocation(ranks):
     errors = ranks[0]["errors"]
     kind, message, device = errors["lsuv"]

@@ -30,7 +30,13 @@ from .config import Rule, module_label, parse_init_cfg
 from .errors import InitRecordError, InitRuntimeError, InitTypeError
 from .plan import Call, Planner, Write, Writer, schedule
 from .record import InitRecord, ParamRecord
-from .seeding import current_seed, derive_seed, fill_elementwise, run_seeded
+from .seeding import (
+    current_seed,
+    derive_seed,
+    fill_elementwise,
+    run_seeded,
+    run_seeded_everywhere,
+)
 from .sharding import (
     ShardingError,
     check_layout,
@@ -265,14 +271,26 @@ class Session:
         if call.init is None and getattr(module, "is_init", False):
             return
         snap = {id(p): _State.of(p) for p in module.parameters()}
-        self.snapshots.append(snap)
-        try:
+
+        def invoke() -> None:
             if call.init is None:
                 module.init_weights()
             else:
                 if hasattr(call.init, "wholemodule"):
                     call.init.wholemodule = call.whole
                 call.init(module)
+
+        self.snapshots.append(snap)
+        try:
+            if self.seed is None:
+                invoke()
+            else:
+                # User code draws from torch's global generators: seed them from the
+                # module's path and what runs, so its values are order-free (and the
+                # same on every rank of a sharded model).
+                what = "init_weights" if call.init is None else call.info
+                run_seeded_everywhere(derive_seed(self.seed, call.path, f"user|{what}"),
+                                      {_local(p).device for p in module.parameters()}, invoke)
         finally:
             self.snapshots.pop()
         kind = "user" if call.init is None else getattr(call.init, "record_kind", "initializer")

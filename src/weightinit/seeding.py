@@ -131,3 +131,16 @@ def run_seeded(seed: int, device: torch.device, write: Callable[[], None]) -> No
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(seed)
             write()
+
+
+def run_seeded_everywhere(seed: int, devices: set[torch.device] | list[torch.device],
+                          call: Callable[[], None]) -> None:
+    """Run user code with the CPU generator and those of ``devices`` seeded, then restore them."""
+    cuda = sorted({d.index if d.index is not None else torch.cuda.current_device()
+                   for d in devices if d.type == "cuda"})
+    with torch.random.fork_rng(devices=cuda):
+        torch.default_generator.manual_seed(seed)
+        for index in cuda:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
+        call()
