@@ -268,3 +268,16 @@ def test_device_only_on_outermost_call():
 
     with pytest.raises(wi.InitTypeError, match="only be given to the outermost"):
         Top().init_weights()
+
+
+def test_constructions_kept_on_modules_are_dropped_once_materialized():
+    # deferred() notes each parameter's construction on its module (so it survives
+    # sharding); computed values in it must not outlive materialization.
+    with wi.deferred():
+        m = nn.Sequential(nn.Linear(4, 4))
+        m.register_parameter("big", nn.Parameter(torch.randn(64, 64)))
+    assert set(m.__dict__["_wi_constructions"]) == {"big"}
+    assert set(m[0].__dict__["_wi_constructions"]) == {"weight", "bias"}
+    wi.initialize(m, [])
+    assert all("_wi_constructions" not in mod.__dict__ for mod in m.modules())
+    assert m.big.device.type == "cpu" and m.big.std() > 0.5

@@ -160,6 +160,8 @@ class Session:
                                    f"dtype={dtype!r}: {err}") from err
         self._members = None
         self._names = None
+        for m in root.modules():  # the events hold what is still needed
+            m.__dict__.pop("_wi_constructions", None)
         if has_sharded(root):
             refresh_fsdp(root)
         return materialize.remap(events, mapping)
