@@ -91,19 +91,16 @@ def _assert_shards_equal(full: dict, shards: dict, world_label: str) -> None:
 
 def _gather(ranks: list[dict], scenario: str) -> dict[str, torch.Tensor]:
     """Reassemble whole tensors from the ranks' shards (NaN where no rank wrote)."""
-    out = {}
-    for shards in (r[scenario] for r in ranks):
-        for name, (offset, local) in shards.items():
-            if name not in out:
-                shape = [o + n for o, n in zip(offset, local.shape)]
-                out[name] = (shape, [])
-            out[name][1].append((offset, local))
+    parts: dict[str, list] = {}
+    for result in ranks:
+        for name, (offset, local) in result[scenario].items():
+            parts.setdefault(name, []).append((offset, local))
     whole = {}
-    for name, (_, parts) in out.items():
-        shape = [max(o + n for o, t in parts for o, n in [(o[d], t.shape[d])])
-                 for d in range(len(parts[0][1].shape))]
+    for name, pieces in parts.items():
+        dims = range(pieces[0][1].dim())
+        shape = [max(offset[d] + local.shape[d] for offset, local in pieces) for d in dims]
         full = torch.full(shape, float("nan"))
-        for offset, local in parts:
+        for offset, local in pieces:
             full[tuple(slice(o, o + n) for o, n in zip(offset, local.shape))] = local
         whole[name] = full
     return whole

@@ -35,7 +35,6 @@ from .seeding import (
     derive_seed,
     fill_elementwise,
     run_seeded,
-    run_seeded_everywhere,
 )
 from .sharding import (
     ShardingError,
@@ -233,12 +232,11 @@ class Session:
             write_shard(tensor, writer, self.seed, name, rule)
             return
         seed = derive_seed(self.seed, name, rule)
-        dist = writer.elementwise(tuple(tensor.shape)) if hasattr(writer, "elementwise") \
-            else None
-        if dist is not None and writer.group is None:
+        dist = writer.elementwise(tuple(tensor.shape)) if writer.group is None else None
+        if dist is not None:
             fill_elementwise(dist, tensor, seed)
         else:
-            run_seeded(seed, tensor.device, lambda: writer.write(tensor))
+            run_seeded(seed, [tensor.device], lambda: writer.write(tensor))
 
     def name_of(self, tensor: Tensor) -> str:
         """Full name of a parameter or buffer under the session's root."""
@@ -291,8 +289,8 @@ class Session:
                 # module's path and what runs, so its values are order-free (and the
                 # same on every rank of a sharded model).
                 what = "init_weights" if call.init is None else call.info
-                run_seeded_everywhere(derive_seed(self.seed, call.path, f"user|{what}"),
-                                      {_local(p).device for p in module.parameters()}, invoke)
+                run_seeded(derive_seed(self.seed, call.path, f"user|{what}"),
+                           {_local(p).device for p in module.parameters()}, invoke)
         finally:
             self.snapshots.pop()
         kind = "user" if call.init is None else getattr(call.init, "record_kind", "initializer")

@@ -26,13 +26,12 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from . import functional as F
 from . import sharding
 from .deferred import Construction, construction_of, replay
 from .errors import InitRuntimeError
 from .functional import Elementwise
 from .plan import Call, Write, subtree_tensors
-from .rules import reset_method_of
+from .rules import KaimingInit, XavierInit, reset_method_of
 
 logger = logging.getLogger("weightinit")
 
@@ -91,15 +90,6 @@ _TENSOR_METHODS = {
 }
 
 
-def _vs(distribution: str, mode: str | None = None) -> Any:
-    def dist(shape: tuple[int, ...], a: float = 0.0, gain: float | None = None,
-             mode: str = mode or "fan_in", nonlinearity: str = "leaky_relu") -> Elementwise:
-        if gain is None:  # He: the gain of the nonlinearity
-            gain = F.calculate_gain(nonlinearity, a)
-        return F.variance_scaling_dist(shape, gain * gain, mode, distribution)
-    return dist
-
-
 _INIT_FUNCTIONS = {
     "normal_": lambda shape, mean=0.0, std=1.0: Elementwise("normal", (mean, std)),
     "uniform_": lambda shape, a=0.0, b=1.0: Elementwise("uniform", (a, b)),
@@ -108,10 +98,15 @@ _INIT_FUNCTIONS = {
     "constant_": lambda shape, val: Elementwise("constant", (val,)),
     "ones_": lambda shape: Elementwise("constant", (1.0,)),
     "zeros_": lambda shape: Elementwise("constant", (0.0,)),
-    "kaiming_uniform_": _vs("uniform"),
-    "kaiming_normal_": _vs("normal"),
-    "xavier_uniform_": lambda shape, gain=1.0: _vs("uniform", "fan_avg")(shape, gain=gain),
-    "xavier_normal_": lambda shape, gain=1.0: _vs("normal", "fan_avg")(shape, gain=gain),
+    # torch's defaults for these differ from the rules' (fan_in, leaky_relu)
+    "kaiming_uniform_": lambda shape, a=0.0, mode="fan_in", nonlinearity="leaky_relu": KaimingInit(
+        a=a, mode=mode, nonlinearity=nonlinearity, distribution="uniform").weight_dist(shape, None),
+    "kaiming_normal_": lambda shape, a=0.0, mode="fan_in", nonlinearity="leaky_relu": KaimingInit(
+        a=a, mode=mode, nonlinearity=nonlinearity, distribution="normal").weight_dist(shape, None),
+    "xavier_uniform_": lambda shape, gain=1.0: XavierInit(
+        gain=gain, distribution="uniform").weight_dist(shape, None),
+    "xavier_normal_": lambda shape, gain=1.0: XavierInit(
+        gain=gain, distribution="normal").weight_dist(shape, None),
 }
 
 

@@ -107,8 +107,12 @@ class BaseInit:
 
     # -- what a rule writes -------------------------------------------------
     def init_weight(self, tensor: Tensor) -> None:
-        """Fill a matched ``weight``. Subclasses implement this."""
-        raise NotImplementedError
+        """Fill a matched ``weight``: subclasses implement this or :meth:`weight_dist`."""
+        dist = self.weight_dist(tuple(tensor.shape), None)
+        if dist is None:
+            raise NotImplementedError(f"{type(self).__name__} implements neither init_weight "
+                                      "nor weight_dist")
+        dist.fill_(tensor)
 
     def init_bias(self, tensor: Tensor) -> None:
         """Fill a matched ``bias`` with the constant ``self.bias``."""
@@ -118,19 +122,25 @@ class BaseInit:
         """Fill a weight (or a ``param``-targeted tensor) knowing the module that owns it.
 
         Rules whose maths depends on the module (fans of grouped convs,
-        ``reset_parameters``) override this; the default calls
-        :meth:`init_weight`.
+        ``reset_parameters``) override this or take ``module`` in
+        :meth:`weight_dist`; the default draws :meth:`weight_dist` for the
+        module, else calls :meth:`init_weight`.
         """
-        self.init_weight(tensor)
+        dist = self.elementwise("weight", tuple(tensor.shape), module)
+        if dist is not None:
+            dist.fill_(tensor)
+        else:
+            self.init_weight(tensor)
 
     def weight_dist(self, shape: tuple[int, ...], module: nn.Module | None
                     ) -> F.Elementwise | None:
-        """The per-element distribution :meth:`fill_weight` draws for this shape, if it is one.
+        """The per-element distribution of the weight fill for this shape, if it is one.
 
-        Rules whose weight fill is independent draws (or a constant) say so
-        here; seeded and sharded initialization then draw any slice of the
-        tensor on its own. ``None`` (orthogonal, identity, ...) means the
-        whole tensor must be filled at once.
+        Rules whose weight fill is independent draws (or a constant) define
+        only this; the fill is drawn from it, and seeded and sharded
+        initialization draw any slice of the tensor on its own. ``None``
+        (orthogonal, identity, ...) means the rule implements
+        :meth:`init_weight` and the whole tensor is filled at once.
         """
         return None
 
@@ -142,9 +152,9 @@ class BaseInit:
             if cls.init_bias is BaseInit.init_bias:
                 return F.Elementwise("constant", (float(self.bias),))
             return None
-        owner = next(c for c in cls.__mro__ if "weight_dist" in vars(c))
-        if owner is BaseInit or any(getattr(cls, m) is not getattr(owner, m)
-                                    for m in ("init_weight", "fill_weight")):
+        # A subclass that overrides the fill changes what is drawn: not elementwise.
+        if cls.init_weight is not BaseInit.init_weight or \
+                cls.fill_weight is not BaseInit.fill_weight:
             return None
         return self.weight_dist(tuple(shape), module)
 
@@ -176,7 +186,9 @@ class BaseInit:
     @property
     def plannable(self) -> bool:
         """False for MMEngine-style subclasses that only define ``__call__``."""
-        return type(self).init_weight is not BaseInit.init_weight
+        cls = type(self)
+        return (cls.init_weight is not BaseInit.init_weight
+                or cls.weight_dist is not BaseInit.weight_dist)
 
     def args(self) -> dict[str, Any]:
         out = {name: getattr(self, name) for name in self.arg_names}
@@ -239,9 +251,6 @@ class ConstantInit(BaseInit):
         super().__init__(**kwargs)
         self.val = _number(val, "val")
 
-    def init_weight(self, tensor: Tensor) -> None:
-        F.constant_(tensor, self.val)
-
     def weight_dist(self, shape: tuple[int, ...], module: nn.Module | None) -> F.Elementwise:
         return F.Elementwise("constant", (float(self.val),))
 
@@ -266,10 +275,6 @@ class XavierInit(BaseInit):
     def check_weight(self, shape: tuple[int, ...]) -> None:
         _require_fans(shape, "Xavier")
 
-    def init_weight(self, tensor: Tensor) -> None:
-        fill = F.xavier_uniform_ if self.distribution == "uniform" else F.xavier_normal_
-        fill(tensor, self.gain)
-
     def weight_dist(self, shape: tuple[int, ...], module: nn.Module | None) -> F.Elementwise:
         return F.variance_scaling_dist(shape, self.gain * self.gain, "fan_avg",
                                        self.distribution)
@@ -290,9 +295,6 @@ class NormalInit(BaseInit):
         self.std = _number(std, "std")
         if self.std < 0:
             raise InitValueError(f"std must be >= 0, got {std}")
-
-    def init_weight(self, tensor: Tensor) -> None:
-        F.normal_(tensor, self.mean, self.std)
 
     def weight_dist(self, shape: tuple[int, ...], module: nn.Module | None) -> F.Elementwise:
         return F.Elementwise("normal", (self.mean, self.std))
@@ -330,9 +332,6 @@ class TruncNormalInit(BaseInit):
         if not self.a < self.b:
             raise InitValueError(f"need a < b, got a={a}, b={b}")
 
-    def init_weight(self, tensor: Tensor) -> None:
-        F.trunc_normal_(tensor, self.mean, self.std, self.a, self.b)
-
     def weight_dist(self, shape: tuple[int, ...], module: nn.Module | None) -> F.Elementwise:
         return F.Elementwise("trunc_normal", (self.mean, self.std, self.a, self.b))
 
@@ -356,9 +355,6 @@ class UniformInit(BaseInit):
         super().__init__(**kwargs)
         self.a = _number(a, "a")
         self.b = _number(b, "b")
-
-    def init_weight(self, tensor: Tensor) -> None:
-        F.uniform_(tensor, self.a, self.b)
 
     def weight_dist(self, shape: tuple[int, ...], module: nn.Module | None) -> F.Elementwise:
         return F.Elementwise("uniform", (self.a, self.b))
@@ -386,10 +382,6 @@ class KaimingInit(BaseInit):
 
     def check_weight(self, shape: tuple[int, ...]) -> None:
         _require_fans(shape, type(self).__name__[:-4])
-
-    def init_weight(self, tensor: Tensor) -> None:
-        fill = F.kaiming_uniform_ if self.distribution == "uniform" else F.kaiming_normal_
-        fill(tensor, a=self.a, mode=self.mode, nonlinearity=self.nonlinearity)
 
     def weight_dist(self, shape: tuple[int, ...], module: nn.Module | None) -> F.Elementwise:
         gain = F.calculate_gain(self.nonlinearity, self.a)
@@ -510,12 +502,6 @@ class VarianceScalingInit(BaseInit):
     def check_weight(self, shape: tuple[int, ...]) -> None:
         _require_fans(shape, type(self).__name__[:-4])
 
-    def init_weight(self, tensor: Tensor) -> None:
-        F.variance_scaling_(tensor, self.scale, self.mode, self.distribution)
-
-    def fill_weight(self, tensor: Tensor, module: nn.Module | None) -> None:
-        F.variance_scaling_(tensor, self.scale, self.mode, self.distribution, module)
-
     def weight_dist(self, shape: tuple[int, ...], module: nn.Module | None) -> F.Elementwise:
         return F.variance_scaling_dist(shape, self.scale, self.mode, self.distribution, module)
 
@@ -633,9 +619,6 @@ class EyeInit(BaseInit):
 class ZerosInit(BaseInit):
     """weight ← 0; bias ← ``bias``."""
 
-    def init_weight(self, tensor: Tensor) -> None:
-        F.constant_(tensor, 0.0)
-
     def weight_dist(self, shape: tuple[int, ...], module: nn.Module | None) -> F.Elementwise:
         return F.Elementwise("constant", (0.0,))
 
@@ -647,9 +630,6 @@ class ZerosInit(BaseInit):
 class OnesInit(BaseInit):
     """weight ← 1; bias ← ``bias``."""
 
-    def init_weight(self, tensor: Tensor) -> None:
-        F.constant_(tensor, 1.0)
-
     def weight_dist(self, shape: tuple[int, ...], module: nn.Module | None) -> F.Elementwise:
         return F.Elementwise("constant", (1.0,))
 
@@ -660,9 +640,6 @@ class OnesInit(BaseInit):
 @WEIGHT_INITIALIZERS.register_module(name="TFTruncNormal")
 class TFTruncNormalInit(TruncNormalInit):
     """TensorFlow-style truncated normal: bounds ``a``, ``b`` in units of ``std`` (default ±2σ)."""
-
-    def init_weight(self, tensor: Tensor) -> None:
-        F.tf_trunc_normal_(tensor, self.mean, self.std, self.a, self.b)
 
     def weight_dist(self, shape: tuple[int, ...], module: nn.Module | None) -> F.Elementwise:
         return F.Elementwise("trunc_normal", (self.mean, self.std, self.mean + self.a * self.std,
@@ -770,9 +747,6 @@ class ZeroInitResidualInit(BaseInit):
                                  f"{'named ' + repr(self.norm) if self.norm else ''} in "
                                  f"{type(module).__name__}. Fix: set norm=<name pattern>.")
         return out
-
-    def init_weight(self, tensor: Tensor) -> None:
-        F.constant_(tensor, 0.0)
 
     def weight_dist(self, shape: tuple[int, ...], module: nn.Module | None) -> F.Elementwise:
         return F.Elementwise("constant", (0.0,))

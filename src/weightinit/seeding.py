@@ -120,22 +120,9 @@ def fill_elementwise(dist: Any, out: Tensor, seed: int, start: int = 0,
             out.copy_(flat.view_as(out))
 
 
-def run_seeded(seed: int, device: torch.device, write: Callable[[], None]) -> None:
-    """Run ``write`` with the generator of ``device`` seeded by ``seed``, then restore it."""
-    if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        with torch.random.fork_rng(devices=[index]), torch.cuda.device(index):
-            torch.cuda.manual_seed(seed)
-            write()
-    else:
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(seed)
-            write()
-
-
-def run_seeded_everywhere(seed: int, devices: set[torch.device] | list[torch.device],
-                          call: Callable[[], None]) -> None:
-    """Run user code with the CPU generator and those of ``devices`` seeded, then restore them."""
+def run_seeded(seed: int, devices: set[torch.device] | list[torch.device],
+               call: Callable[[], None]) -> None:
+    """Run ``call`` with the CPU generator and those of ``devices`` seeded, then restore them."""
     cuda = sorted({d.index if d.index is not None else torch.cuda.current_device()
                    for d in devices if d.type == "cuda"})
     with torch.random.fork_rng(devices=cuda):

@@ -232,18 +232,17 @@ def write_shard(tensor: Tensor, writer: Any, seed: int, name: str, rule: str) ->
         if group_module is None and local.numel() == 0:
             return [tensor]  # this rank holds none of it
         tensor_seed = derive_seed(seed, name, rule)
-        dist = writer.elementwise(global_shape) if hasattr(writer, "elementwise") else None
-        if dist is not None and group_module is None:
-            start = _flat_range(global_shape, offset, shape)
-            if start is not None:
-                fill_elementwise(dist, local, tensor_seed, start, math.prod(global_shape))
-                return [tensor]
+        dist = writer.elementwise(global_shape) if group_module is None else None
+        start = _flat_range(global_shape, offset, shape)
+        if dist is not None and start is not None:
+            fill_elementwise(dist, local, tensor_seed, start, math.prod(global_shape))
+            return [tensor]
         full = torch.empty(global_shape, dtype=local.dtype, device=local.device)
         with _whole_tensors(group_module, tensor, full) as pairs:
-            if dist is not None and group_module is None:
+            if dist is not None:
                 fill_elementwise(dist, full, tensor_seed)
             else:
-                run_seeded(tensor_seed, full.device, lambda: writer.write(full))
+                run_seeded(tensor_seed, [full.device], lambda: writer.write(full))
         written = []
         for sharded, temp in pairs:
             o, s = local_region(sharded, name)
