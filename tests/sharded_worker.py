@@ -83,7 +83,7 @@ def checkpoint_state() -> dict[str, torch.Tensor]:
 
 
 def shards(model: nn.Module) -> dict[str, tuple[tuple[int, ...], torch.Tensor]]:
-    from weightinit.sharding import is_sharded, local_region
+    from weightinit.planning.layout import is_sharded, local_region
 
     out = {}
     for name, p in model.named_parameters():

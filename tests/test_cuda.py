@@ -85,8 +85,8 @@ def test_fsdp2_on_a_cuda_mesh_equals_one_process_on_cuda(tmp_path):
 
 
 def test_any_slice_of_a_seeded_cuda_fill_is_drawn_alone():
-    from weightinit.functional import Elementwise
-    from weightinit.seeding import BLOCK, fill_elementwise
+    from weightinit.execution.seeding import BLOCK, fill_elementwise
+    from weightinit.maths import Elementwise
 
     for dist in (Elementwise("normal", (0.0, 1.0)), Elementwise("uniform", (-1.0, 1.0)),
                  Elementwise("trunc_normal", (0.0, 1.0, -1.0, 1.0))):

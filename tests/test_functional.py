@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 import weightinit as wi
-from weightinit import functional as F
+from weightinit import maths as F
 
 
 def _stats_ok(t: torch.Tensor, mean: float, std: float, k: float = 5.0) -> None:

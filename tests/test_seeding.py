@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 import weightinit as wi
+from weightinit.execution import derive_seed
 
 RULES = [dict(type="Normal", layer="Linear", std=0.5, bias=0.1),
          dict(type="Kaiming", layer="Conv2d", distribution="uniform"),
@@ -96,10 +97,10 @@ def test_seeded_block_global_rng_untouched_and_explicit_seed_wins():
 
 
 def test_derive_seed_is_stable():
-    assert wi.derive_seed(0, "fc.weight", "NormalInit: mean=0, std=1, bias=0|weight") == \
-        wi.derive_seed(0, "fc.weight", "NormalInit: mean=0, std=1, bias=0|weight")
-    assert wi.derive_seed(0, "fc.weight", "r") != wi.derive_seed(1, "fc.weight", "r")
-    assert 0 <= wi.derive_seed(123, "x", "y") < 2**63
+    assert derive_seed(0, "fc.weight", "NormalInit: mean=0, std=1, bias=0|weight") == \
+        derive_seed(0, "fc.weight", "NormalInit: mean=0, std=1, bias=0|weight")
+    assert derive_seed(0, "fc.weight", "r") != derive_seed(1, "fc.weight", "r")
+    assert 0 <= derive_seed(123, "x", "y") < 2**63
 
 
 class UserGate(wi.BaseModule):

@@ -21,8 +21,8 @@ import torch.nn as nn
 
 import sharded_worker as worker
 import weightinit as wi
-from weightinit import functional as F
-from weightinit.seeding import BLOCK, fill_elementwise
+from weightinit import maths as F
+from weightinit.execution.seeding import BLOCK, fill_elementwise
 
 dist = pytest.importorskip("torch.distributed")
 if not dist.is_available() or not dist.is_gloo_available():
@@ -266,8 +266,8 @@ def test_subclass_that_changes_the_fill_is_not_drawn_blockwise():
 
 
 def test_single_call_constructor_defaults_are_elementwise():
-    from weightinit.deferred import construction_of
-    from weightinit.materialize import construction_elementwise
+    from weightinit.capture.deferred import construction_of
+    from weightinit.planning.defaults import construction_elementwise
 
     with wi.deferred():
         net = nn.ModuleDict(dict(fc=nn.Linear(8, 4), conv=nn.Conv2d(2, 4, 3),

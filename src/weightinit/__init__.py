@@ -2,41 +2,61 @@
 
 A drop-in for MMEngine's ``init_cfg`` system: same names, config format and
 priority rules, with the whole configuration validated and planned before
-any tensor is written.
+any tensor is written, and nothing committed unless the whole run succeeds.
+
+The package is layered; every import points down::
+
+    errors
+    capture     deferred construction: record constructor inits on meta tensors
+    maths       fans, gains, tensor-level fills, MMEngine's module-level functions
+    checkpoint  sources (paths, URLs, schemes, cache) and formats
+    rules       rule values, the registry, init_cfg parsing
+    planning    tree walk in MMEngine's order -> an immutable Plan of typed ops
+    execution   materialize, strategies (plain / seeded / sharded), transactions
+    api         initialize, plan, load_checkpoint
+    module      BaseModule and its containers
+    record, report, health, configfile, cli   tools on top
 """
 
 import logging
 
-from .checkpoint import (
-    CheckpointDownloadError,
-    CheckpointHashError,
-    LoadReport,
-    cache_dir,
-    register_scheme,
-)
-from .configfile import ConfigError, ConfigNotFoundError, ModelConfig, load_config
-from .deferred import deferred
-from .engine import get_init_record, initialize, load_checkpoint, update_init_info
+from .api import get_init_record, initialize, load_checkpoint, plan, update_init_info
+from .capture.deferred import deferred
+from .checkpoint import LoadReport, cache_dir, register_scheme
+from .configfile import ModelConfig, load_config
 from .errors import (
+    CheckpointDownloadError,
     CheckpointError,
+    CheckpointHashError,
     CheckpointKeyError,
     CheckpointMismatchError,
     CheckpointNotFoundError,
+    ConfigError,
+    ConfigNotFoundError,
     ConfigStructureError,
     DistributionError,
+    HealthCheckError,
+    InitCfgError,
     InitError,
     InitKeyError,
     InitRecordError,
     InitRuntimeError,
     InitTypeError,
     InitValueError,
+    LSUVError,
+    MaterializeError,
     OverrideError,
     OverrideTargetError,
     ShapeError,
+    ShardingError,
+    UndefinedParameterError,
     UnknownTypeError,
     UnsafeCheckpointError,
 )
-from .functional import (
+from .execution import seeded
+from .health import HealthResult, check_health, plot_health
+from .maths import (
+    Elementwise,
     bias_init_with_prob,
     caffe2_xavier_init,
     constant_init,
@@ -50,21 +70,13 @@ from .functional import (
     variance_scaling_,
     xavier_init,
 )
-from .health import HealthCheckError, HealthResult, check_health, plot_health
-from .materialize import UndefinedParameterError
 from .module import BaseModule, ModuleDict, ModuleList, Sequential
-from .plan import Plan, PlanEntry, plan
+from .planning import OpKind, Plan, PlanEntry
 from .record import InitRecord, ParamRecord
-from .registry import (
-    MODEL_WRAPPERS,
-    MODELS,
-    WEIGHT_INITIALIZERS,
-    Registry,
-    build_from_cfg,
-    is_model_wrapper,
-)
 from .report import ParamReport, Report, build_report, plan_report
 from .rules import (
+    MODELS,
+    WEIGHT_INITIALIZERS,
     BaseInit,
     Caffe2XavierInit,
     ConstantInit,
@@ -74,12 +86,12 @@ from .rules import (
     KaimingInit,
     LeCunNormalInit,
     LeCunUniformInit,
-    LSUVError,
     LSUVInit,
     NormalInit,
     OnesInit,
     OrthogonalInit,
     PretrainedInit,
+    Registry,
     TFTruncNormalInit,
     TruncNormalInit,
     UniformInit,
@@ -87,34 +99,45 @@ from .rules import (
     XavierInit,
     ZeroInitResidualInit,
     ZerosInit,
+    build_from_cfg,
+    is_model_wrapper,
 )
-from .seeding import derive_seed, seeded
-from .sharding import ShardingError
+from .version import __version__  # noqa: F401 - the package version
 
 logging.getLogger("weightinit").addHandler(logging.NullHandler())
 
-__version__ = "0.1.0"
 
 __all__ = [
-    "derive_seed", "seeded", "ShardingError",
-    "ConfigError", "ConfigNotFoundError", "HealthCheckError", "HealthResult",
-    "ModelConfig", "ParamReport", "Report", "build_report", "check_health",
-    "load_config", "plan_report", "plot_health",
-    "CheckpointDownloadError", "CheckpointHashError", "CheckpointMismatchError", "LoadReport",
-    "cache_dir", "load_checkpoint", "register_scheme",
-    "DefaultInit", "DiracInit", "EyeInit", "LeCunNormalInit", "LeCunUniformInit", "LSUVError",
-    "LSUVInit", "OnesInit", "OrthogonalInit", "TFTruncNormalInit", "VarianceScalingInit",
-    "ZeroInitResidualInit", "ZerosInit", "fan_in_and_fan_out", "tf_trunc_normal_",
-    "variance_scaling_",
-    "BaseInit", "BaseModule", "Caffe2XavierInit", "CheckpointError", "CheckpointKeyError",
-    "CheckpointNotFoundError", "ConfigStructureError", "ConstantInit", "DistributionError",
-    "InitError", "InitKeyError", "InitRecord", "InitRecordError", "InitRuntimeError",
-    "InitTypeError", "InitValueError", "KaimingInit", "MODELS", "MODEL_WRAPPERS", "ModuleDict",
-    "ModuleList", "NormalInit", "OverrideError", "OverrideTargetError", "ParamRecord", "Plan",
-    "PlanEntry", "PretrainedInit", "Registry", "Sequential", "ShapeError", "TruncNormalInit",
-    "UndefinedParameterError", "UniformInit", "UnknownTypeError", "UnsafeCheckpointError", "WEIGHT_INITIALIZERS",
-    "XavierInit", "bias_init_with_prob", "build_from_cfg", "caffe2_xavier_init",
-    "constant_init", "deferred", "get_init_record", "initialize", "is_model_wrapper", "kaiming_init",
-    "normal_init", "plan", "trunc_normal_", "trunc_normal_init", "uniform_init",
-    "update_init_info", "xavier_init",
+    # modules with an init_cfg, and running it
+    "BaseModule", "ModuleDict", "ModuleList", "Sequential",
+    "initialize", "plan", "load_checkpoint", "deferred", "seeded",
+    # what happened
+    "InitRecord", "ParamRecord", "get_init_record", "update_init_info", "LoadReport",
+    "Plan", "PlanEntry", "OpKind",
+    # rules and the registries
+    "BaseInit", "Caffe2XavierInit", "ConstantInit", "DefaultInit", "DiracInit", "EyeInit",
+    "KaimingInit", "LeCunNormalInit", "LeCunUniformInit", "LSUVInit", "NormalInit", "OnesInit",
+    "OrthogonalInit", "PretrainedInit", "TFTruncNormalInit", "TruncNormalInit", "UniformInit",
+    "VarianceScalingInit", "XavierInit", "ZeroInitResidualInit", "ZerosInit",
+    "Registry", "MODELS", "WEIGHT_INITIALIZERS", "build_from_cfg", "is_model_wrapper",
+    # writing a custom (shardable) rule: its per-element distribution and fans
+    "Elementwise", "fan_in_and_fan_out",
+    # MMEngine's functions and tensor fills
+    "bias_init_with_prob", "caffe2_xavier_init", "constant_init", "kaiming_init",
+    "normal_init", "trunc_normal_", "trunc_normal_init", "uniform_init", "xavier_init",
+    "tf_trunc_normal_", "variance_scaling_",
+    # checkpoints
+    "cache_dir", "register_scheme",
+    # tools: config files, reports, health check
+    "ModelConfig", "load_config", "ParamReport", "Report", "build_report", "plan_report",
+    "HealthResult", "check_health", "plot_health",
+    # errors, by domain
+    "InitError", "InitTypeError", "InitValueError", "InitRuntimeError", "InitKeyError",
+    "InitCfgError", "ConfigStructureError", "UnknownTypeError", "DistributionError",
+    "OverrideError", "OverrideTargetError", "ShapeError", "InitRecordError", "LSUVError",
+    "CheckpointError", "CheckpointNotFoundError", "CheckpointKeyError",
+    "CheckpointMismatchError", "UnsafeCheckpointError", "CheckpointDownloadError",
+    "CheckpointHashError",
+    "MaterializeError", "UndefinedParameterError", "ShardingError",
+    "ConfigError", "ConfigNotFoundError", "HealthCheckError",
 ]

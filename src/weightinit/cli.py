@@ -24,8 +24,12 @@ from typing import Any, NoReturn, TextIO
 import torch
 import torch.nn as nn
 
-from .errors import InitError, InitRuntimeError
-from .seeding import seeded
+from .configfile import InputSpec, load_config, parse_shape, torch_dtype
+from .errors import InitError, InitRuntimeError, UsageError
+from .execution import seeded
+from .health import check_health, plot_health, random_input
+from .report import build_report, plan_report
+from .version import __version__
 
 PROG = "weightinit"
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
@@ -34,10 +38,6 @@ REPORT_SUFFIXES = (".json", ".md", ".markdown")
 PIPE_WIDTH = 250
 
 logger = logging.getLogger("weightinit")
-
-
-class UsageError(Exception):
-    """A bad command-line argument (exit status 2)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -177,7 +177,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from . import __version__
 
     return __version__
 
@@ -191,7 +190,6 @@ def _check_suffix(path: str, allowed: Sequence[str], flag: str) -> None:
 
 
 def _load(path: str, overrides: list[str]) -> Any:
-    from .configfile import load_config
 
     return load_config(path, overrides)
 
@@ -201,7 +199,6 @@ def _seed(cfg: Any, args: argparse.Namespace) -> int:
 
 
 def _settings(cfg: Any, args: argparse.Namespace) -> tuple[str, torch.dtype | None]:
-    from .configfile import torch_dtype
 
     device = args.device or cfg.device or "cpu"
     dtype_name = args.dtype or cfg.dtype
@@ -290,7 +287,6 @@ def save_checkpoint(model: nn.Module, path: str) -> int:
 
 
 def cmd_plan(args: argparse.Namespace, out: Output) -> int:
-    from .report import plan_report
 
     for path in args.report:
         _check_suffix(path, REPORT_SUFFIXES, "--report")
@@ -310,7 +306,6 @@ def cmd_plan(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_init(args: argparse.Namespace, out: Output) -> int:
-    from .report import build_report
 
     _check_suffix(args.out, CHECKPOINT_SUFFIXES, "--out")
     for path in args.report:
@@ -330,8 +325,6 @@ def cmd_init(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_check(args: argparse.Namespace, out: Output) -> int:
-    from .configfile import InputSpec, parse_shape
-    from .health import check_health, plot_health, random_input
 
     if args.plot:
         _check_suffix(args.plot, (".png",), "--plot")

@@ -63,9 +63,19 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .errors import InitError, InitValueError, UnknownTypeError
+from .api import get_init_record, initialize, plan
+from .capture.deferred import deferred as deferred_ctx
+from .errors import (
+    ConfigBuildError,
+    ConfigError,
+    ConfigNotFoundError,
+    InitError,
+    InitValueError,
+    UnknownModelTypeError,
+)
+from .module import BaseModule
 from .record import InitRecord
-from .registry import MODELS
+from .rules import MODELS
 
 #: Top-level keys a config may hold (Python configs may hold helper names too).
 KNOWN_KEYS = ("model", "init_cfg", "input", "input_shape", "device", "dtype", "seed")
@@ -73,25 +83,6 @@ SUFFIXES = (".py", ".yaml", ".yml", ".json")
 _DTYPES = {"float32": torch.float32, "float": torch.float32, "float16": torch.float16,
            "half": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64,
            "double": torch.float64}
-
-
-class ConfigError(InitValueError):
-    """A config file is malformed or names something that does not exist."""
-
-
-class ConfigNotFoundError(InitError, FileNotFoundError):
-    """A config file (or a file it references) does not exist."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
-
-
-class ConfigBuildError(ConfigError):
-    """Building the model from the config raised (bad arguments for its constructor)."""
-
-
-class UnknownModelTypeError(UnknownTypeError, ConfigError):
-    """A ``type`` names nothing registered or importable; the message lists close matches."""
 
 
 @dataclass(frozen=True)
@@ -136,8 +127,6 @@ class ModelConfig:
         Applies the top-level ``init_cfg`` rule of a BaseModule root (see the
         module docstring). Raises :class:`ConfigError` on any mistake.
         """
-        from .deferred import deferred as deferred_ctx
-        from .module import BaseModule
 
         ctx = deferred_ctx() if deferred else contextlib.nullcontext()
         with _importable(self.path.parent), ctx:
@@ -150,19 +139,19 @@ class ModelConfig:
         return model
 
     def plan(self, model: nn.Module) -> Any:
-        """The plan of this config's initialization of ``model`` (nothing written)."""
-        from .module import BaseModule
-        from .plan import plan
+        """The plan of this config's initialization of ``model`` (nothing written).
 
+        Tensors nothing would give a value are listed in ``plan.undefined``
+        rather than raised, so a dry run can show the whole table.
+        """
         if isinstance(model, BaseModule):
-            return plan(model)
-        return plan(model, self.init_cfg if self.init_cfg is not None else [])
+            return plan(model, allow_undefined=True)
+        return plan(model, self.init_cfg if self.init_cfg is not None else [],
+                    allow_undefined=True)
 
     def initialize(self, model: nn.Module, device: Any = None,
                    dtype: torch.dtype | None = None) -> InitRecord:
         """Initialize (and materialize) ``model`` as the config says; returns the record."""
-        from .engine import get_init_record, initialize
-        from .module import BaseModule
 
         if isinstance(model, BaseModule):
             sig = _signature(model.init_weights)

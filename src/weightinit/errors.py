@@ -1,11 +1,20 @@
-"""The library's errors.
+"""Every exception of the library, in one hierarchy grouped by domain.
 
 Every user mistake raises a subclass of :class:`InitError`. Each subclass also
 derives from the built-in exception that MMEngine raises for the same mistake,
 so ``except TypeError`` (or ``KeyError``, ``ValueError``, ``RuntimeError``,
 and ``AssertionError`` where MMEngine used a bare ``assert``) keeps working
-after switching imports.
+after switching imports. Each domain has its own base class, so callers can
+also catch by what went wrong:
 
+* :class:`InitCfgError` — an ``init_cfg`` entry or a rule's arguments;
+* :class:`CheckpointError` — a checkpoint cannot be found, read, trusted or fitted;
+* :class:`MaterializeError` — a deferred model cannot be allocated or given values;
+* :class:`ShardingError` — a sharded model's layout cannot be initialized;
+* :class:`ConfigError` — a config *file* for the command line;
+* :class:`HealthCheckError` — the health check cannot run the model.
+
+Every ``…NotFoundError`` is also its domain's error and a ``FileNotFoundError``.
 Messages name the config entry, the module path and the fix, e.g.::
 
     backbone (ResNet) init_cfg[1].override[0]: no submodule 'neck';
@@ -17,6 +26,9 @@ from __future__ import annotations
 
 class InitError(Exception):
     """Base class of every error raised for a bad init configuration or input."""
+
+
+# -- the built-in classes MMEngine raises ------------------------------------------------
 
 
 class InitTypeError(InitError, TypeError):
@@ -38,44 +50,64 @@ class InitKeyError(InitError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-class ConfigStructureError(InitTypeError, AssertionError):
+# -- init_cfg entries and rules --------------------------------------------------------------
+
+
+class InitCfgError(InitError):
+    """Domain: an ``init_cfg`` entry, a rule's arguments, or where a rule applies."""
+
+
+class ConfigStructureError(InitCfgError, InitTypeError, AssertionError):
     """``init_cfg`` is not a dict or a list of dicts (MMEngine asserts this)."""
 
 
-class UnknownTypeError(InitKeyError):
+class UnknownTypeError(InitCfgError, InitKeyError):
     """``type`` names nothing registered; the message lists close matches."""
 
 
-class DistributionError(InitValueError, AssertionError):
+class DistributionError(InitCfgError, InitValueError, AssertionError):
     """Unknown ``distribution``/``mode``/``nonlinearity`` (MMEngine asserts)."""
 
 
-class OverrideError(InitValueError):
+class OverrideError(InitCfgError, InitValueError):
     """An ``override`` entry is malformed (no ``name``, or args without ``type``)."""
 
 
-class OverrideTargetError(InitRuntimeError):
-    """An ``override`` name or pattern matches no submodule."""
+class OverrideTargetError(InitCfgError, InitRuntimeError):
+    """An ``override`` name or a ``param`` pattern matches nothing."""
 
 
-class ShapeError(InitValueError):
-    """A rule cannot be applied to a tensor of this shape (e.g. fans of a 1-D weight)."""
+class ShapeError(InitCfgError, InitValueError):
+    """A rule cannot be applied to a tensor of this shape or dtype (e.g. fans of a 1-D weight)."""
 
 
-class InitRecordError(InitRuntimeError, AssertionError):
+class InitRecordError(InitCfgError, InitRuntimeError, AssertionError):
     """``update_init_info`` was called outside of ``init_weights``."""
 
 
+class LSUVError(InitCfgError, InitRuntimeError):
+    """LSUV could not bring a layer's output to unit variance (found while running; the
+    model is restored before this is raised)."""
+
+
+# -- checkpoints --------------------------------------------------------------------------------
+
+
 class CheckpointError(InitRuntimeError):
-    """A checkpoint cannot be read or does not fit the model."""
+    """Domain: a checkpoint cannot be found, read, trusted, or does not fit the model."""
 
 
-class CheckpointNotFoundError(InitError, FileNotFoundError):
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """A checkpoint file does not exist."""
 
+    def __str__(self) -> str:  # FileNotFoundError(errno, text) would print "[Errno 2] ..."
+        return str(self.args[-1]) if self.args else ""
 
-class CheckpointKeyError(InitKeyError, AssertionError):
+
+class CheckpointKeyError(CheckpointError, InitKeyError, AssertionError):
     """A checkpoint has no keys under the requested ``prefix``."""
+
+    __str__ = InitKeyError.__str__
 
 
 class CheckpointMismatchError(CheckpointError):
@@ -84,3 +116,67 @@ class CheckpointMismatchError(CheckpointError):
 
 class UnsafeCheckpointError(CheckpointError):
     """A pickle checkpoint needs arbitrary code to load and pickles were not allowed."""
+
+
+class CheckpointDownloadError(CheckpointError):
+    """A checkpoint could not be downloaded (HTTP error, dropped connection)."""
+
+
+class CheckpointHashError(CheckpointError):
+    """A checkpoint does not have the expected sha256."""
+
+
+# -- deferred models -------------------------------------------------------------------------
+
+
+class MaterializeError(InitRuntimeError):
+    """Domain: a deferred (meta) model cannot be allocated or given defined values."""
+
+
+class UndefinedParameterError(MaterializeError):
+    """A deferred parameter would be left without a defined value."""
+
+
+# -- sharded models ----------------------------------------------------------------------------
+
+
+class ShardingError(InitRuntimeError):
+    """Domain: a sharded tensor's layout cannot be initialized (e.g. a ``Partial`` placement)."""
+
+
+# -- tools: config files, health check, command line -----------------------------------------
+
+
+class ConfigError(InitValueError):
+    """Domain: a config file is malformed or names something that does not exist."""
+
+
+class ConfigNotFoundError(ConfigError, FileNotFoundError):
+    """A config file (or a file it references) does not exist."""
+
+    def __str__(self) -> str:
+        return str(self.args[-1]) if self.args else ""
+
+
+class ConfigBuildError(ConfigError):
+    """Building the model from the config raised (bad arguments for its constructor)."""
+
+
+class UnknownModelTypeError(UnknownTypeError, ConfigError):
+    """A ``type`` names nothing registered or importable; the message lists close matches."""
+
+
+class HealthCheckError(InitRuntimeError):
+    """Domain: the model cannot be run for a health check (bad input shape, no output tensor...)."""
+
+
+class PlotError(HealthCheckError, ImportError):
+    """Plotting needs matplotlib, which is not installed."""
+
+
+class UsageError(Exception):
+    """A bad command-line argument (exit status 2); not a library error."""
+
+
+class StopForward(Exception):  # noqa: N818 - control flow, not an error
+    """Raised by a forward hook to end a forward pass once the watched layer has run."""

@@ -55,18 +55,15 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .errors import InitError, InitRuntimeError, InitTypeError, InitValueError
+from .errors import (
+    HealthCheckError,
+    InitTypeError,
+    InitValueError,
+    PlotError,
+)
 
 #: Default bound on the activation and gradient gains over the layers.
 DEFAULT_LIMIT = 100.0
-
-
-class HealthCheckError(InitRuntimeError):
-    """The model cannot be run for a health check (bad input shape, no output tensor...)."""
-
-
-class PlotError(InitError, ImportError):
-    """Plotting needs matplotlib, which is not installed."""
 
 
 @dataclass(frozen=True)

@@ -17,17 +17,18 @@ planned and validated first and each tensor is written once.
 
 from __future__ import annotations
 
-import copy
 from abc import ABCMeta
 from collections.abc import Iterable
 from typing import Any
 
 import torch.nn as nn
 
+from .api import run_init_weights
+from .planning import InitCfgNode, planned
 from .record import InitRecord
 
 
-class BaseModule(nn.Module, metaclass=ABCMeta):
+class BaseModule(InitCfgNode, metaclass=ABCMeta):
     """An ``nn.Module`` with an ``init_cfg`` and a planned, write-once ``init_weights()``.
 
     Args:
@@ -47,18 +48,7 @@ class BaseModule(nn.Module, metaclass=ABCMeta):
         super().__init__()
         self._setup_init(init_cfg)
 
-    def _setup_init(self, init_cfg: Any) -> None:
-        self._is_init = False
-        self.init_cfg = copy.deepcopy(init_cfg)
-
-    @property
-    def is_init(self) -> bool:
-        return self._is_init
-
-    @is_init.setter
-    def is_init(self, value: bool) -> None:
-        self._is_init = value
-
+    @planned
     def init_weights(self, device: Any = None, dtype: Any = None, seed: int | None = None) -> None:
         """Initialize the subtree by its ``init_cfg`` rules (see the module docstring).
 
@@ -68,8 +58,6 @@ class BaseModule(nn.Module, metaclass=ABCMeta):
         ``seed`` (or inside :func:`weightinit.seeded`) each parameter's values
         depend only on the seed, its full name and its rule.
         """
-        from .engine import run_init_weights
-
         run_init_weights(self, device, dtype, seed)
 
     @property

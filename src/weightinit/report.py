@@ -35,8 +35,10 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from . import functional as F
+from . import maths as F
+from .api import get_init_record
 from .errors import InitValueError
+from .planning import OpKind, Plan, RuleFill, UserCall
 from .record import InitRecord
 from .rules import BaseInit, VarianceScalingInit
 
@@ -394,7 +396,6 @@ def build_report(model: nn.Module, record: InitRecord | None = None) -> Report:
         >>> record = weightinit.initialize(net, dict(type='Kaiming', layer='Linear'))
         >>> print(build_report(net, record).to_markdown())
     """
-    from .engine import get_init_record
 
     if record is None:
         record = get_init_record(model)
@@ -424,37 +425,32 @@ def build_report(model: nn.Module, record: InitRecord | None = None) -> Report:
     return Report(record.root, rows, "init record", notes)
 
 
-def plan_report(plan: Any, model: nn.Module | None = None) -> Report:
+def plan_report(plan: Plan, model: nn.Module | None = None) -> Report:
     """The report of a plan (:func:`weightinit.plan`): owners and promises, nothing measured.
 
     ``model`` (the planned model) supplies each parameter's device.
     """
-    from .plan import Call, Write, Writer
-
     devices = {n: str(p.device) for n, p in model.named_parameters()} if model is not None else {}
     rows = []
     for e in plan:
         owner = e.owner
         promised = None
-        if owner is None or getattr(owner, "kind", None) == "unchanged":
+        if owner is None or owner.kind is OpKind.DEFAULT:
             kind, rule, info = "unchanged", None, e.owner_info
-        elif isinstance(owner, Call):
-            kind = "user" if owner.init is None else getattr(owner.init, "record_kind",
-                                                             "initializer")
-            rule, info = getattr(owner.init, "rule", owner.init), e.owner_info
-        elif isinstance(owner, Writer):
-            kind, rule, info = owner.kind, owner.init, owner.info
-            if kind == "rule":
-                promised = promised_std(rule, owner.role, tuple(e.shape), owner.module)
+        elif isinstance(owner, UserCall):
+            kind = owner.record_kind.value
+            rule = owner.rule if owner.rule is not None else owner.init
+            info = e.owner_info
         else:
-            kind, rule, info = "rule", getattr(owner, "init", None), e.owner_info
+            kind, rule, info = owner.kind.value, owner.rule, owner.info
+            if isinstance(owner, RuleFill):
+                promised = promised_std(rule, owner.role.value, tuple(e.shape), owner.module)
         rule_type, rule_args = rule_description(rule, kind, info)
         rows.append(ParamReport(
             name=e.name, shape=tuple(e.shape), dtype=e.dtype, device=devices.get(e.name, "meta"),
             kind=kind, rule_type=rule_type, rule_args=rule_args, info=info,
             declared_in=e.declared_in, promised_std=promised))
-    defaults = sum(isinstance(ev, Write) and getattr(ev.writer, "kind", None) == "unchanged"
-                   for ev in plan.events)
+    defaults = plan.default_writes
     eager = plan.naive_writes
     how = (f"{defaults} at construction + {eager - defaults} by init_cfg" if defaults
            else "by init_cfg")

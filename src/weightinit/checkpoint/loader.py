@@ -26,12 +26,13 @@ from torch import Tensor
 
 from ..errors import (
     CheckpointError,
+    CheckpointHashError,
     CheckpointKeyError,
     CheckpointNotFoundError,
     InitTypeError,
     UnsafeCheckpointError,
 )
-from .sources import CheckpointHashError, resolve
+from .sources import resolve
 
 DEFAULT_REVISE_KEYS: tuple[tuple[str, str], ...] = ((r"^module\.", ""),)
 _NESTED = ("state_dict", "model", "module")
@@ -78,6 +79,26 @@ class CheckpointState:
             handle, name = self._lazy[key]
             return tuple(handle.get_slice(name).get_shape())
         return tuple(self._dense[key].shape)
+
+    def check_entry(self, key: str, dtype: torch.dtype, where: str = "") -> None:
+        """Raise :class:`CheckpointError` unless entry ``key`` can be copied into a dense
+        tensor of ``dtype`` (checked while planning; a lazy entry is not read)."""
+        pre = _prefixed(where)
+        if key in self._lazy:
+            return
+        t = self._dense[key]
+        problem = None
+        if t.layout != torch.strided:
+            problem = f"is a {str(t.layout).replace('torch.', '')} tensor"
+        elif t.is_quantized:
+            problem = f"is a quantized tensor ({t.dtype})"
+        elif t.is_meta:
+            problem = "is on the meta device (it holds no values)"
+        if problem is not None:
+            raise CheckpointError(
+                f"{pre}{self.source}: entry {key!r} {problem}; only dense tensors with values "
+                "can be loaded. Fix: save a dense, real-valued state_dict (e.g. "
+                "t.to_dense(), t.dequantize()), or leave this key out with prefix=/revise_keys=.")
 
     def get(self, key: str) -> Tensor:
         if key in self._lazy:

@@ -34,21 +34,19 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
-from ..errors import CheckpointError, CheckpointNotFoundError, InitKeyError, InitTypeError
+from ..errors import (
+    CheckpointDownloadError,
+    CheckpointHashError,
+    CheckpointNotFoundError,
+    InitKeyError,
+    InitTypeError,
+)
 
 logger = logging.getLogger("weightinit")
 
 Fetcher = Callable[[str, "str | None"], str]
 _SCHEMES: dict[str, Fetcher] = {}
 _CHUNK = 1 << 20
-
-
-class CheckpointDownloadError(CheckpointError):
-    """A checkpoint could not be downloaded (HTTP error, dropped connection)."""
-
-
-class CheckpointHashError(CheckpointError):
-    """A downloaded checkpoint does not have the expected sha256."""
 
 
 def register_scheme(scheme: str, force: bool = False) -> Callable[[Fetcher], Fetcher]:

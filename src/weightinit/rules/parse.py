@@ -17,15 +17,17 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import (
+from ..errors import (
     ConfigStructureError,
     InitError,
     InitKeyError,
     InitTypeError,
     OverrideError,
 )
-from .registry import WEIGHT_INITIALIZERS
-from .rules import BaseInit, PretrainedInit
+from .base import BaseInit
+from .keys import canonical
+from .pretrained import PretrainedInit
+from .registry import WEIGHT_INITIALIZERS, registered_name
 
 logger = logging.getLogger("weightinit")
 
@@ -42,6 +44,8 @@ class Override:
     name: str
     init: Any
     location: str
+    #: canonical identity of the rule (seeds key on it, never on display text)
+    seed_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,8 @@ class Rule:
     owner: str
     owner_class: str
     overrides: tuple[Override, ...] = ()
+    #: canonical identity of the rule (seeds key on it, never on display text)
+    seed_key: str = ""
 
     @property
     def pretrained(self) -> bool:
@@ -145,6 +151,18 @@ def _build_initializer(cfg: dict, where: str) -> Any:
                             f"{cfg}: {err}") from err
 
 
+def cfg_seed_key(init: Any, cfg: dict) -> str:
+    """The canonical identity of a built rule: for our rules their own ``seed_key``; for an
+    initializer that only defines ``__call__``, its registered name and config arguments."""
+    if isinstance(init, BaseInit):
+        return init.seed_key
+    kind = cfg.get("type")
+    name = kind if isinstance(kind, str) else registered_name(kind) if isinstance(
+        kind, type) else registered_name(type(init))
+    args = {k: v for k, v in cfg.items() if k not in ("type", "layer", "param", "override")}
+    return canonical(name, args)
+
+
 def is_pretrained_cfg(cfg: dict) -> bool:
     t = cfg.get("type")
     return t == "Pretrained" or (inspect.isclass(t) and issubclass(t, PretrainedInit))
@@ -173,7 +191,8 @@ def _parse_overrides(override: Any, base: dict, where: str,
         elif "type" not in args:
             raise OverrideError(f'{loc}: `override` need "type" key, but got {args}. Fix: add '
                                 "type=..., or give only name to reuse the enclosing rule.")
-        out.append(Override(name=name, init=build_initializer(args, loc, cache), location=loc))
+        init = build_initializer(args, loc, cache)
+        out.append(Override(name=name, init=init, location=loc, seed_key=cfg_seed_key(init, args)))
     return tuple(out)
 
 
@@ -213,5 +232,6 @@ def parse_init_cfg(init_cfg: Any, owner: str = "", owner_class: str = "",
                            "nothing. Fix: add layer=<class name>, param=<name pattern> or "
                            "override=dict(name=...).", where, type(init).__name__)
         rules.append(Rule(init=init, cfg=_plain_copy(entry), location=loc, owner=owner,
+                          seed_key=cfg_seed_key(init, args),
                           owner_class=owner_class, overrides=overrides))
     return tuple(rules)

@@ -28,13 +28,14 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import hashlib
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .errors import InitTypeError
+from ..errors import InitTypeError
 
 _SEED: contextvars.ContextVar[int | None] = contextvars.ContextVar("weightinit_seed",
                                                                    default=None)
@@ -92,7 +93,7 @@ def fill_elementwise(dist: Any, out: Tensor, seed: int, start: int = 0,
 
     The fill is of a tensor of ``total`` elements (default ``out.numel()``),
     flattened in row-major order; ``dist`` is a
-    :class:`~weightinit.functional.Elementwise`. The values do not depend on
+    :class:`~weightinit.maths.Elementwise`. The values do not depend on
     ``start`` or on how the tensor is split: only blocks overlapping the
     range are drawn, whole, and the overlapping part is kept.
     """
@@ -120,12 +121,17 @@ def fill_elementwise(dist: Any, out: Tensor, seed: int, start: int = 0,
             out.copy_(flat.view_as(out))
 
 
+_GLOBAL_RNG = threading.RLock()
+
+
 def run_seeded(seed: int, devices: set[torch.device] | list[torch.device],
                call: Callable[[], None]) -> None:
     """Run ``call`` with the CPU generator and those of ``devices`` seeded, then restore them."""
     cuda = sorted({d.index if d.index is not None else torch.cuda.current_device()
                    for d in devices if d.type == "cuda"})
-    with torch.random.fork_rng(devices=cuda):
+    # torch's global generators are process-wide: one seeded section at a time, so
+    # seeded results do not depend on other threads (same-thread nesting is fine).
+    with _GLOBAL_RNG, torch.random.fork_rng(devices=cuda):
         torch.default_generator.manual_seed(seed)
         for index in cuda:
             with torch.cuda.device(index):

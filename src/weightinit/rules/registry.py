@@ -20,7 +20,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from .errors import InitKeyError, InitTypeError, UnknownTypeError
+from ..errors import InitKeyError, InitTypeError, UnknownTypeError
 
 
 class Registry:
@@ -158,6 +158,14 @@ MODELS = Registry("model")
 MODEL_WRAPPERS = Registry("model wrapper")
 MODEL_WRAPPERS.register_module(module=nn.DataParallel)
 MODEL_WRAPPERS.register_module(module=nn.parallel.DistributedDataParallel)
+
+
+def registered_name(cls: type) -> str:
+    """The name ``cls`` is registered under in :data:`WEIGHT_INITIALIZERS`, else its import path."""
+    for name, obj in WEIGHT_INITIALIZERS.module_dict.items():
+        if obj is cls:
+            return name
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def is_model_wrapper(module: nn.Module) -> bool:

@@ -1,0 +1,217 @@
+"""The entry points: ``initialize``, ``plan``, ``load_checkpoint``, and what
+``BaseModule.init_weights`` and ``rule(module)`` run.
+
+Each builds one plan with the one planner, then (except ``plan``) executes
+it in a session that commits everything or, on failure, restores the model.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch.nn as nn
+
+from .checkpoint.loader import LoadReport
+from .errors import InitRecordError, InitTypeError
+from .execution import Entry, Session, current_seed
+from .planning import InitCfgNode, OpKind, Plan, PlanningCache, Request, build_plan
+from .record import InitRecord
+from .rules import PretrainedInit, Rule, install_runner, parse_init_cfg
+from .rules.parse import cfg_seed_key
+
+logger = logging.getLogger("weightinit")
+
+__all__ = ["get_init_record", "initialize", "load_checkpoint", "plan", "run_init_weights",
+           "update_init_info"]
+
+
+def _check_cfg(init_cfg: Any) -> None:
+    if not isinstance(init_cfg, (dict, list, tuple)):
+        raise InitTypeError(f"init_cfg must be a dict or a list of dict, but got "
+                            f"{type(init_cfg).__name__}. Fix: wrap the rule in dict(type=...).")
+
+
+def _nested(module: nn.Module, seed: Any, device: Any, dtype: Any, what: str) -> Session | None:
+    """The running session ``module`` belongs to (user code calling us again), if any."""
+    session = Session.current()
+    if session is None or not session.contains(module):
+        return None
+    if seed is not None:
+        raise InitTypeError(f"{type(module).__name__}: seed can only be given to the "
+                            "outermost init_weights()/initialize() call")
+    if device is not None or dtype is not None:
+        raise InitTypeError(f"{what}: device/dtype can only be given to the outermost "
+                            "init_weights()/initialize() call")
+    return session
+
+
+def _execute(module: nn.Module, request: Request, seed: Any) -> InitRecord | None:
+    """Plan ``request`` and run it: nested in the running session, or as a new one."""
+    session = _nested(module, seed, request.device, request.dtype,
+                      f"{type(module).__name__}.init_weights" if request.rules is None
+                      else "initialize")
+    if session is not None:
+        session.run_nested(build_plan(session.cache, Request(
+            module, request.rules, outermost=False)))
+        return None
+    session = Session(module, current_seed(seed))
+    with session.active():
+        return session.run(build_plan(session.cache, request))
+
+
+def run_init_weights(module: nn.Module, device: Any = None, dtype: Any = None,
+                     seed: int | None = None) -> None:
+    """``BaseModule.init_weights``: plan the subtree, validate it all, then execute."""
+    if module.is_init:  # nothing is written and the last record stays
+        logger.warning("init_weights of %s has been called more than once.",
+                       type(module).__name__)
+        return
+    _execute(module, Request(module, None, device, dtype), seed)
+
+
+def initialize(module: nn.Module, init_cfg: dict | list[dict], *, device: Any = None,
+               dtype: Any = None, seed: int | None = None) -> InitRecord | None:
+    """Apply ``init_cfg`` rules to any ``nn.Module`` (timm, torchvision, Hugging Face ...).
+
+    Rules apply in list order, each rule's overrides right after its own
+    layer pass; the last writer wins and each tensor is written once. The
+    whole config is validated before anything is written; a failure later
+    (in user code or a checkpoint read) leaves the model as it was.
+
+    A model built under :func:`weightinit.deferred` (or on ``meta``) is
+    materialized on ``device`` (default CPU) in ``dtype`` (default: as
+    declared), each tensor written once. With ``seed`` (or inside
+    :func:`weightinit.seeded`) each tensor's values depend only on the seed,
+    its name and its rule.
+
+    Returns the init record (``None`` when called from inside another
+    module's ``init_weights``, whose record it joins).
+
+    Example::
+
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Linear(8, 2))
+        >>> record = initialize(net, [dict(type='Kaiming', layer='Conv2d'),
+        ...                           dict(type='Constant', layer='Linear', val=0)])
+    """
+    if not isinstance(module, nn.Module):
+        raise InitTypeError(f"initialize: module must be an nn.Module, got {type(module).__name__}")
+    _check_cfg(init_cfg)
+    session = Session.current()
+    path = session.cache.path(module) if session is not None and session.contains(module) else ""
+    rules = parse_init_cfg(init_cfg, path, type(module).__name__)
+    return _execute(module, Request(module, rules, device, dtype), seed)
+
+
+def apply_initializer(module: nn.Module, init: Any) -> InitRecord | None:
+    """Calling a rule object on a module: plan and apply that one rule."""
+    if not isinstance(module, nn.Module):
+        raise InitTypeError(f"{type(init).__name__} must be called on an nn.Module, got "
+                            f"{type(module).__name__}")
+    rule = Rule(init=init, cfg={}, location=f"{type(init).__name__}(...)", owner="",
+                owner_class=type(module).__name__, seed_key=cfg_seed_key(init, {}))
+    return _execute(module, Request(module, (rule,)), None)
+
+
+install_runner(apply_initializer)
+
+
+def plan(model: nn.Module, init_cfg: Any = None, *, device: Any = None, dtype: Any = None,
+         allow_undefined: bool = False) -> Plan:
+    """Resolve which rule finally owns each tensor, without writing anything.
+
+    With ``init_cfg=None`` the model's own ``init_cfg`` tree is planned (what
+    ``model.init_weights()`` would do); otherwise what
+    ``initialize(model, init_cfg)`` would do. Reads no tensor values, so it
+    works on ``meta`` parameters. It is the planner the run uses, so it raises
+    exactly what the run would raise before writing (``device``/``dtype`` as
+    you would pass them to the run). ``allow_undefined=True`` lists deferred
+    tensors that nothing gives a value in ``plan.undefined`` instead of raising.
+
+    Example::
+
+        >>> p = weightinit.plan(model)
+        >>> p['head.fc.weight'].owner_info
+        'NormalInit: mean=0, std=0.01, bias=0'
+    """
+    if not isinstance(model, nn.Module):
+        raise InitTypeError(f"plan: model must be an nn.Module, got {type(model).__name__}")
+    if init_cfg is None:
+        if not isinstance(model, InitCfgNode):
+            raise InitTypeError(f"plan: {type(model).__name__} is not a weightinit.BaseModule, so "
+                                "it has no init_cfg tree. Fix: pass init_cfg=... to plan it like "
+                                "initialize(model, init_cfg).")
+        rules = None
+    else:
+        _check_cfg(init_cfg)
+        rules = parse_init_cfg(init_cfg, "", type(model).__name__)
+    return build_plan(PlanningCache(model), Request(model, rules, device, dtype,
+                                                    allow_undefined=allow_undefined))
+
+
+def load_checkpoint(model: nn.Module, source: str, *, prefix: str | None = None,
+                    map_location: Any = "cpu", strict: bool = False, mismatch: str = "skip",
+                    revise_keys: Any = None, allow_pickle: bool = False,
+                    sha256: str | None = None, device: Any = None,
+                    dtype: Any = None, seed: int | None = None) -> LoadReport:
+    """Load a checkpoint into ``model`` (any ``nn.Module``) and report what happened.
+
+    ``source`` is a path, ``file://``, ``http(s)://`` (downloaded once into
+    the cache), ``torchvision://NAME`` or a registered scheme;
+    ``.safetensors`` is read lazily, ``.pth`` with ``weights_only=True``
+    unless ``allow_pickle``. Keys: nested ``state_dict``/``model``/``module``
+    unwrapped, ``revise_keys`` regexes applied (default: strip ``module.``),
+    then ``prefix`` selected. Shape mismatches are skipped and reported
+    (``mismatch='error'`` raises); ``strict`` makes missing or unexpected
+    keys an error. Every check runs before any write, and a read that fails
+    later leaves the model as it was. A model built under
+    :func:`weightinit.deferred` is materialized on ``device``/``dtype``, and
+    tensors that come only from the checkpoint use the loaded storage as is;
+    the others get their PyTorch default (seeded by ``seed``, see
+    :func:`weightinit.seeded`). A sharded model reads only each rank's slice.
+
+    Example::
+
+        >>> report = load_checkpoint(model, "weights.safetensors", prefix="backbone")
+        >>> report.missing, report.unexpected, report.mismatched
+    """
+    init = PretrainedInit(source, prefix=prefix, map_location=map_location,
+                          allow_pickle=allow_pickle, revise_keys=revise_keys, strict=strict,
+                          mismatch=mismatch, sha256=sha256)
+    rule = Rule(init=init, cfg={}, location="load_checkpoint", owner="",
+                owner_class=type(model).__name__)
+    session = Session.current()
+    before = len(session.loads) if session is not None else 0
+    record = _execute(model, Request(model, (rule,), device, dtype), seed)
+    if record is not None:
+        return record.loads[-1]
+    return session.loads[before:][-1]
+
+
+def update_init_info(module: nn.Module, init_info: str) -> None:
+    """Inside a user-defined ``init_weights``: label the parameters of ``module`` it changed.
+
+    Parameters of ``module`` whose value changed since the engine last saw
+    them get ``init_info`` as their record text; others keep theirs.
+
+    Example::
+
+        >>> def init_weights(self):
+        ...     nn.init.zeros_(self.gate.weight)
+        ...     update_init_info(self, 'zero gate')
+    """
+    session = Session.current()
+    if session is None or not session.contains(module):
+        raise InitRecordError(f"Can not find an active init_weights for {type(module).__name__}: "
+                              "update_init_info only works while init_weights runs. Fix: call "
+                              "it from inside your module's init_weights.")
+    if not isinstance(init_info, str):
+        raise InitTypeError(f"init_info must be a str, got {type(init_info).__name__}")
+    session.mark_changed(module, None, Entry(OpKind.USER, init_info,
+                                             f"update_init_info in {type(module).__name__}"))
+
+
+def get_init_record(module: nn.Module) -> InitRecord | None:
+    """The record of the last outermost ``init_weights()``/``initialize()`` on ``module``."""
+    return getattr(module, "_weightinit_record", None)
+

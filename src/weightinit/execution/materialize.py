@@ -1,0 +1,125 @@
+"""Give a deferred model real storage: each tensor allocated once, on the target device.
+
+Empty storage on the target device and dtype is swapped into every module
+slot that held the meta tensor (ties stay tied); real tensors are moved
+there. A meta tensor whose only writer is a checkpoint entry that can be used
+as is *adopts* that tensor as its storage: no allocation, no copy. Every slot
+change goes through the run's transaction, so a failure puts the meta
+tensors back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from ..errors import MaterializeError
+from ..planning import CheckpointRead, Plan, UserCall, Write, slots_of, subtree_tensors
+from ..planning.layout import is_sharded, mesh_device
+from .sharding import allocate_like
+from .transaction import Transaction
+
+
+def adoptable(events: tuple[Any, ...], device: torch.device,
+              dtype: torch.dtype | None) -> dict[int, Tensor]:
+    """Meta tensors whose only value comes from a checkpoint tensor usable as is.
+
+    Such a tensor takes the loaded tensor as its storage (same shape, dtype
+    and device, contiguous, not shared with another key), so the file read
+    is its one write.
+    """
+    last: dict[int, Any] = {}
+    meta: dict[int, Tensor] = {}
+    seen_by_user: set[int] = set()
+    for ev in events:
+        if isinstance(ev, Write):
+            last[id(ev.tensor)] = ev.op
+            if ev.tensor.device.type == "meta":
+                meta[id(ev.tensor)] = ev.tensor
+        elif isinstance(ev, UserCall):
+            seen_by_user.update(id(t) for t in subtree_tensors(ev.module))
+    adopt: dict[int, Tensor] = {}
+    used: set[int] = set()
+    for key, op in last.items():
+        if key not in meta or key in seen_by_user or not isinstance(op, CheckpointRead):
+            continue
+        t = meta[key]
+        if is_sharded(t):
+            continue  # each rank reads its own slice instead
+        value = op.value()
+        want = dtype if dtype is not None and t.is_floating_point() else t.dtype
+        if (value.dtype != want or value.device != device or not value.is_contiguous()
+                or value.untyped_storage().nbytes() != value.nbytes
+                or value.data_ptr() in used):
+            continue
+        used.add(value.data_ptr())
+        adopt[key] = value
+    return adopt
+
+
+def materialize(plan: Plan, txn: Transaction) -> dict[int, Tensor]:
+    """Allocate (or move) every tensor of ``plan.model``; return old id -> new tensor.
+
+    The returned mapping is also what the plan's default writes replay through.
+    """
+    root = plan.model
+    device = plan.device
+    if device is None:
+        sharded = next((t for t in list(root.parameters()) if is_sharded(t)), None)
+        # unsharded buffers go where the shards go
+        device = mesh_device(sharded) if sharded is not None else torch.device("cpu")
+    slots = slots_of(root)
+    txn.keep_slots([m for _, m, _, _, _ in slots])
+    adopt = adoptable(plan.events, device, plan.dtype)
+    mapping: dict[int, Tensor] = {}
+    try:
+        for _, module, kind, attr, t in slots:
+            new = mapping.get(id(t))
+            if new is None:
+                new = mapping[id(t)] = _allocate(t, kind, device, plan.dtype, adopt)
+                if new is not t:
+                    txn.allocated(new)
+            if new is not t:
+                (module._parameters if kind == "param" else module._buffers)[attr] = new
+    except (RuntimeError, TypeError) as err:
+        raise MaterializeError(
+            f"cannot allocate {type(root).__name__} on device={str(device)!r} "
+            f"dtype={plan.dtype!r}: {err}. Nothing was kept: the model is as it was. Fix: "
+            "free memory or choose another device/dtype.") from err
+    for ev in plan.events:  # default writes replay through the mapping
+        if isinstance(ev, Write) and hasattr(ev.op, "mapping"):
+            ev.op.mapping.update(mapping)
+    return mapping
+
+
+def _allocate(t: Tensor, kind: str, device: torch.device, dtype: torch.dtype | None,
+              adopt: dict[int, Tensor]) -> Tensor:
+    target_dtype = dtype if dtype is not None and t.is_floating_point() else t.dtype
+    if id(t) in adopt:
+        data = adopt[id(t)]
+    elif is_sharded(t):
+        if t.device.type != "meta" and t.dtype == target_dtype:
+            return t
+        data = (t.detach().to(dtype=target_dtype) if t.device.type != "meta"
+                else allocate_like(t, target_dtype))
+    elif t.device.type == "meta":
+        data = torch.empty(t.shape, dtype=target_dtype, device=device)
+    elif t.device != device or t.dtype != target_dtype:
+        data = t.detach().to(device=device, dtype=target_dtype)
+    else:
+        return t
+    return nn.Parameter(data, requires_grad=t.requires_grad) if kind == "param" else data
+
+
+def remap(steps: list[Any], mapping: dict[int, Tensor]) -> list[Any]:
+    """The same steps, their writes pointing at the allocated tensors."""
+    out: list[Any] = []
+    for step in steps:
+        if isinstance(step, tuple):
+            out.append(tuple(Write(mapping.get(id(w.tensor), w.tensor), w.op) for w in step))
+        else:
+            out.append(step)
+    return out

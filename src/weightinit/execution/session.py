@@ -1,0 +1,229 @@
+"""Execute plans: write each tensor once, run user code where it must run, record, commit.
+
+A :class:`Session` lives for one outermost ``init_weights()`` /
+``initialize()`` / ``load_checkpoint()`` call; user code inside it that calls
+``init_weights()`` again plans and executes its subtree in the same session.
+The session owns the run's strategy (plain, seeded or sharded, chosen once)
+and its transaction: :meth:`Session.run` either commits everything — values,
+``is_init`` flags, the record — or, on any failure, rolls everything back
+and re-raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from ..checkpoint.loader import LoadReport
+from ..errors import UndefinedParameterError
+from ..planning import OpKind, Plan, PlanningCache, UserCall, Write
+from ..record import InitRecord, ParamRecord
+from .materialize import materialize, remap
+from .strategies import Plain, choose
+from .transaction import Transaction
+from .watch import TensorState
+
+logger = logging.getLogger("weightinit")
+
+_ACTIVE: contextvars.ContextVar[Session | None] = contextvars.ContextVar(
+    "weightinit_session", default=None)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What last wrote a tensor, as the record shows it."""
+
+    kind: OpKind
+    info: str
+    declared_in: str
+    rule: Any = None
+
+
+class Session:
+    """State of one outermost initialization: strategy, transaction, what wrote what."""
+
+    def __init__(self, root: nn.Module, seed: int | None) -> None:
+        self.root = root
+        self.seed = seed
+        self.cache = PlanningCache(root)
+        self.strategy: Plain = Plain()
+        self.txn = Transaction(keep_values=False)
+        self.entries: dict[int, tuple[Tensor, Entry]] = {}
+        self.snapshots: list[dict[int, TensorState]] = []
+        self.loads: list[LoadReport] = []
+        self._members: set[int] | None = None
+        self._names: dict[int, str] | None = None
+        self._undefined: tuple[str, ...] = ()
+
+    @staticmethod
+    def current() -> Session | None:
+        return _ACTIVE.get()
+
+    def contains(self, module: nn.Module) -> bool:
+        if self._members is None:
+            self._members = {id(m) for m in self.root.modules()}
+        return id(module) in self._members
+
+    def name_of(self, tensor: Tensor) -> str:
+        """Full name of a parameter or buffer under the session's root."""
+        if self._names is None:
+            self._names = {id(t): n for n, t in (list(self.root.named_buffers())
+                                                 + list(self.root.named_parameters()))}
+        return self._names.get(id(tensor), f"<tensor {tuple(tensor.shape)}>")
+
+    # -- the outermost run: plan -> begin -> execute -> commit, or roll back ---------------------
+    @contextlib.contextmanager
+    def active(self) -> Iterator[Session]:
+        token = _ACTIVE.set(self)
+        try:
+            yield self
+        finally:
+            _ACTIVE.reset(token)
+
+    def run(self, plan: Plan) -> InitRecord:
+        """Execute the outermost plan; commit and return the record, or roll back and raise."""
+        keep = plan.has_user_code or plan.reads_checkpoints
+        self.txn = Transaction(keep_values=keep)
+        try:
+            self.strategy = choose(self.root, self.seed)
+            steps = plan.steps
+            if plan.materialize:
+                steps = remap(steps, materialize(plan, self.txn))
+                self._members = self._names = None
+            self._undefined = tuple(n for n, _ in plan.undefined)
+            self.execute(steps, plan)
+            self.check_user_defined()
+        except BaseException:
+            self.txn.rollback()
+            raise
+        return self.commit(plan)
+
+    def commit(self, plan: Plan) -> InitRecord:
+        for m in plan.visited:
+            m._is_init = True
+        for m in self.root.modules():  # computed values must not outlive the run
+            m.__dict__.pop("_wi_constructions", None)
+        self.txn.release()
+        record = self.record()
+        record.log(logger)
+        object.__setattr__(self.root, "_weightinit_record", record)
+        return record
+
+    def run_nested(self, plan: Plan) -> None:
+        """A plan made while user code runs (its ``super().init_weights()``): execute now."""
+        self.execute(plan.steps, plan)
+        for m in plan.visited:
+            self.txn.set_flag(m, True)
+
+    # -- execution ------------------------------------------------------------------------------
+    def execute(self, steps: list[Any], plan: Plan) -> None:
+        self.loads.extend(plan.loads)
+        for step in steps:
+            if isinstance(step, UserCall):
+                self.run_call(step)
+            else:
+                self.flush(step)
+
+    def flush(self, writes: tuple[Write, ...]) -> None:
+        done_groups: set[int] = set()
+        infos: dict[int, Entry] = {}  # record texts are built once per op
+        txn, strategy = self.txn, self.strategy
+        with torch.no_grad():
+            for w in writes:
+                tensor, op = w.tensor, w.op
+                group = op.group
+                if tensor.device.type != "meta" and (group is None or group not in done_groups):
+                    if group is not None:
+                        done_groups.add(group)
+                        for t in list(op.module._parameters.values()) + list(
+                                op.module._buffers.values()):
+                            if t is not None:
+                                txn.before_write(t)
+                    else:
+                        txn.before_write(tensor)
+                    strategy.write(tensor, op, self.name_of(tensor))
+                entry = infos.get(id(op)) if op.kind is OpKind.RULE else None
+                if entry is None:
+                    entry = Entry(op.kind, op.info, op.declared_in, op.rule)
+                    if op.kind is OpKind.RULE:
+                        infos[id(op)] = entry
+                self.entries[id(tensor)] = (tensor, entry)
+                if self.snapshots:
+                    self._refresh(tensor)
+
+    def _refresh(self, tensor: Tensor) -> None:
+        state = None
+        for snap in self.snapshots:
+            if id(tensor) in snap:
+                state = state or TensorState.of(tensor)
+                snap[id(tensor)] = state
+
+    def run_call(self, call: UserCall) -> None:
+        module = call.module
+        if call.init is None and getattr(module, "is_init", False):
+            return
+        self.txn.before_user_code(module)
+        snap = {id(p): TensorState.of(p) for p in module.parameters()}
+        self.snapshots.append(snap)
+        try:
+            self.strategy.run_user(call)
+        finally:
+            self.snapshots.pop()
+        entry = Entry(call.record_kind, call.info, call.declared_in,
+                      call.rule if call.rule is not None else call.init)
+        self.mark_changed(module, snap, entry)
+
+    def mark_changed(self, module: nn.Module, snap: dict[int, TensorState] | None,
+                     entry: Entry) -> None:
+        """Give ``entry`` to the parameters of ``module`` user code changed since ``snap``.
+
+        With ``snap=None`` each parameter is compared with the innermost
+        running call's snapshot (``update_init_info``); parameters no call
+        tracks are left alone.
+        """
+        for p in module.parameters():
+            if snap is not None:
+                state = snap.get(id(p))
+            else:
+                state = next((s[id(p)] for s in reversed(self.snapshots) if id(p) in s), None)
+                if state is None:
+                    continue
+            if state is None or state.changed(p):
+                self.entries[id(p)] = (p, entry)
+                self._refresh(p)
+
+    def check_user_defined(self) -> None:
+        """Tensors without a default that user code was trusted to write must have been."""
+        if not self._undefined:
+            return
+        tensors = dict(self.root.named_parameters())
+        tensors.update(self.root.named_buffers())
+        missed = [n for n in self._undefined if id(tensors.get(n)) not in self.entries]
+        if missed:
+            raise UndefinedParameterError(
+                f"{type(self.root).__name__}: {', '.join(missed)} have no defined value: they "
+                "have no default, no rule covers them, and the user-defined init_weights over "
+                "them did not write them. The model was restored. Fix: write them in that "
+                "init_weights or add a rule.")
+
+    # -- the record ------------------------------------------------------------------------------
+    def record(self) -> InitRecord:
+        root_name = type(self.root).__name__
+        untouched = Entry(OpKind.DEFAULT, f"not changed by init_weights of {root_name}",
+                          "PyTorch default (kept its value from construction)")
+        params = {}
+        for name, p in self.root.named_parameters():
+            _, e = self.entries.get(id(p), (None, untouched))
+            params[name] = ParamRecord(
+                name=name, shape=tuple(p.shape), dtype=str(p.dtype).replace("torch.", ""),
+                device=str(p.device),
+                kind=e.kind.value, info=e.info, declared_in=e.declared_in, rule=e.rule)
+        return InitRecord(root_name, params, tuple(self.loads))

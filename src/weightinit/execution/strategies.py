@@ -1,0 +1,85 @@
+"""How a run writes: one strategy, chosen once per run.
+
+* :class:`Plain` — each op writes its tensor, drawing from torch's global
+  generators as MMEngine does;
+* :class:`Seeded` — each tensor's values depend only on (seed, its full name,
+  its writer's ``seed_key``): elementwise fills are drawn in fixed blocks from
+  their own generators, other writes and user code run with torch's
+  generators seeded (and restored afterwards);
+* :class:`Sharded` — seeded, and a sharded (DTensor) tensor is written shard
+  by shard, each rank drawing or reading only its own part.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch.nn as nn
+from torch import Tensor
+
+from ..planning import Op, UserCall, has_sharded, is_sharded
+from .seeding import derive_seed, fill_elementwise, run_seeded
+from .sharding import common_seed, write_shard
+from .watch import local
+
+logger = logging.getLogger("weightinit")
+
+
+class Plain:
+    """Writes as the ops say, drawing from torch's global generators."""
+
+    seed: int | None = None
+
+    def write(self, tensor: Tensor, op: Op, name: str) -> None:
+        op.write(tensor)
+
+    def run_user(self, call: UserCall) -> None:
+        call.run()
+
+
+class Seeded(Plain):
+    """Every random write is a function of (seed, tensor name, writer's seed key)."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def write(self, tensor: Tensor, op: Op, name: str) -> None:
+        if not op.seed_key:  # a checkpoint copy draws nothing
+            op.write(tensor)
+            return
+        seed = derive_seed(self.seed, name, op.seed_key)
+        elem = op.elementwise(tuple(tensor.shape)) if op.group is None else None
+        if elem is not None:
+            fill_elementwise(elem, tensor, seed)
+        else:
+            run_seeded(seed, [tensor.device], lambda: op.write(tensor))
+
+    def run_user(self, call: UserCall) -> None:
+        # User code draws from torch's global generators: seed them from the module's
+        # path and what runs, so its values are order-free (and equal on every rank).
+        devices = {local(p).device for p in call.module.parameters()}
+        run_seeded(derive_seed(self.seed, call.path, call.seed_key), devices, call.run)
+
+
+class Sharded(Seeded):
+    """Seeded, and sharded tensors are written shard by shard."""
+
+    def write(self, tensor: Tensor, op: Op, name: str) -> None:
+        if is_sharded(tensor):
+            write_shard(tensor, op, self.seed, name)
+        else:
+            super().write(tensor, op, name)
+
+
+def choose(root: nn.Module, seed: int | None) -> Plain:
+    """The strategy of a run on ``root``: sharded models are always written seeded."""
+    if has_sharded(root):
+        if seed is None:
+            seed = common_seed()
+            logger.info("%s is sharded and no seed was given: using seed %d (drawn on rank 0)",
+                        type(root).__name__, seed)
+        return Sharded(seed)
+    return Seeded(seed) if seed is not None else Plain()
+
+
+__all__ = ["Plain", "Seeded", "Sharded", "choose"]

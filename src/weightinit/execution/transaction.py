@@ -1,0 +1,101 @@
+"""Transactions: a run that fails after planning leaves the model as it was.
+
+What a run changes, and how a failure undoes it:
+
+* **allocation** (deferred models): every module slot replaced by a freshly
+  allocated tensor is put back, so the model is on ``meta`` again with its
+  construction records intact — a retry behaves exactly like a first run;
+* **tensor values** (eager models): before the run writes a tensor that had
+  a value, or lets user code run over it, a copy of the tensor is kept and
+  copied back on failure. This is the only memory a transaction costs, and
+  only when something can fail after planning: user code (user
+  ``init_weights``, ``__call__`` initializers, user rule classes, LSUV's
+  forward passes) or checkpoint reads. A rules-only config is fully
+  validated while planning, so its writes keep no copies;
+* **slots replaced by user code** (``self.w = nn.Parameter(...)``) are put back;
+* **``is_init`` flags** set during the run are reset; the init record is
+  only attached when the run commits.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from .watch import local
+
+
+class Transaction:
+    """The undo log of one outermost initialization."""
+
+    def __init__(self, keep_values: bool) -> None:
+        #: copy tensors (that had values) before they are first written
+        self.keep_values = keep_values
+        self._values: dict[int, tuple[Tensor, Tensor]] = {}
+        self._fresh: set[int] = set()
+        self._slots: list[tuple[nn.Module, dict, dict]] = []
+        self._seen_slots: set[int] = set()
+        self._flags: list[tuple[nn.Module, bool]] = []
+
+    # -- logging what is about to change -------------------------------------------------------
+    def keep_slots(self, modules: list[nn.Module] | None) -> None:
+        """Remember the parameter and buffer slots of ``modules`` (each once)."""
+        for m in modules or ():
+            if id(m) not in self._seen_slots:
+                self._seen_slots.add(id(m))
+                self._slots.append((m, dict(m._parameters), dict(m._buffers)))
+
+    def allocated(self, tensor: Tensor) -> None:
+        """``tensor`` was allocated by this run: it had no value to keep."""
+        self._fresh.add(id(tensor))
+
+    def before_write(self, tensor: Tensor) -> None:
+        """Keep ``tensor``'s value, if it has one this run did not give it."""
+        key = id(tensor)
+        if not self.keep_values or key in self._values or key in self._fresh:
+            return
+        data = local(tensor)
+        if data.device.type == "meta":
+            return
+        self._values[key] = (tensor, data.detach().clone())
+
+    def before_user_code(self, module: nn.Module) -> None:
+        """User code may write, or replace, any tensor of ``module``'s subtree."""
+        modules = list(module.modules())
+        self.keep_slots(modules)
+        for m in modules:
+            for t in list(m._parameters.values()) + list(m._buffers.values()):
+                if t is not None:
+                    self.before_write(t)
+
+    def set_flag(self, module: nn.Module, value: bool) -> None:
+        """Set ``module``'s ``is_init`` flag, undoably."""
+        self._flags.append((module, module._is_init))
+        module._is_init = value
+
+    # -- undo --------------------------------------------------------------------------------
+    def rollback(self) -> None:
+        """Put back every value, slot and flag this run changed (in reverse order)."""
+        with torch.no_grad():
+            for tensor, saved in self._values.values():
+                local(tensor).copy_(saved)
+        for module, params, buffers in reversed(self._slots):
+            module._parameters.clear()
+            module._parameters.update(params)
+            module._buffers.clear()
+            module._buffers.update(buffers)
+        for module, value in reversed(self._flags):
+            module._is_init = value
+        self.release()
+
+    def release(self) -> None:
+        """Drop the undo log (after a commit)."""
+        self._values.clear()
+        self._slots.clear()
+        self._flags.clear()
+
+    @property
+    def kept_bytes(self) -> int:
+        """Memory held by copies of tensor values (what restoring costs)."""
+        return sum(s.numel() * s.element_size() for _, s in self._values.values())

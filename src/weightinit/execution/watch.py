@@ -1,0 +1,73 @@
+"""Watching user code: did it change a tensor?
+
+Built-in rules say what they write; for user code (a user-defined
+``init_weights``, an initializer that only defines ``__call__``) the session
+compares, for the tensors of that module's subtree only, the tensor object,
+its storage pointer and its version counter before and after; values are
+read (a bit-pattern digest) only to catch writes through ``.data``, which the
+version counter misses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..planning.layout import is_sharded
+
+_INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+_DIGEST_CHUNK = 1 << 22
+_ODD = 0x9E3779B97F4A7C15 - (1 << 64)  # odd 64-bit constant: spreads the weights
+
+
+def local(t: Tensor) -> Tensor:
+    """The rank's own storage of a sharded tensor (reading it needs no communication)."""
+    return t._local_tensor if is_sharded(t) else t
+
+
+def digest(t: Tensor) -> tuple[int, int] | None:
+    """Two wrapping integer sums over the bit patterns, one weighted by position.
+
+    Any change of values, including a permutation, changes the digest except
+    with negligible probability; reading it costs one pass over the tensor.
+    """
+    if t.device.type == "meta" or t.numel() == 0:
+        return None
+    int_dtype = _INT_OF_SIZE.get(t.element_size())
+    if int_dtype is None:
+        return None
+    bits = t.detach().reshape(-1).view(int_dtype)
+    s1 = s2 = 0
+    for start in range(0, bits.numel(), _DIGEST_CHUNK):
+        chunk = bits[start:start + _DIGEST_CHUNK].to(torch.int64)
+        weights = torch.arange(start + 1, start + 1 + chunk.numel(), dtype=torch.int64,
+                               device=chunk.device).mul_(_ODD)
+        s1 += int(chunk.sum())
+        s2 += int((chunk * weights).sum())
+    return s1, s2
+
+
+@dataclass
+class TensorState:
+    """What a tensor looked like before user code ran."""
+
+    tensor: Tensor
+    version: int
+    ptr: int
+    digest: tuple[int, int] | None
+
+    @classmethod
+    def of(cls, t: Tensor) -> TensorState:
+        data = local(t)
+        return cls(t, t._version, data.data_ptr() if data.device.type != "meta" else 0,
+                   digest(data))
+
+    def changed(self, t: Tensor) -> bool:
+        if t is not self.tensor or t._version != self.version:
+            return True
+        data = local(t)
+        if data.device.type != "meta" and data.data_ptr() != self.ptr:
+            return True
+        return digest(data) != self.digest

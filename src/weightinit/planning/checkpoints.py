@@ -1,0 +1,95 @@
+"""Match a checkpoint's keys to a module's tensors, before anything is read or written.
+
+Planning opens the checkpoint (for ``.safetensors`` only its header), checks
+every entry that would be loaded (a tensor, dense, readable, of the model's
+shape) and applies the ``strict``/``mismatch`` policies; the writes it
+returns read each entry once, when executed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from ..checkpoint.loader import CheckpointState, LoadReport, load_pretrained_state
+from ..errors import CheckpointMismatchError
+from ..rules import PretrainedInit
+from .ops import CheckpointRead
+from .plan import Write
+
+logger = logging.getLogger("weightinit")
+
+
+def state_tensors(module: nn.Module) -> dict[str, Tensor]:
+    """What ``load_state_dict`` can write: parameters and persistent buffers, all aliases."""
+    out: dict[str, Tensor] = {}
+    for prefix, m in module.named_modules(remove_duplicate=False):
+        dot = f"{prefix}." if prefix else ""
+        for name, p in m._parameters.items():
+            if p is not None:
+                out[dot + name] = p
+        for name, b in m._buffers.items():
+            if b is not None and name not in m._non_persistent_buffers_set:
+                out[dot + name] = b
+    return out
+
+
+def open_checkpoint(init: PretrainedInit, where: str,
+                    opened: dict[tuple, CheckpointState]) -> CheckpointState:
+    """The checkpoint's ``key -> tensor`` view, opened once per run for equal selections."""
+    key = (init.checkpoint, init.prefix, str(init.map_location), init.allow_pickle,
+           init.revise_keys, init.sha256)
+    state = opened.get(key)
+    if state is None:
+        state = opened[key] = load_pretrained_state(init, where)
+    return state
+
+
+def match_checkpoint(target: nn.Module, init: PretrainedInit, where: str,
+                     opened: dict[tuple, CheckpointState], label: str,
+                     dtype_of: Callable[[Tensor], torch.dtype]) -> tuple[list[Write], LoadReport]:
+    """The writes of ``init`` into ``target``'s tensors, and the load report.
+
+    Raises :class:`CheckpointMismatchError` when no key matches, and under
+    ``strict`` or ``mismatch='error'``; a bad entry raises a ``CheckpointError``
+    naming its key.
+    """
+    state = open_checkpoint(init, where, opened)
+    slots = state_tensors(target)
+    report = LoadReport(init.checkpoint)
+    writes = []
+    for k in state.keys():
+        slot = slots.get(k)
+        if slot is None or not state.is_tensor(k):
+            report.unexpected.append(k)
+        elif tuple(slot.shape) != state.shape(k):
+            report.mismatched.append((k, state.shape(k), tuple(slot.shape)))
+        else:
+            state.check_entry(k, dtype_of(slot), where)
+            report.loaded.append(k)
+            writes.append(Write(slot, CheckpointRead(init, state, k, where)))
+    report.missing = [k for k in slots if k not in state and "num_batches_tracked" not in k]
+    fix = ("Fix: set prefix= or revise_keys= so the checkpoint's keys match the model's, "
+           "or check that this is the right checkpoint.")
+    if not report.loaded:
+        raise CheckpointMismatchError(
+            f"{where}: no key of {init.checkpoint} matches {label}: checkpoint keys "
+            f"start {', '.join(state.keys()[:5]) or '(none)'}; the module's start "
+            f"{', '.join(list(slots)[:5]) or '(none)'}. {fix}")
+    if init.mismatch == "error" and report.mismatched:
+        raise CheckpointMismatchError(f"{where}: shape mismatch loading {init.checkpoint} "
+                                      f"into {label}: {report}. Fix: use mismatch='skip' to "
+                                      "leave those tensors to the other rules.")
+    if init.strict and (report.missing or report.unexpected):
+        raise CheckpointMismatchError(f"{where}: strict load of {init.checkpoint} into "
+                                      f"{label}: {report}. {fix}")
+    return writes, report
+
+
+def warn_load(where: str, label: str, report: LoadReport) -> None:
+    if report.unexpected or report.missing or report.mismatched:
+        logger.warning("%s: loading into %s: %s", where, label, report)

@@ -1,0 +1,169 @@
+"""The PyTorch default of every deferred (``meta``) tensor, and which tensors have none.
+
+A tensor built under :func:`weightinit.deferred` gets, unless a rule writes
+it, its replayed constructor init; a ``meta`` tensor with nothing recorded
+gets its module's ``reset_parameters()``. These writes come first in a
+plan's events, so scheduling drops them wherever a rule writes the tensor
+later. A tensor with no default, no rule and no user code over it would be
+left as uninitialized memory: planning raises for it, naming it and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch.nn as nn
+from torch import Tensor
+
+from ..capture.deferred import Construction, construction_of
+from ..maths import Elementwise, calculate_gain, check_choice, variance_scaling_dist
+from ..maths.fans import FAN_MODES
+from ..rules import reset_method_of
+from .ops import DefaultFill
+from .plan import Event, UserCall, Write, subtree_tensors
+
+Slots = list[tuple[str, nn.Module, str, str, Tensor]]
+
+
+def slots_of(root: nn.Module) -> Slots:
+    """(full name, module, 'param'|'buffer', attr, tensor) for every slot, aliases included."""
+    out = []
+    for prefix, m in root.named_modules(remove_duplicate=False):
+        dot = f"{prefix}." if prefix else ""
+        for name, p in m._parameters.items():
+            if p is not None:
+                out.append((dot + name, m, "param", name, p))
+        for name, b in m._buffers.items():
+            if b is not None:
+                out.append((dot + name, m, "buffer", name, b))
+    return out
+
+
+def needs_materialization(root: nn.Module) -> bool:
+    return any(t.device.type == "meta" for t in list(root.parameters()) + list(root.buffers()))
+
+
+def _kaiming(shape: tuple[int, ...], distribution: str, a: float = 0.0, mode: str = "fan_in",
+             nonlinearity: str = "leaky_relu") -> Elementwise:
+    check_choice(mode, FAN_MODES, "mode")
+    gain = calculate_gain(nonlinearity, a)
+    return variance_scaling_dist(shape, gain * gain, mode, distribution)
+
+
+def _xavier(shape: tuple[int, ...], distribution: str, gain: float = 1.0) -> Elementwise:
+    return variance_scaling_dist(shape, gain * gain, "fan_avg", distribution)
+
+
+_TENSOR_METHODS: dict[str, Callable[..., Elementwise]] = {
+    "normal_": lambda shape, mean=0.0, std=1.0: Elementwise("normal", (mean, std)),
+    "uniform_": lambda shape, a=0.0, b=1.0, **kw: Elementwise(
+        "uniform", (kw.get("from", a), kw.get("to", b))),
+    "fill_": lambda shape, value: Elementwise("constant", (value,)),
+    "zero_": lambda shape: Elementwise("constant", (0.0,)),
+}
+
+_INIT_FUNCTIONS: dict[str, Callable[..., Elementwise]] = {
+    "normal_": lambda shape, mean=0.0, std=1.0: Elementwise("normal", (mean, std)),
+    "uniform_": lambda shape, a=0.0, b=1.0: Elementwise("uniform", (a, b)),
+    "trunc_normal_": lambda shape, mean=0.0, std=1.0, a=-2.0, b=2.0: Elementwise(
+        "trunc_normal", (mean, std, a, b)),
+    "constant_": lambda shape, val: Elementwise("constant", (val,)),
+    "ones_": lambda shape: Elementwise("constant", (1.0,)),
+    "zeros_": lambda shape: Elementwise("constant", (0.0,)),
+    # torch's defaults for these differ from the rules' (fan_in, leaky_relu)
+    "kaiming_uniform_": lambda shape, *a, **kw: _kaiming(shape, "uniform", *a, **kw),
+    "kaiming_normal_": lambda shape, *a, **kw: _kaiming(shape, "normal", *a, **kw),
+    "xavier_uniform_": lambda shape, *a, **kw: _xavier(shape, "uniform", *a, **kw),
+    "xavier_normal_": lambda shape, *a, **kw: _xavier(shape, "normal", *a, **kw),
+}
+
+
+def construction_elementwise(construction: Construction, shape: tuple[int, ...]
+                             ) -> Elementwise | None:
+    """One recorded whole-tensor fill from ``torch.nn.init`` (or ``normal_``, ``fill_`` ...)
+    with plain arguments, as an :class:`~weightinit.maths.Elementwise`; else ``None``.
+
+    Multi-step inits (``Embedding``'s padding row), writes through views,
+    computed values and explicit generators are replayed as recorded.
+    """
+    if len(construction.ops) != 1:
+        return None
+    fn, args, kwargs, chain = construction.ops[0]
+    if chain or "generator" in kwargs or any(
+            not isinstance(a, (int, float, str)) or isinstance(a, bool)
+            for a in (*args, *kwargs.values())):
+        return None
+    name = getattr(fn, "__name__", "")
+    module = getattr(fn, "__module__", None) or ""
+    if module == "torch.nn.init" or module.startswith("weightinit.maths"):
+        table = _INIT_FUNCTIONS
+    elif getattr(Tensor, name, None) is fn:
+        table = _TENSOR_METHODS
+    else:
+        return None
+    make = table.get(name)
+    if make is None:
+        return None
+    try:
+        dist = make(tuple(shape), *args, **kwargs)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    if any(not math.isfinite(float(v)) for v in dist.args):
+        return None
+    return dist
+
+
+def default_events(root: nn.Module, mapping: dict[int, Tensor], slots: Slots
+                   ) -> tuple[list[Write], list[tuple[str, str]]]:
+    """Default writes for meta tensors, and the (name, reason) of tensors that have none."""
+    events: list[Write] = []
+    undefined: list[tuple[str, str]] = []
+    seen: set[int] = set()
+    root_name = type(root).__name__
+    for name, module, _, attr, t in slots:
+        if t.device.type != "meta" or id(t) in seen:
+            continue
+        seen.add(id(t))
+        construction = construction_of(t)
+        if construction is None and hasattr(t, "device_mesh"):
+            # Sharding (fully_shard, distribute_module) replaced the parameter object;
+            # deferred() also noted the construction on the module under its name.
+            construction = module.__dict__.get("_wi_constructions", {}).get(attr)
+        if construction is not None and construction.defined:
+            dist = construction_elementwise(construction, tuple(t.shape))
+            events.append(Write(t, DefaultFill(module, root_name, construction, mapping, dist)))
+        elif construction is None and reset_method_of(module) is not None:
+            events.append(Write(t, DefaultFill(module, root_name, None, mapping)))
+        elif construction is not None and construction.broken:
+            undefined.append((name, construction.broken))
+        elif construction is not None:
+            undefined.append((name, "its constructor creates it with torch.empty and never "
+                                    "writes it"))
+        else:
+            undefined.append((name, f"it is on the meta device and {type(module).__name__} has "
+                                    "no reset_parameters()"))
+    # Replay in construction order: the random generator is then drawn in eager order.
+    events.sort(key=lambda ev: ev.op.construction.first if ev.op.construction else -1)
+    return events, undefined
+
+
+def split_undefined(undefined: list[tuple[str, str]], events: list[Event], slots: Slots
+                    ) -> tuple[list[tuple[str, str]], list[str]]:
+    """(tensors nothing gives a value, tensors only user code over them can write)."""
+    if not undefined:
+        return [], []
+    written = {id(ev.tensor) for ev in events if isinstance(ev, Write)}
+    user = {id(t) for ev in events if isinstance(ev, UserCall) for t in subtree_tensors(ev.module)}
+    by_name: dict[str, Any] = {n: t for n, _, _, _, t in slots}
+    bad, left_to_user = [], []
+    for name, reason in undefined:
+        t = by_name[name]
+        if id(t) in written:
+            continue
+        if id(t) in user:
+            left_to_user.append(name)
+        else:
+            bad.append((name, reason))
+    return bad, left_to_user

@@ -1,0 +1,249 @@
+"""The typed write operations a plan is made of.
+
+Every tensor's writers are a sequence of these small frozen values, each with
+an :class:`OpKind`:
+
+* :class:`RuleFill` — a rule writes one tensor (its weight, bias, a
+  ``param``-targeted tensor, or a module's ``reset_parameters``);
+* :class:`CheckpointRead` — one checkpoint entry is copied into one tensor;
+* :class:`DefaultFill` — a deferred tensor gets its PyTorch default (its
+  replayed constructor init, or its module's ``reset_parameters``);
+* :class:`UserCall` — user code runs over a subtree (a user-defined
+  ``init_weights``, an initializer that only defines ``__call__``, or a
+  data-driven step such as LSUV's): what it writes is only known afterwards.
+
+Each op knows its record text (``info``, ``declared_in``), its canonical
+``seed_key`` (identity, never display text: seeds key on it), and how to
+write a tensor. Execution strategies (plain, seeded, sharded) decide *how*
+to run that write; the ops never look at the strategy.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch.nn as nn
+from torch import Tensor
+
+from ..capture.deferred import Construction, replay
+from ..checkpoint.loader import CheckpointState
+from ..maths import Elementwise
+from ..rules import BaseInit, PretrainedInit, reset_method_of
+from ..rules.keys import canonical, construction_key
+
+
+class OpKind(enum.Enum):
+    """What kind of writer an op is; its value is the record's ``kind``."""
+
+    RULE = "rule"
+    CHECKPOINT = "pretrained"
+    DEFAULT = "unchanged"
+    USER = "user"
+    INITIALIZER = "initializer"
+
+
+class Role(enum.Enum):
+    """Which tensor of a matched module a rule writes."""
+
+    WEIGHT = "weight"
+    BIAS = "bias"
+    PARAM = "param"  # a tensor targeted by a ``param`` pattern: gets the weight fill
+    RESET = "reset"  # every direct parameter of the module, by ``reset_parameters()``
+
+
+def class_name(module: nn.Module) -> str:
+    """The module's own class name, also once FSDP2's ``fully_shard`` made it ``FSDP<Class>``."""
+    for cls in type(module).__mro__:
+        if not cls.__module__.startswith("torch.distributed.fsdp"):
+            return cls.__name__
+    return type(module).__name__
+
+
+@dataclass(frozen=True, eq=False)
+class RuleFill:
+    """A rule writes one tensor of ``module`` in ``role``."""
+
+    rule: BaseInit
+    role: Role
+    module: nn.Module = field(repr=False)
+    where: str
+    seed_key: str
+
+    kind = OpKind.RULE
+
+    @property
+    def info(self) -> str:
+        return self.rule._get_init_info()
+
+    @property
+    def declared_in(self) -> str:
+        return self.where
+
+    @property
+    def user_defined(self) -> bool:
+        """A rule class of the user's: its fill is user code, which may fail while writing."""
+        return not type(self.rule).__module__.startswith("weightinit.")
+
+    @property
+    def group(self) -> int | None:
+        """Writes sharing a group are done by one call (one ``reset_parameters`` per module)."""
+        return id(self.module) if self.role is Role.RESET else None
+
+    def elementwise(self, shape: tuple[int, ...]) -> Elementwise | None:
+        if self.role is Role.RESET:
+            return None
+        return self.rule.elementwise("bias" if self.role is Role.BIAS else "weight", shape,
+                                     self.module)
+
+    def write(self, tensor: Tensor) -> None:
+        if self.role is Role.BIAS:
+            self.rule.init_bias(tensor)
+        else:
+            self.rule.fill_weight(tensor, self.module)
+
+
+@dataclass(frozen=True, eq=False)
+class CheckpointRead:
+    """Checkpoint entry ``key`` is copied into one tensor."""
+
+    rule: PretrainedInit
+    state: CheckpointState = field(repr=False)
+    key: str
+    where: str
+
+    kind = OpKind.CHECKPOINT
+    group = None
+    seed_key = ""
+
+    @property
+    def info(self) -> str:
+        return self.rule._get_init_info()
+
+    @property
+    def declared_in(self) -> str:
+        return f"checkpoint {self.rule.checkpoint} key {self.key} ({self.where})"
+
+    def elementwise(self, shape: tuple[int, ...]) -> None:
+        return None
+
+    def value(self) -> Tensor:
+        """The checkpoint tensor (read from the file on first use)."""
+        return self.state.get(self.key)
+
+    def value_slice(self, index: tuple[slice, ...]) -> Tensor:
+        return self.state.get_slice(self.key, index) if index else self.value()
+
+    def write(self, tensor: Tensor) -> None:
+        value = self.value()
+        if value.data_ptr() != tensor.data_ptr():  # adopted storage is already in place
+            tensor.copy_(value)
+
+
+@dataclass(frozen=True, eq=False)
+class DefaultFill:
+    """A deferred tensor's PyTorch default: its replayed constructor init, or
+    ``reset_parameters()`` of its module when nothing was recorded."""
+
+    module: nn.Module = field(repr=False)
+    root_name: str
+    construction: Construction | None = field(repr=False)
+    #: old tensor id -> allocated tensor, filled in by materialization (replay follows it)
+    mapping: dict[int, Tensor] = field(repr=False)
+    #: the per-element distribution of a one-step recorded init, when it is one
+    dist: Elementwise | None = None
+
+    kind = OpKind.DEFAULT
+    rule = None
+    where = ""
+
+    @property
+    def group(self) -> int | None:
+        # One reset_parameters() call covers all of a module's direct tensors.
+        return None if self.construction is not None else id(self.module)
+
+    @property
+    def seed_key(self) -> str:
+        if self.construction is None:
+            return "default|reset_parameters"
+        return "default|" + construction_key(self.construction)
+
+    @property
+    def info(self) -> str:
+        return f"not changed by init_weights of {self.root_name}"
+
+    @property
+    def declared_in(self) -> str:
+        if self.construction is not None:
+            return f"PyTorch default (constructor: {self.construction.describe()})"
+        return f"PyTorch default (reset_parameters of {class_name(self.module)})"
+
+    def elementwise(self, shape: tuple[int, ...]) -> Elementwise | None:
+        return self.dist
+
+    def write(self, tensor: Tensor) -> None:
+        if self.construction is not None:
+            replay(self.construction, tensor, self.mapping)
+        else:
+            reset_method_of(self.module)()
+
+
+@dataclass(frozen=True, eq=False)
+class UserCall:
+    """User code runs over ``module``'s subtree: its ``init_weights`` (``init is None``),
+    an initializer that only defines ``__call__``, or a data-driven rule's step."""
+
+    module: nn.Module = field(repr=False)
+    path: str
+    init: Any = None
+    whole: bool = False
+    where: str = ""
+    seed_key: str = "user|init_weights"
+    #: the rule this step belongs to (LSUV's data-driven half), for the record
+    rule: Any = None
+    #: the record kind of what it writes
+    record_kind: OpKind = OpKind.USER
+    #: runs forward passes over the whole module (cannot run shard by shard)
+    whole_model: bool = False
+
+    kind = OpKind.USER
+    group = None
+
+    @property
+    def info(self) -> str:
+        if self.init is None:
+            return f"user-defined init_weights in {class_name(self.module)}"
+        if self.rule is not None:
+            return self.rule._get_init_info()
+        get = getattr(self.init, "_get_init_info", None)
+        return get() if callable(get) else type(self.init).__name__
+
+    @property
+    def declared_in(self) -> str:
+        return self.where or self.info
+
+    def run(self) -> None:
+        if self.init is None:
+            self.module.init_weights()
+            return
+        if hasattr(self.init, "wholemodule"):  # MMEngine initializers read it while called
+            self.init.wholemodule = self.whole
+        self.init(self.module)
+
+
+Op = RuleFill | CheckpointRead | DefaultFill
+Writer = RuleFill | CheckpointRead | DefaultFill | UserCall
+
+
+def user_call_key(init: Any, cfg_key: str | None) -> str:
+    """Seed key of user code: its initializer's canonical identity, never its ``repr``."""
+    if init is None:
+        return "user|init_weights"
+    if cfg_key:
+        return f"user|{cfg_key}"
+    key = getattr(init, "seed_key", None)
+    if isinstance(key, str):
+        return f"user|{key}"
+    cls = type(init)
+    return f"user|{canonical(f'{cls.__module__}.{cls.__qualname__}', {})}"

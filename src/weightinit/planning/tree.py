@@ -1,0 +1,333 @@
+"""Walk a module tree in MMEngine's priority order and emit typed write events.
+
+``init_weights()`` of a module that carries an ``init_cfg``:
+
+1. its own non-late rules over its whole subtree;
+2. ``init_weights()`` of each direct child that has one, skipping children
+   whose ``is_init`` is set, looking through model wrappers' ``.module``; a
+   plain BaseModule child is walked in place, user code becomes a
+   :class:`~weightinit.planning.ops.UserCall`;
+3. its late rules (``Pretrained``, data-driven rules).
+
+Everything is validated while walking (config entries, override names and
+patterns, tensor shapes and dtypes, checkpoint files and keys): a bad config
+raises before any tensor is touched. The walk is linear in the tree size.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from ..checkpoint.loader import CheckpointState, LoadReport
+from ..errors import InitError, OverrideTargetError, ShapeError
+from ..rules import BaseInit, PretrainedInit, Rule, is_model_wrapper, layer_matches, module_label
+from ..rules.parse import parse_init_cfg
+from .checkpoints import match_checkpoint, warn_load
+from .ops import OpKind, Role, RuleFill, UserCall, user_call_key
+from .plan import Event, Write
+
+logger = logging.getLogger("weightinit")
+
+#: marks the ``init_weights`` whose effect the planner knows (BaseModule's own)
+PLANNED = "__weightinit_planned__"
+
+
+def planned(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark ``fn`` as the planned ``init_weights``: a module using it is walked, not called."""
+    setattr(fn, PLANNED, True)
+    return fn
+
+
+class InitCfgNode(nn.Module):
+    """A module that carries an ``init_cfg`` and an ``is_init`` flag (BaseModule's data)."""
+
+    def _setup_init(self, init_cfg: Any) -> None:
+        self._is_init = False
+        self.init_cfg = copy.deepcopy(init_cfg)
+
+    @property
+    def is_init(self) -> bool:
+        return self._is_init
+
+    @is_init.setter
+    def is_init(self, value: bool) -> None:
+        self._is_init = value
+
+
+def is_planned(module: nn.Module) -> bool:
+    """A node whose ``init_weights`` is ours (not overridden), so its effect can be planned."""
+    fn = getattr(type(module), "init_weights", None)
+    return (isinstance(module, InitCfgNode) and getattr(fn, PLANNED, False)
+            and "init_weights" not in vars(module))
+
+
+def post_order(module: nn.Module) -> list[nn.Module]:
+    """Modules of the subtree in ``nn.Module.apply`` order: children first, then the module."""
+    out: list[nn.Module] = []
+    seen: set[int] = set()
+    stack: list[tuple[nn.Module, Any]] = [(module, iter(module.children()))]
+    while stack:
+        m, children = stack[-1]
+        child = next(children, None)
+        if child is None:
+            stack.pop()
+            out.append(m)
+        elif id(child) not in seen:
+            seen.add(id(child))
+            stack.append((child, iter(child.children())))
+    return out
+
+
+@dataclass
+class PlanningCache:
+    """What one initialization (outermost call and the nested ones) computes only once."""
+
+    root: nn.Module
+    #: module id -> full path under the root
+    paths: dict[int, str] = field(default_factory=dict)
+    #: module id -> (module, its parsed init_cfg)
+    rules: dict[int, tuple[nn.Module, tuple[Rule, ...]]] = field(default_factory=dict)
+    #: equal config entries share one initializer object (rules are values)
+    initializers: dict = field(default_factory=dict)
+    #: opened checkpoints, by what selects their keys
+    checkpoints: dict[tuple, CheckpointState] = field(default_factory=dict)
+    orders: dict[int, list[nn.Module]] = field(default_factory=dict)
+
+    def path(self, module: nn.Module) -> str:
+        if not self.paths:
+            self.paths = {id(m): n for n, m in self.root.named_modules()}
+        return self.paths.get(id(module), "?")
+
+    def label(self, module: nn.Module) -> str:
+        return module_label(self.path(module), type(module).__name__)
+
+    def order(self, module: nn.Module) -> list[nn.Module]:
+        order = self.orders.get(id(module))
+        if order is None:
+            order = self.orders[id(module)] = post_order(module)
+        return order
+
+
+class Walker:
+    """Emits the events of ``init_weights()`` or ``initialize()`` over one subtree."""
+
+    def __init__(self, cache: PlanningCache, dtype_of: Callable[[Tensor], torch.dtype],
+                 validate_only: bool = False) -> None:
+        self.cache = cache
+        self.dtype_of = dtype_of
+        self.validate_only = validate_only
+        self.events: list[Event] = []
+        self.visited: list[nn.Module] = []
+        self._visited: set[int] = set()
+        self.loads: list[LoadReport] = []
+
+    def rules_of(self, module: nn.Module) -> tuple[Rule, ...]:
+        hit = self.cache.rules.get(id(module))
+        if hit is None:
+            hit = self.cache.rules[id(module)] = (module, parse_init_cfg(
+                module.init_cfg, self.cache.path(module), type(module).__name__,
+                cache=self.cache.initializers))
+        return hit[1]
+
+    # -- BaseModule.init_weights ---------------------------------------------------
+    def plan_init_weights(self, module: nn.Module) -> None:
+        """Events of ``init_weights()`` of ``module``: own rules, children, late rules."""
+        self.visited.append(module)
+        self._visited.add(id(module))
+        rules = self.rules_of(module) if module.init_cfg else ()
+        for rule in rules:
+            if not rule.late:
+                self.apply_rule(module, rule)
+        for child in module.children():
+            target = child
+            if is_model_wrapper(target) and not hasattr(target, "init_weights"):
+                target = target.module
+            if not hasattr(target, "init_weights"):
+                if not self.validate_only:
+                    self._warn_unreached(target)
+                continue
+            if getattr(target, "is_init", False) or id(target) in self._visited:
+                continue
+            if is_planned(target):
+                self.plan_init_weights(target)
+            else:
+                self._visited.add(id(target))
+                self.events.append(UserCall(target, self.cache.path(target)))
+        for rule in rules:
+            if rule.late:
+                self.apply_rule(module, rule)
+
+    def validate_tree(self, module: nn.Module) -> None:
+        """Check the init_cfg of every node under ``module`` the walk did not reach.
+
+        Those are nodes under user code (which may call their init_weights)
+        or under plain containers: a bad config anywhere fails before any write.
+        """
+        checker = Walker(self.cache, self.dtype_of, validate_only=True)
+        for m in module.modules():
+            if (isinstance(m, InitCfgNode) and m.init_cfg and not m.is_init
+                    and id(m) not in self._visited):
+                for rule in checker.rules_of(m):
+                    checker.apply_rule(m, rule)
+
+    def _warn_unreached(self, container: nn.Module) -> None:
+        for m in container.modules():
+            if isinstance(m, InitCfgNode) and m.init_cfg and not m.is_init:
+                logger.warning(
+                    "%s: its init_cfg is never applied, because %s has no init_weights. "
+                    "Fix: use weightinit.Sequential/ModuleList/ModuleDict for the container, "
+                    "or call init_weights of the module yourself.",
+                    self.cache.label(m), self.cache.label(container))
+                return
+
+    # -- initialize() ------------------------------------------------------------------
+    def plan_rules(self, module: nn.Module, rules: tuple[Rule, ...]) -> None:
+        """Events of ``initialize(module, init_cfg)``: rules in order, no reordering."""
+        for rule in rules:
+            self.apply_rule(module, rule)
+
+    # -- one rule --------------------------------------------------------------------------
+    def apply_rule(self, module: nn.Module, rule: Rule) -> None:
+        self.apply_init(module, rule, rule.init,
+                        whole=bool(getattr(rule.init, "wholemodule", False)), where=rule.where)
+        for ov in rule.overrides:
+            for target in self.resolve_override(module, ov.name, ov.location):
+                self.apply_init(target, rule, ov.init, whole=True, where=ov.location,
+                                cfg_key=ov.seed_key)
+
+    def resolve_override(self, module: nn.Module, name: str, where: str) -> list[nn.Module]:
+        """Submodules named by an override: a child, a dotted path, or a glob pattern."""
+        if any(ch in name for ch in "*?["):
+            parts = name.split(".")
+            found = [m for n, m in module.named_modules() if n and len(n.split(".")) == len(parts)
+                     and all(fnmatch.fnmatchcase(s, p) for s, p in zip(n.split("."), parts))]
+            if not found:
+                raise OverrideTargetError(
+                    f"{where}: pattern {name!r} matches no submodule of "
+                    f"{type(module).__name__}; children are: {_children(module)}. Fix: "
+                    "correct the pattern (segments are matched one by one, '*' is one name).")
+            return found
+        target: Any = module
+        walked = []
+        for part in name.split("."):
+            child = target._modules.get(part) if isinstance(target, nn.Module) else None
+            if child is None:
+                if isinstance(target, nn.Module) and isinstance(getattr(target, part, None),
+                                                                Tensor):
+                    raise OverrideTargetError(
+                        f"{where}: {name!r} is a tensor, not a submodule; an override "
+                        "initializes the weights and biases inside a submodule. Fix: name the "
+                        "submodule that owns it.")
+                base = ".".join(walked)
+                owner = f"{type(module).__name__}" + (f".{base}" if base else "")
+                raise OverrideTargetError(
+                    f"{where}: module did not have attribute {part!r}: no submodule "
+                    f"{part!r} in {owner}; children are: {_children(target)}. Fix: use one "
+                    "of those names, a dotted path, or a glob pattern.")
+            walked.append(part)
+            target = child
+        return [target]
+
+    def apply_init(self, target: nn.Module, rule: Rule, init: Any, whole: bool, where: str,
+                   cfg_key: str | None = None) -> None:
+        cfg_key = rule.seed_key if cfg_key is None else cfg_key
+        if isinstance(init, PretrainedInit):
+            self.apply_pretrained(target, init, where)
+            return
+        if not (isinstance(init, BaseInit) and init.plannable):
+            if not self.validate_only:
+                self.events.append(UserCall(
+                    target, self.cache.path(target), init=init, whole=whole, where=where,
+                    seed_key=user_call_key(init, cfg_key), record_kind=_record_kind(init)))
+            return
+        key = init.seed_key
+        layers = init.layer
+        itself = getattr(init, "targets_itself", False) and not layers
+        try:
+            if itself:
+                for role, t in init.module_targets(target):
+                    self._emit(init, key, role, t, target, where)
+            elif layers or whole:
+                for m in self.cache.order(target):
+                    if whole or layer_matches(m, layers):
+                        for role, t in init.module_targets(m):
+                            self._emit(init, key, role, t, m, where)
+        except ShapeError:
+            raise
+        except InitError as err:
+            raise type(err)(f"{where}: {err}") from err
+        if init.param:
+            for name, m, t in self.resolve_params(target, init.param, where):
+                self._emit(init, key, "param", t, m, where, name)
+        stage = init.stage(target)
+        if stage is not None and not self.validate_only:
+            self.events.append(UserCall(
+                target, self.cache.path(target), init=stage, where=where,
+                seed_key=f"user|{key}|stage", rule=init, record_kind=_record_kind(init),
+                whole_model=True))
+
+    def _emit(self, init: BaseInit, key: str, role: str, t: Tensor, m: nn.Module, where: str,
+              name: str | None = None) -> None:
+        try:
+            init.check_fill(role, tuple(t.shape), self.dtype_of(t), m)
+        except InitError as err:
+            what = f"{self.cache.label(m)}.{name.rsplit('.', 1)[-1] if name else role}"
+            raise ShapeError(f"{where}: {type(init).__name__} cannot initialize {what}: "
+                             f"{err}. Fix: restrict 'layer'/'param' to tensors it fits, or "
+                             "use another rule for this one.") from err
+        if not self.validate_only:
+            r = Role(role)
+            self.events.append(Write(t, RuleFill(init, r, m, where, f"{key}|{r.value}")))
+
+    def resolve_params(self, module: nn.Module, patterns: list[str], where: str
+                       ) -> list[tuple[str, nn.Module, Tensor]]:
+        """Parameters of ``module`` whose relative name matches one of ``patterns``."""
+        def hit(name: str, pat: str) -> bool:
+            return fnmatch.fnmatchcase(name, pat) or (
+                "." not in pat and fnmatch.fnmatchcase(name.rsplit(".", 1)[-1], pat))
+
+        found = []
+        owners = dict(module.named_modules())
+        for name, p in module.named_parameters():
+            if any(hit(name, pat) for pat in patterns):
+                owner = owners[name.rsplit(".", 1)[0]] if "." in name else module
+                found.append((name, owner, p))
+        for pat in patterns:
+            if not any(hit(n, pat) for n, _, _ in found):
+                names = [n for n, _ in module.named_parameters()]
+                sample = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+                raise OverrideTargetError(
+                    f"{where}: param pattern {pat!r} matches no parameter of "
+                    f"{self.cache.label(module)}; its parameters are: {sample or '(none)'}. "
+                    "Fix: correct the pattern ('*' matches any characters, dots included).")
+        return found
+
+    def apply_pretrained(self, target: nn.Module, init: PretrainedInit, where: str) -> None:
+        writes, report = match_checkpoint(target, init, where, self.cache.checkpoints,
+                                          self.cache.label(target), self.dtype_of)
+        if self.validate_only:
+            return
+        self.events.extend(writes)
+        self.loads.append(report)
+        warn_load(where, self.cache.label(target), report)
+
+
+def _record_kind(init: Any) -> OpKind:
+    return OpKind.RULE if isinstance(init, BaseInit) and init.plannable else OpKind.INITIALIZER
+
+
+def _children(module: Any) -> str:
+    names = [n for n, _ in module.named_children()] if isinstance(module, nn.Module) else []
+    return ", ".join(names) if names else "(none)"
+
+
+__all__ = ["InitCfgNode", "PlanningCache", "Walker", "is_planned", "planned", "post_order"]

@@ -1,0 +1,78 @@
+"""The ``Pretrained`` rule: load a module's weights from a checkpoint."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..checkpoint.loader import check_revise_keys
+from ..errors import InitTypeError, InitValueError
+from .base import apply_rule
+from .registry import WEIGHT_INITIALIZERS
+
+
+@WEIGHT_INITIALIZERS.register_module(name="Pretrained")
+class PretrainedInit:
+    """Load a module's weights from a checkpoint; applied after the module's children.
+
+    Args:
+        checkpoint: a path (``~`` expanded), ``file://``, ``http(s)://`` (cached),
+            ``torchvision://NAME``, or any scheme registered with
+            :func:`weightinit.register_scheme`.
+        prefix: load only the keys under this prefix (``'backbone.'``), stripped.
+        map_location: where tensors are read to (default ``'cpu'``).
+        allow_pickle: read a ``.pth`` that needs arbitrary code to unpickle.
+            Off by default: such a file could run anything while loading.
+        revise_keys: ``(regex, replacement)`` pairs applied to every key
+            before ``prefix`` (default: strip DDP's ``module.``).
+        strict: missing or unexpected keys are an error (raised before any write).
+        mismatch: ``'skip'`` (default, as MMEngine: keys whose shape differs
+            are left to the other rules and reported) or ``'error'``.
+        sha256: expected sha256 of the file (checked on download, or on read
+            for a local file).
+
+    Keys the checkpoint covers are written once, from the checkpoint; keys it
+    does not cover keep whatever rule (or default) owns them.
+    """
+
+    def __init__(self, checkpoint: str, prefix: str | None = None,
+                 map_location: str | torch.device | None = "cpu",
+                 allow_pickle: bool = False, revise_keys: Any = None, strict: bool = False,
+                 mismatch: str = "skip", sha256: str | None = None) -> None:
+        if not isinstance(checkpoint, str) and not hasattr(checkpoint, "__fspath__"):
+            raise InitTypeError(f"checkpoint must be a path, got {type(checkpoint).__name__}")
+        if prefix is not None and not isinstance(prefix, str):
+            raise InitTypeError(f"prefix must be a str or None, got {type(prefix).__name__}")
+        for name, flag in (("allow_pickle", allow_pickle), ("strict", strict)):
+            if not isinstance(flag, bool):
+                raise InitTypeError(f"{name} must be a bool, got {type(flag).__name__}")
+        if mismatch not in ("skip", "error"):
+            raise InitValueError(f"mismatch must be 'skip' or 'error', got {mismatch!r}")
+        if sha256 is not None and not (isinstance(sha256, str) and len(sha256) == 64):
+            raise InitTypeError(f"sha256 must be a 64-character hex string, got {sha256!r}")
+        self.checkpoint = str(checkpoint)
+        self.prefix = prefix
+        self.map_location = map_location
+        self.allow_pickle = allow_pickle
+        self.revise_keys = check_revise_keys(revise_keys)
+        self.strict = strict
+        self.mismatch = mismatch
+        self.sha256 = sha256
+        self.wholemodule = False
+
+    plannable = True
+    type_name = "Pretrained"
+
+    def args(self) -> dict[str, Any]:
+        return {"checkpoint": self.checkpoint, "prefix": self.prefix}
+
+    def _get_init_info(self) -> str:
+        return f"{type(self).__name__}: load from {self.checkpoint}"
+
+    def __repr__(self) -> str:
+        return f"PretrainedInit(checkpoint={self.checkpoint!r}, prefix={self.prefix!r})"
+
+    def __call__(self, module: nn.Module) -> None:
+        apply_rule(module, self)
