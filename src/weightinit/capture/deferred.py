@@ -18,6 +18,13 @@ then plan the rules, check that every parameter will have a defined value,
 allocate each tensor once on the target device and write it once: by its
 final rule, else by its replayed constructor init.
 
+``deferred()`` nests and affects only the thread that entered it: another
+thread constructing a model at the same time builds it eagerly, as usual.
+The process-wide hooks it needs (``nn.Parameter.__new__``, the
+``torch.nn.init`` functions, a parameter-registration hook) are installed
+while any thread is inside a block, and behave exactly like the originals in
+threads that are not.
+
 Example::
 
     >>> with weightinit.deferred():
@@ -46,7 +53,11 @@ _INPLACE_DUNDERS = {"__setitem__", "__iadd__", "__isub__", "__imul__", "__itrued
                     "__idiv__", "__ifloordiv__", "__ipow__"}
 _ALIAS_ATTRS = {"data"}
 _ALIAS_FUNCS = {"detach", "detach_", "requires_grad_"}
-_LOCK = threading.Lock()
+# Per-thread nesting depth of deferred(); the patches below act only where it is > 0.
+_STATE = threading.local()
+# Guards installing/removing the process-wide patches; never held across a block's body.
+_INSTALL_LOCK = threading.Lock()
+_INSTALLED: dict[str, Any] = {"users": 0}  # threads inside deferred(), and what was patched
 # Orders recorded writes across tensors, so defaults replay in construction order
 # (and so draw from the random generator in the same order as eager construction).
 _SEQUENCE = itertools.count()
@@ -174,12 +185,17 @@ _INIT_FUNCS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "ze
                "kaiming_normal_", "orthogonal_", "sparse_")
 
 
+def _active() -> bool:
+    """True if the calling thread is inside a ``deferred()`` block."""
+    return getattr(_STATE, "depth", 0) > 0
+
+
 def _recording(fn: Callable[..., Any]) -> Callable[..., Any]:
     # Some torch.nn.init functions (trunc_normal_) do not dispatch through
     # __torch_function__; wrap them so a call on a deferred tensor is recorded.
     @functools.wraps(fn)
     def wrapper(tensor: Any, *args: Any, **kwargs: Any) -> Any:
-        if _owner(tensor) is None:
+        if not _active() or _owner(tensor) is None:
             return fn(tensor, *args, **kwargs)
         _record(tensor, fn, (tensor, *args), kwargs)
         return tensor
@@ -188,7 +204,12 @@ def _recording(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _deferred_parameter_new(original: Callable[..., Any]) -> Callable[..., Any]:
-    def new(cls: type, data: Tensor | None = None, requires_grad: bool = True) -> Tensor:
+    def new(cls: type, *args: Any, **kwargs: Any) -> Tensor:
+        if not _active():
+            return original(cls, *args, **kwargs)
+        return deferred_new(cls, *args, **kwargs)
+
+    def deferred_new(cls: type, data: Tensor | None = None, requires_grad: bool = True) -> Tensor:
         if data is None or not isinstance(data, Tensor) or type(data) not in (Tensor, nn.Parameter):
             return original(cls, data, requires_grad)
         construction = construction_of(data)
@@ -212,9 +233,40 @@ def _deferred_parameter_new(original: Callable[..., Any]) -> Callable[..., Any]:
 def _note_on_module(module: nn.Module, name: str, param: Any) -> None:
     # Parameter registration hook: keep each parameter's construction on its
     # module too, so it survives sharding, which replaces the parameter object.
+    if not _active():
+        return
     construction = construction_of(param) if isinstance(param, Tensor) else None
     if construction is not None:
         module.__dict__.setdefault("_wi_constructions", {})[name] = construction
+
+
+def _install() -> None:
+    """Install the process-wide patches, remembering what was there (lock held)."""
+    saved_new = nn.Parameter.__dict__["__new__"]
+    saved_init = {name: getattr(nn.init, name) for name in _INIT_FUNCS if hasattr(nn.init, name)}
+    patched_new = _deferred_parameter_new(
+        saved_new.__func__ if isinstance(saved_new, staticmethod) else saved_new)
+    nn.Parameter.__new__ = patched_new  # type: ignore[method-assign]
+    patched_init = {name: _recording(fn) for name, fn in saved_init.items()}
+    for name, fn in patched_init.items():
+        setattr(nn.init, name, fn)
+    register = getattr(nn.modules.module, "register_module_parameter_registration_hook", None)
+    _INSTALLED.update(new=(saved_new, patched_new), init=(saved_init, patched_init),
+                      handle=register(_note_on_module) if register is not None else None)
+
+
+def _uninstall() -> None:
+    """Put back what :func:`_install` replaced (lock held); a patch made since is kept."""
+    handle = _INSTALLED.pop("handle")
+    if handle is not None:
+        handle.remove()
+    saved_new, patched_new = _INSTALLED.pop("new")
+    if nn.Parameter.__dict__.get("__new__") is patched_new:
+        nn.Parameter.__new__ = saved_new  # type: ignore[method-assign]
+    saved_init, patched_init = _INSTALLED.pop("init")
+    for name, fn in saved_init.items():
+        if getattr(nn.init, name, None) is patched_init[name]:
+            setattr(nn.init, name, fn)
 
 
 @contextlib.contextmanager
@@ -224,27 +276,33 @@ def deferred() -> Iterator[None]:
     Any ``nn.Module`` works, BaseModule-based or not. Materialize with
     ``model.init_weights(device=..., dtype=...)`` or
     ``weightinit.initialize(model, init_cfg, device=..., dtype=...)``.
+
+    Blocks nest, and only the calling thread is affected: other threads keep
+    building real tensors with the usual default init.
     """
-    with _LOCK:
-        saved_new = nn.Parameter.__dict__["__new__"]
-        saved_init = {name: getattr(nn.init, name) for name in _INIT_FUNCS
-                      if hasattr(nn.init, name)}
-        nn.Parameter.__new__ = _deferred_parameter_new(  # type: ignore[method-assign]
-            saved_new.__func__ if isinstance(saved_new, staticmethod) else saved_new)
-        for name, fn in saved_init.items():
-            setattr(nn.init, name, _recording(fn))
-        register = getattr(nn.modules.module, "register_module_parameter_registration_hook",
-                           None)
-        handle = register(_note_on_module) if register is not None else None
+    depth = getattr(_STATE, "depth", 0)
+    if depth:  # nested: the outermost entry of this thread already set everything up
+        _STATE.depth = depth + 1
         try:
-            with _DeferredMode():
-                yield
+            yield
         finally:
-            if handle is not None:
-                handle.remove()
-            nn.Parameter.__new__ = saved_new  # type: ignore[method-assign]
-            for name, fn in saved_init.items():
-                setattr(nn.init, name, fn)
+            _STATE.depth = depth
+        return
+    with _INSTALL_LOCK:
+        if _INSTALLED["users"] == 0:
+            _install()
+        _INSTALLED["users"] += 1
+    try:
+        _STATE.depth = 1
+        # TorchFunctionMode stacks are per thread, so the mode only sees this thread.
+        with _DeferredMode():
+            yield
+    finally:
+        _STATE.depth = 0
+        with _INSTALL_LOCK:
+            _INSTALLED["users"] -= 1
+            if _INSTALLED["users"] == 0:
+                _uninstall()
 
 
 def note_call(func: Callable[..., Any], tensor: Tensor, *args: Any, **kwargs: Any) -> bool:
