@@ -15,6 +15,7 @@ import torch.nn as nn
 from .checkpoint.loader import LoadReport
 from .errors import InitRecordError, InitTypeError
 from .execution import Entry, Session, current_seed
+from .execution.gcpause import collector_paused
 from .planning import InitCfgNode, OpKind, Plan, PlanningCache, Request, build_plan
 from .record import InitRecord
 from .rules import PretrainedInit, Rule, install_runner, parse_init_cfg
@@ -56,7 +57,7 @@ def _execute(module: nn.Module, request: Request, seed: Any) -> InitRecord | Non
             module, request.rules, outermost=False)))
         return None
     session = Session(module, current_seed(seed))
-    with session.active():
+    with collector_paused(), session.active():
         return session.run(build_plan(session.cache, request))
 
 
@@ -145,8 +146,9 @@ def plan(model: nn.Module, init_cfg: Any = None, *, device: Any = None, dtype: A
     else:
         _check_cfg(init_cfg)
         rules = parse_init_cfg(init_cfg, "", type(model).__name__)
-    return build_plan(PlanningCache(model), Request(model, rules, device, dtype,
-                                                    allow_undefined=allow_undefined))
+    with collector_paused():
+        return build_plan(PlanningCache(model), Request(model, rules, device, dtype,
+                                                        allow_undefined=allow_undefined))
 
 
 def load_checkpoint(model: nn.Module, source: str, *, prefix: str | None = None,
