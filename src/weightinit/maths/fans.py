@@ -82,7 +82,7 @@ def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
         slope = 0.01 if param is None else param
         if isinstance(slope, bool) or not isinstance(slope, (int, float)):
             raise InitValueError(f"negative slope {slope!r} is not a valid number")
-        return math.sqrt(2.0 / (1 + slope**2))
+        return math.sqrt(2.0 / (1 + slope * slope))  # a huge slope gives 0, not OverflowError
     return nn.init.calculate_gain(nonlinearity, param)
 
 def norm_cdf(x: float) -> float:

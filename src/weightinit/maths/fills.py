@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from ..capture.deferred import note_call
 from ..errors import InitValueError
 from .fans import (
     FAN_MODES,
@@ -170,8 +171,6 @@ def trunc_normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0, a: float 
         warnings.warn("mean is more than 2 std from [a, b] in trunc_normal_. "
                       "The distribution of values may be incorrect.", stacklevel=2)
     if tensor.device.type == "meta":
-        from .deferred import note_call
-
         note_call(trunc_normal_, tensor, mean, std, a, b)
         return tensor
     if tensor.numel() == 0:

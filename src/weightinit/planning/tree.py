@@ -251,7 +251,7 @@ class Walker:
             return
         key = init.seed_key
         layers = init.layer
-        itself = getattr(init, "targets_itself", False) and not layers
+        itself = init.targets_itself and not layers
         try:
             if itself:
                 for role, t in init.module_targets(target):

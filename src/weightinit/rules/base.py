@@ -8,6 +8,7 @@ constant). The module walking lives in :mod:`weightinit.planning`.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +17,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from .. import maths as F
-from ..errors import InitTypeError, ShapeError
+from ..errors import InitTypeError, InitValueError, ShapeError
 from .keys import canonical
 from .registry import registered_name
 
@@ -73,6 +74,8 @@ class BaseInit:
     arg_names: tuple[str, ...] = ()
     #: applied after the declaring module's children, like ``Pretrained``
     late = False
+    #: without ``layer``, the rule targets the declaring module itself (ZeroInitResidual)
+    targets_itself = False
 
     def __init__(self, *, bias: float = 0, bias_prob: float | None = None,
                  layer: str | list[str] | None = None,
@@ -94,7 +97,16 @@ class BaseInit:
             if not isinstance(name, str):
                 raise InitTypeError(f"layer must be a str or a list of str, but the list "
                                     f"holds {name!r}")
-        self.bias = F.bias_init_with_prob(bias_prob) if bias_prob is not None else bias
+        if bias_prob is not None:
+            bias = F.bias_init_with_prob(bias_prob)
+            if not _is_finite(bias):
+                raise InitValueError(f"bias_prob={bias_prob!r} gives a bias of {bias}, which is "
+                                     "not finite. Fix: use a probability further from 0 and 1, "
+                                     "e.g. bias_prob=0.01.")
+        elif not _is_finite(bias):
+            raise InitValueError(f"bias must be a finite number, got {bias!r}. Fix: give bias a "
+                                 "finite constant, e.g. bias=0.")
+        self.bias = bias
         self.bias_prob = bias_prob
         self.layer = layers
         if param is not None and not isinstance(param, (str, list)):
@@ -179,9 +191,39 @@ class BaseInit:
     def check_fill(self, role: str, shape: tuple[int, ...], dtype: torch.dtype,
                    module: nn.Module | None) -> None:
         """Raise an :class:`InitError` if writing a tensor of this shape and dtype in ``role``
-        could fail or give non-finite values (called while planning, before any write)."""
+        could fail or give non-finite values (called while planning, before any write).
+
+        Checks the shape (:meth:`check_weight`), that a random fill has a dtype it
+        can draw in, and that every value of :meth:`fill_values` is finite and,
+        for a floating dtype, within ``torch.finfo(dtype).max``.
+        """
+        shape = tuple(shape)
         if role != "bias":
-            self.check_weight(tuple(shape))
+            self.check_weight(shape)
+        if role != "reset" and dtype is not None and not dtype.is_floating_point:
+            dist = self.elementwise(role, shape, module)
+            if dist is not None and dist.random:
+                _require_drawable(dist.kind, dtype)
+        check_representable(self.fill_values(role, shape, module), dtype)
+
+    def fill_values(self, role: str, shape: tuple[int, ...], module: nn.Module | None
+                    ) -> list[tuple[str, float]]:
+        """What a fill of this tensor writes, or is centred on or bounded by: (name, value) pairs.
+
+        The planner checks each value is finite and representable in the tensor's
+        dtype. The bias role gives the bias constant; a weight fill drawn from
+        :meth:`weight_dist` gives its constant, its mean and ``|mean| + 10·std``
+        (no draw reaches further in practice), or its bounds and their distance.
+        Rules with another fill (orthogonal with a gain, ...) override this.
+        """
+        if role == "reset":
+            return []
+        dist = self.elementwise(role, shape, module)
+        if dist is None:
+            return []
+        if role == "bias":
+            return [("bias", dist.args[0])]
+        return dist_values(dist)
 
     def check_weight(self, shape: tuple[int, ...]) -> None:
         """Raise :class:`ShapeError` if :meth:`init_weight` cannot fill this shape."""
@@ -248,3 +290,79 @@ def _number(value: object, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InitTypeError(f"{what} must be a number, got {type(value).__name__} ({value!r})")
     return value
+
+def _is_finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
+
+def _finite(value: object, what: str, fix: str | None = None) -> float:
+    """``value`` if it is a finite number; else :class:`InitTypeError` (not a number) or
+    :class:`InitValueError` (nan, ±inf, an int beyond the float range), naming ``what``."""
+    number = _number(value, what)
+    if not _is_finite(number):
+        raise InitValueError(f"{what} must be a finite number, got {value!r}. Fix: "
+                             f"{fix or f'give {what} a finite value'}.")
+    return number
+
+def dist_values(dist: F.Elementwise, label: str = "") -> list[tuple[str, float]]:
+    """The values bounding what an elementwise fill writes (see :meth:`BaseInit.fill_values`).
+
+    ``label`` is appended to every name (e.g. ``" computed from gain=2 and the fans"``).
+    """
+    args = dist.args
+    if dist.kind == "constant":
+        out = [("val", args[0])]
+    elif dist.kind == "normal":
+        mean, std = args
+        out = [("mean", mean), ("|mean| + 10*std", abs(mean) + 10 * std)]
+    elif dist.kind == "uniform":
+        a, b = args
+        out = [("a", a), ("b", b), ("b - a", b - a)]
+    else:
+        mean, std, a, b = args
+        out = [("mean", mean), ("a", a), ("b", b), ("|mean| + 10*std", abs(mean) + 10 * std)]
+    return [(name + label, value) for name, value in out]
+
+@functools.cache
+def _finfo_max(dtype: torch.dtype) -> float:
+    return torch.finfo(dtype).max
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+def check_representable(values: list[tuple[str, float]], dtype: torch.dtype | None) -> None:
+    """Raise :class:`InitValueError` unless every value is finite and, for a floating
+    ``dtype``, at most ``torch.finfo(dtype).max`` in magnitude (else it becomes inf)."""
+    if not values:
+        return
+    limit = _finfo_max(dtype) if dtype is not None and dtype.is_floating_point else None
+    for name, value in values:
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond the float range
+            number = math.inf if value > 0 else -math.inf
+        if not math.isfinite(number):
+            raise InitValueError(f"{name} = {value!r} is not a finite number, so the fill would "
+                                 "write inf or nan: use finite, moderate arguments")
+        if (dtype is not None and not dtype.is_floating_point and not dtype.is_complex
+                and dtype is not torch.bool):
+            info = torch.iinfo(dtype)
+            if not info.min <= number <= info.max:
+                raise InitValueError(
+                    f"{name} = {number:g} does not fit a {_dtype_name(dtype)} tensor (range "
+                    f"{info.min} to {info.max}): use a value within that range")
+        if limit is not None and abs(number) > limit:
+            raise InitValueError(
+                f"{name} = {number:g} is beyond the largest finite {_dtype_name(dtype)} value "
+                f"({limit:g}), so the fill would overflow to inf: use values within "
+                f"±{limit:g}, or a wider dtype (float32 or float64)")
+
+def _require_drawable(kind: str, dtype: torch.dtype | None) -> None:
+    """Random draws need a floating tensor (normal and uniform also draw complex ones)."""
+    if dtype is None or dtype.is_floating_point or (dtype.is_complex and kind != "trunc_normal"):
+        return
+    raise InitValueError(f"a random {kind.replace('_', ' ')} fill needs a floating-point "
+                         f"tensor, got {_dtype_name(dtype)}: a constant rule (Constant, Zeros, "
+                         "Ones) can fill it")

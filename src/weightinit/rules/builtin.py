@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from .. import maths as F
 from ..errors import InitValueError
-from .base import BaseInit, _number, _require_fans
+from .base import BaseInit, _finite, _is_finite, _require_fans, dist_values
 from .registry import WEIGHT_INITIALIZERS
 
 
@@ -32,7 +32,7 @@ class ConstantInit(BaseInit):
 
     def __init__(self, val: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.val = _number(val, "val")
+        self.val = _finite(val, "val", "give val a finite constant, e.g. val=1")
 
     def weight_dist(self, shape: tuple[int, ...], module: nn.Module | None) -> F.Elementwise:
         return F.Elementwise("constant", (float(self.val),))
@@ -51,11 +51,18 @@ class XavierInit(BaseInit):
 
     def __init__(self, gain: float = 1, distribution: str = "normal", **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.gain = _number(gain, "gain")
+        self.gain = _finite_gain(gain)
         self.distribution = F.check_choice(distribution, F.DISTRIBUTIONS, "distribution")
 
     def check_weight(self, shape: tuple[int, ...]) -> None:
         _require_fans(shape, "Xavier")
+
+    def fill_values(self, role: str, shape: tuple[int, ...], module: nn.Module | None
+                    ) -> list[tuple[str, float]]:
+        if role == "bias":
+            return super().fill_values(role, shape, module)
+        return dist_values(self.weight_dist(shape, module),
+                           f" (computed from gain={self.gain} and the fans)")
 
     def weight_dist(self, shape: tuple[int, ...], module: nn.Module | None) -> F.Elementwise:
         return F.variance_scaling_dist(shape, self.gain * self.gain, "fan_avg",
@@ -72,8 +79,8 @@ class NormalInit(BaseInit):
 
     def __init__(self, mean: float = 0, std: float = 1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.mean = _number(mean, "mean")
-        self.std = _number(std, "std")
+        self.mean = _finite(mean, "mean", "give mean a finite value, e.g. mean=0")
+        self.std = _finite(std, "std", "give std a finite value >= 0, e.g. std=0.02")
         if self.std < 0:
             raise InitValueError(f"std must be >= 0, got {std}")
 
@@ -102,10 +109,10 @@ class TruncNormalInit(BaseInit):
     def __init__(self, mean: float = 0, std: float = 1, a: float = -2, b: float = 2,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.mean = _number(mean, "mean")
-        self.std = _number(std, "std")
-        self.a = _number(a, "a")
-        self.b = _number(b, "b")
+        self.mean = _finite(mean, "mean", "give mean a finite value, e.g. mean=0")
+        self.std = _finite(std, "std", "give std a finite value > 0, e.g. std=0.02")
+        self.a = _finite(a, "a", "give a finite lower bound, e.g. a=-2")
+        self.b = _finite(b, "b", "give a finite upper bound, e.g. b=2")
         if not self.std > 0:
             raise InitValueError(f"std must be > 0, got {std}")
         if not self.a < self.b:
@@ -131,8 +138,14 @@ class UniformInit(BaseInit):
 
     def __init__(self, a: float = 0, b: float = 1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.a = _number(a, "a")
-        self.b = _number(b, "b")
+        self.a = _finite(a, "a", "give a finite lower bound, e.g. a=-0.1")
+        self.b = _finite(b, "b", "give a finite upper bound, e.g. b=0.1")
+        if not self.a < self.b:
+            raise InitValueError(f"Uniform needs a < b, got a={a}, b={b}. Fix: give the lower "
+                                 "bound as a and the upper bound as b, e.g. a=-0.1, b=0.1.")
+        if not math.isfinite(float(self.b) - float(self.a)):
+            raise InitValueError(f"Uniform: the width b - a of [a={a}, b={b}] is not a finite "
+                                 "number. Fix: use narrower bounds.")
 
     def weight_dist(self, shape: tuple[int, ...], module: nn.Module | None) -> F.Elementwise:
         return F.Elementwise("uniform", (self.a, self.b))
@@ -152,13 +165,26 @@ class KaimingInit(BaseInit):
     def __init__(self, a: float = 0, mode: str = "fan_out", nonlinearity: str = "relu",
                  distribution: str = "normal", **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.a = _number(a, "a")
+        self.a = _finite(a, "a", "give the negative slope a a finite value, e.g. a=0")
         self.mode = F.check_choice(mode, F.FAN_MODES, "mode")
         self.nonlinearity = F.check_choice(nonlinearity, F.NONLINEARITIES, "nonlinearity")
         self.distribution = F.check_choice(distribution, F.DISTRIBUTIONS, "distribution")
+        gain = F.calculate_gain(self.nonlinearity, self.a)
+        if not (math.isfinite(gain) and gain > 0):
+            raise InitValueError(
+                f"a={a} gives a {self.nonlinearity} gain of {gain}, so every weight would be "
+                f"{'0' if gain == 0 else 'non-finite'}. Fix: use a moderate negative slope, "
+                "e.g. a=0.01 (or a=0 with nonlinearity='relu').")
 
     def check_weight(self, shape: tuple[int, ...]) -> None:
         _require_fans(shape, type(self).__name__[:-4])
+
+    def fill_values(self, role: str, shape: tuple[int, ...], module: nn.Module | None
+                    ) -> list[tuple[str, float]]:
+        if role == "bias":
+            return super().fill_values(role, shape, module)
+        return dist_values(self.weight_dist(shape, module),
+                           f" (computed from a={self.a}, {self.nonlinearity} and the {self.mode})")
 
     def weight_dist(self, shape: tuple[int, ...], module: nn.Module | None) -> F.Elementwise:
         gain = F.calculate_gain(self.nonlinearity, self.a)
@@ -196,7 +222,7 @@ class VarianceScalingInit(BaseInit):
     def __init__(self, scale: float = 1.0, mode: str = "fan_in",
                  distribution: str = "truncated_normal", **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.scale = _number(scale, "scale")
+        self.scale = _finite(scale, "scale", "give scale a finite value > 0, e.g. scale=1.0")
         if self.scale <= 0:
             raise InitValueError(f"scale must be > 0, got {scale}")
         self.mode = F.check_choice(mode, F.VS_MODES, "mode")
@@ -207,6 +233,13 @@ class VarianceScalingInit(BaseInit):
 
     def weight_dist(self, shape: tuple[int, ...], module: nn.Module | None) -> F.Elementwise:
         return F.variance_scaling_dist(shape, self.scale, self.mode, self.distribution, module)
+
+    def fill_values(self, role: str, shape: tuple[int, ...], module: nn.Module | None
+                    ) -> list[tuple[str, float]]:
+        if role == "bias":
+            return super().fill_values(role, shape, module)
+        return dist_values(self.weight_dist(shape, module),
+                           f" (computed from scale={self.scale} and the {self.mode})")
 
     def weight_std(self, shape: tuple[int, ...]) -> float | None:
         return F.variance_scaling_std(shape, self.scale, self.mode)
@@ -253,6 +286,15 @@ class OnesInit(BaseInit):
 class TFTruncNormalInit(TruncNormalInit):
     """TensorFlow-style truncated normal: bounds ``a``, ``b`` in units of ``std`` (default ±2σ)."""
 
+    def __init__(self, mean: float = 0, std: float = 1, a: float = -2, b: float = 2,
+                 **kwargs: Any) -> None:
+        super().__init__(mean=mean, std=std, a=a, b=b, **kwargs)
+        for name, bound in (("a", self.a), ("b", self.b)):
+            if not _is_finite(self.mean + bound * self.std):
+                raise InitValueError(f"TFTruncNormal: the bound mean + {name}*std = "
+                                     f"{self.mean} + {bound}*{self.std} is not finite. Fix: use "
+                                     f"a smaller {name} or std.")
+
     def weight_dist(self, shape: tuple[int, ...], module: nn.Module | None) -> F.Elementwise:
         return F.Elementwise("trunc_normal", (self.mean, self.std, self.mean + self.a * self.std,
                                               self.mean + self.b * self.std))
@@ -260,3 +302,11 @@ class TFTruncNormalInit(TruncNormalInit):
     def weight_std(self, shape: tuple[int, ...]) -> float | None:
         """Std of N(mean, std²) truncated to mean + [a, b]·std (a, b in units of std)."""
         return _truncated_std(self.std, self.a, self.b)
+
+def _finite_gain(gain: object) -> float:
+    """A finite gain whose square (the variance factor) is finite too."""
+    value = _finite(gain, "gain", "give gain a finite value, e.g. gain=1")
+    if not math.isfinite(float(value) * float(value)):
+        raise InitValueError(f"gain={gain} is too large: gain² (the variance factor) is not "
+                             "finite. Fix: use a moderate gain, e.g. gain=1.")
+    return value

@@ -16,7 +16,7 @@ from ..errors import (
     ShapeError,
     StopForward,
 )
-from .base import BaseInit, _number, layer_matches
+from .base import BaseInit, _finite, _require_drawable, layer_matches
 from .registry import WEIGHT_INITIALIZERS
 
 
@@ -62,18 +62,27 @@ class LSUVInit(BaseInit):
             raise InitTypeError(f"data must be a tensor or a callable, got {type(data).__name__}")
         self.input_shape = tuple(input_shape) if input_shape is not None else None
         self.data = data
-        self.tol = _number(tol, "tol")
-        self.target_std = _number(target_std, "target_std")
+        self.tol = _finite(tol, "tol", "give tol a finite value > 0, e.g. tol=0.05")
+        self.target_std = _finite(target_std, "target_std",
+                                  "give target_std a finite value > 0, e.g. target_std=1.0")
         if self.tol <= 0 or self.target_std <= 0:
             raise InitValueError(f"tol and target_std must be > 0, got {tol}, {target_std}")
         if isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1:
             raise InitTypeError(f"max_iters must be an int >= 1, got {max_iters!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise InitTypeError(f"seed must be an int, got {type(seed).__name__} ({seed!r})")
         self.max_iters = max_iters
         self.seed = seed
 
     def check_weight(self, shape: tuple[int, ...]) -> None:
         if len(shape) < 2:
             raise ShapeError(f"LSUV needs weights with at least 2 dimensions, got {tuple(shape)}")
+
+    def check_fill(self, role: str, shape: tuple[int, ...], dtype: torch.dtype,
+                   module: nn.Module | None) -> None:
+        super().check_fill(role, shape, dtype, module)
+        if role != "bias":
+            _require_drawable("orthogonal", dtype)
 
     def init_weight(self, tensor: Tensor) -> None:
         with torch.no_grad():
@@ -98,7 +107,17 @@ class _LSUVStage:
     def _batch(self, module: nn.Module) -> Tensor:
         rule = self.rule
         if rule.data is not None:
-            return rule.data() if callable(rule.data) else rule.data
+            if not callable(rule.data):
+                return rule.data
+            try:
+                batch = rule.data()
+            except Exception as err:
+                raise LSUVError(f"LSUV: data() raised {type(err).__name__}: {err}. Fix: make "
+                                "data a tensor, or a callable returning one.") from err
+            if not isinstance(batch, Tensor):
+                raise LSUVError(f"LSUV: data() returned a {type(batch).__name__}, not a tensor. "
+                                "Fix: make data return the input batch as a torch.Tensor.")
+            return batch
         ref = next((p for p in module.parameters()), None)
         device = ref.device if ref is not None else torch.device("cpu")
         dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
@@ -116,12 +135,13 @@ class _LSUVStage:
                                          else None) for m in layers.values()]
         try:
             with torch.no_grad():
-                module(batch)
+                self._forward(module, batch)
                 for h in hooks:
                     h.remove()
                 hooks = []
                 for layer in order:
-                    self._normalize(module, layer, names[id(layer)], batch)
+                    if isinstance(getattr(layer, "weight", None), Tensor):  # else: nothing to scale
+                        self._normalize(module, layer, names[id(layer)], batch)
         finally:
             for h in hooks:
                 h.remove()
@@ -130,9 +150,25 @@ class _LSUVStage:
                     if n in saved:
                         b.copy_(saved[n])
 
+    def _forward(self, module: nn.Module, batch: Tensor) -> None:
+        """One forward pass on the batch; a failure of the model's code becomes an LSUVError."""
+        try:
+            module(batch)
+        except StopForward:
+            raise
+        except Exception as err:
+            rule = self.rule
+            given = (f"input_shape={rule.input_shape}" if rule.input_shape is not None
+                     else "data")
+            raise LSUVError(
+                f"LSUV: the forward pass of {type(module).__name__} on the batch "
+                f"(shape {tuple(batch.shape)}, {str(batch.dtype).replace('torch.', '')}, from "
+                f"{given}) raised {type(err).__name__}: {err}. Fix: give input_shape/data "
+                "that the model's forward accepts (shape, dtype and device).") from err
+
     def _normalize(self, module: nn.Module, layer: nn.Module, name: str, batch: Tensor) -> None:
         rule = self.rule
-        seen: dict[str, Tensor] = {}
+        seen: dict[str, Any] = {}
 
         def grab(m: nn.Module, inputs: Any, output: Any) -> None:
             seen["out"] = output[0] if isinstance(output, tuple) else output
@@ -142,16 +178,25 @@ class _LSUVStage:
         try:
             std = float("nan")
             for _ in range(rule.max_iters):
+                seen.clear()
                 try:
-                    module(batch)
+                    self._forward(module, batch)
                 except StopForward:
                     pass
-                std = seen["out"].float().std().item()
+                out = seen.get("out")
+                if not isinstance(out, Tensor):
+                    what = ("did not run in this forward pass" if "out" not in seen
+                            else f"returned a {type(out).__name__}, not a tensor")
+                    raise LSUVError(
+                        f"LSUV: {name} ({type(layer).__name__}) {what}, so its output std "
+                        "cannot be measured. Fix: exclude it from 'layer'.")
+                std = out.float().std().item()
                 if not math.isfinite(std) or std == 0:
                     raise LSUVError(
                         f"LSUV: the output of {name} ({type(layer).__name__}) has std {std} on "
                         "the batch, so it cannot be scaled to unit variance. Fix: check the "
-                        "layers before it (dead activations?) or exclude it from 'layer'.")
+                        "batch (constant or all-zero data?) and the layers before it (dead "
+                        "activations?), or exclude it from 'layer'.")
                 if abs(std - rule.target_std) <= rule.tol * rule.target_std:
                     return
                 layer.weight.mul_(rule.target_std / std)

@@ -17,6 +17,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import torch.nn as nn
+
 from ..errors import (
     ConfigStructureError,
     InitError,
@@ -132,7 +134,9 @@ def _build_initializer(cfg: dict, where: str) -> Any:
     if "type" not in args:
         raise InitKeyError(f"{where}: no 'type' key in {cfg}. Fix: add type=<initializer name>, "
                            f"one of {', '.join(sorted(WEIGHT_INITIALIZERS.module_dict))}.")
-    cls = WEIGHT_INITIALIZERS.resolve(args.pop("type"), where=f"{where}: ")
+    given = args.pop("type")
+    cls = WEIGHT_INITIALIZERS.resolve(given, where=f"{where}: ")
+    _check_initializer_type(cls, given, where)
     accepted = _accepted_args(cls) if inspect.isclass(cls) else None
     if accepted is not None:
         for key in args:
@@ -143,12 +147,73 @@ def _build_initializer(cfg: dict, where: str) -> Any:
                     f"{where}: {getattr(cls, '__name__', cls)} got an unexpected argument "
                     f"{key!r}.{hint} Accepted: {', '.join(sorted(accepted))}.")
     try:
-        return cls(**args)
+        init = cls(**args)
     except InitError as err:
         raise type(err)(f"{where}: {err}") from err
     except (TypeError, ValueError, KeyError) as err:
         raise InitTypeError(f"{where}: cannot build {getattr(cls, '__name__', cls)} from "
                             f"{cfg}: {err}") from err
+    if isinstance(init, nn.Module) or not callable(init):
+        what = "an nn.Module" if isinstance(init, nn.Module) else "not callable"
+        raise InitTypeError(
+            f"{where}: type={_type_text(given)} built a {type(init).__name__}, which is {what}: "
+            f"not a weight initializer. {_TYPE_FIX}")
+    return init
+
+
+_TYPE_FIX = ("Fix: use a registered rule name (e.g. 'Kaiming', 'Normal', 'Constant'), or "
+             "register your own with @WEIGHT_INITIALIZERS.register_module(): a class deriving "
+             "from BaseInit that implements init_weight (or weight_dist).")
+
+
+def _type_text(given: Any) -> str:
+    return repr(given) if isinstance(given, str) else getattr(given, "__qualname__", repr(given))
+
+
+def _defines_call(cls: type) -> bool:
+    """True if instances of ``cls`` are callable (a ``__call__`` somewhere in its MRO)."""
+    return any("__call__" in vars(klass) for klass in cls.__mro__ if klass is not object)
+
+
+def _is_registered(obj: Any) -> bool:
+    return any(v is obj for v in WEIGHT_INITIALIZERS.module_dict.values())
+
+
+def _check_initializer_type(cls: Any, given: Any, where: str) -> None:
+    """Raise :class:`InitTypeError` unless ``cls`` builds a weight initializer.
+
+    Accepted: a :class:`BaseInit` subclass (not ``BaseInit`` itself) that implements a
+    fill (``init_weight``/``weight_dist``) or its own ``__call__``; :class:`PretrainedInit`;
+    any other class or function registered in :data:`WEIGHT_INITIALIZERS` whose instances
+    are callable. Never an ``nn.Module`` subclass.
+    """
+    def reject(why: str) -> None:
+        raise InitTypeError(f"{where}: type={_type_text(given)} is not a weight initializer: "
+                            f"{why}. {_TYPE_FIX}")
+
+    if inspect.isclass(cls):
+        if issubclass(cls, nn.Module):
+            reject(f"{cls.__name__} is an nn.Module (a layer to initialize, not a rule)")
+        if issubclass(cls, PretrainedInit):
+            return
+        if issubclass(cls, BaseInit):
+            if cls is BaseInit:
+                reject("BaseInit is the abstract base class of the rules")
+            fills = (cls.init_weight is not BaseInit.init_weight
+                     or cls.weight_dist is not BaseInit.weight_dist)
+            if not fills and cls.__call__ is BaseInit.__call__:
+                reject(f"{cls.__name__} derives from BaseInit but implements neither "
+                       "init_weight nor weight_dist (nor its own __call__)")
+            return
+        if not _is_registered(cls):
+            reject(f"{cls.__name__} neither derives from BaseInit nor is registered in "
+                   "WEIGHT_INITIALIZERS")
+        if not _defines_call(cls):
+            reject(f"instances of {cls.__name__} are not callable (no __call__(module))")
+        return
+    if not _is_registered(cls):
+        reject(f"{getattr(cls, '__qualname__', cls)!s} is a function that is not registered in "
+               "WEIGHT_INITIALIZERS")
 
 
 def cfg_seed_key(init: Any, cfg: dict) -> str:
@@ -227,7 +292,7 @@ def parse_init_cfg(init_cfg: Any, owner: str = "", owner_class: str = "",
             base = {k: v for k, v in args.items() if k != "layer"}
             overrides = _parse_overrides(override, base, where, cache)
         elif (isinstance(init, BaseInit) and not init.layer and not init.param
-              and init.plannable and not getattr(init, "targets_itself", False)):
+              and init.plannable and not init.targets_itself):
             logger.warning("%s: %s has neither 'layer' nor 'override', so it initializes "
                            "nothing. Fix: add layer=<class name>, param=<name pattern> or "
                            "override=dict(name=...).", where, type(init).__name__)

@@ -13,6 +13,33 @@ from .base import apply_rule
 from .registry import WEIGHT_INITIALIZERS
 
 
+def _device_type(value: Any) -> str | None:
+    """The device type ``value`` names (``'cuda'`` for ``'cuda:1'``), or None if not a device."""
+    if isinstance(value, torch.device):
+        return value.type
+    if isinstance(value, str):
+        try:
+            return torch.device(value).type
+        except (RuntimeError, ValueError):
+            return None
+    return None
+
+
+def _check_map_location(map_location: Any) -> None:
+    """Refuse a ``map_location`` that is not a device, or that reads tensors to ``meta``."""
+    if isinstance(map_location, str) and _device_type(map_location) is None:
+        raise InitValueError(f"map_location={map_location!r} is not a device. Fix: use 'cpu' "
+                             "(the default) or a device such as 'cuda' or 'cuda:1'.")
+    targets = list(map_location.values()) if isinstance(map_location, dict) else [map_location]
+    if any(_device_type(t) == "meta" for t in targets):
+        raise InitValueError(
+            f"map_location={map_location!r} would read the checkpoint onto the meta device, "
+            "where tensors hold no values: the load would write nothing while the init record "
+            "says the tensors were loaded. Fix: use map_location='cpu' (the default) or a real "
+            "device such as 'cuda'; to build the model without memory, use "
+            "weightinit.deferred() and pass device= to initialize()/load_checkpoint().")
+
+
 @WEIGHT_INITIALIZERS.register_module(name="Pretrained")
 class PretrainedInit:
     """Load a module's weights from a checkpoint; applied after the module's children.
@@ -22,7 +49,8 @@ class PretrainedInit:
             ``torchvision://NAME``, or any scheme registered with
             :func:`weightinit.register_scheme`.
         prefix: load only the keys under this prefix (``'backbone.'``), stripped.
-        map_location: where tensors are read to (default ``'cpu'``).
+        map_location: where tensors are read to (default ``'cpu'``); ``'meta'`` is
+            refused (a meta tensor has no values to load).
         allow_pickle: read a ``.pth`` that needs arbitrary code to unpickle.
             Off by default: such a file could run anything while loading.
         revise_keys: ``(regex, replacement)`` pairs applied to every key
@@ -52,6 +80,7 @@ class PretrainedInit:
             raise InitValueError(f"mismatch must be 'skip' or 'error', got {mismatch!r}")
         if sha256 is not None and not (isinstance(sha256, str) and len(sha256) == 64):
             raise InitTypeError(f"sha256 must be a 64-character hex string, got {sha256!r}")
+        _check_map_location(map_location)
         self.checkpoint = str(checkpoint)
         self.prefix = prefix
         self.map_location = map_location

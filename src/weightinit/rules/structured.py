@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .. import maths as F
 from ..errors import InitTypeError, InitValueError, ShapeError
-from .base import BaseInit, _number
+from .base import BaseInit, _finite, _require_drawable
 from .registry import WEIGHT_INITIALIZERS
 
 
@@ -30,11 +30,23 @@ class OrthogonalInit(BaseInit):
 
     def __init__(self, gain: float = 1.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.gain = _number(gain, "gain")
+        self.gain = _finite(gain, "gain", "give gain a finite value, e.g. gain=1.0")
 
     def check_weight(self, shape: tuple[int, ...]) -> None:
         if len(shape) < 2:
             raise ShapeError(f"Orthogonal needs at least 2 dimensions, got shape {tuple(shape)}")
+
+    def check_fill(self, role: str, shape: tuple[int, ...], dtype: torch.dtype,
+                   module: nn.Module | None) -> None:
+        super().check_fill(role, shape, dtype, module)
+        if role != "bias":
+            _require_drawable("orthogonal", dtype)
+
+    def fill_values(self, role: str, shape: tuple[int, ...], module: nn.Module | None
+                    ) -> list[tuple[str, float]]:
+        if role == "bias":
+            return super().fill_values(role, shape, module)
+        return [("gain", abs(self.gain))]  # every entry of gain·Q is within ±gain
 
     def init_weight(self, tensor: Tensor) -> None:
         with torch.no_grad():
@@ -71,14 +83,31 @@ class DiracInit(BaseInit):
             raise ShapeError(f"Dirac needs a conv weight with 3 to 5 dimensions, got shape "
                              f"{tuple(shape)}")
 
+    def check_fill(self, role: str, shape: tuple[int, ...], dtype: torch.dtype,
+                   module: nn.Module | None) -> None:
+        super().check_fill(role, shape, dtype, module)
+        if role != "bias":
+            self._groups(tuple(shape), module)
+
+    def _groups(self, shape: tuple[int, ...], module: nn.Module | None) -> int:
+        """``groups`` (default: the module's own), checked to divide the output channels."""
+        groups = self.groups or getattr(module, "groups", 1) or 1
+        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+            raise ShapeError(f"Dirac: the module's groups={groups!r} is not a positive int; "
+                             "pass groups=<int> to the rule")
+        if shape[0] % groups:
+            source = "groups" if self.groups else f"the conv's groups ({groups})"
+            raise ShapeError(f"Dirac: {shape[0]} output channels are not divisible by "
+                             f"groups={groups}; set {source} to a divisor of {shape[0]}"
+                             + (" or leave groups unset to use the conv's own" if self.groups
+                                else ""))
+        return groups
+
     def init_weight(self, tensor: Tensor) -> None:
         self.fill_weight(tensor, None)
 
     def fill_weight(self, tensor: Tensor, module: nn.Module | None) -> None:
-        groups = self.groups or getattr(module, "groups", 1) or 1
-        if tensor.shape[0] % groups:
-            raise ShapeError(f"Dirac: {tensor.shape[0]} output channels are not divisible by "
-                             f"groups={groups}")
+        groups = self._groups(tuple(tensor.shape), module)
         with torch.no_grad():
             nn.init.dirac_(tensor, groups)
 
