@@ -10,32 +10,53 @@ Key handling: weights nested under ``state_dict`` (MMEngine), ``model`` or
 ``module`` are unwrapped; ``revise_keys`` regex substitutions are applied
 (default: strip DDP's ``module.``); with ``prefix`` only the keys under it
 are kept, with the prefix removed.
+
+Every entry that will be loaded is checked while planning, before any write
+(:meth:`CheckpointState.check_entry`): it must be a dense tensor with values
+(not sparse, quantized or on ``meta``), of a dtype torch can read and copy
+(a ``.safetensors`` dtype is read from the header), and not complex when the
+model tensor is real. Memory-mapped files are watched: if one is truncated
+or rewritten in place after it was opened, the read raises
+:class:`CheckpointError` instead of crashing the process with ``SIGBUS``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 import pickle
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import safetensors
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from ..errors import (
     CheckpointError,
-    CheckpointHashError,
     CheckpointKeyError,
-    CheckpointNotFoundError,
     InitTypeError,
     UnsafeCheckpointError,
 )
-from .sources import resolve
+from .sources import FileGuard, local_file
 
 DEFAULT_REVISE_KEYS: tuple[tuple[str, str], ...] = ((r"^module\.", ""),)
 _NESTED = ("state_dict", "model", "module")
+
+#: safetensors header dtype -> name of the torch dtype ``safe_open(framework="pt")`` reads
+#: it as (``None``: no torch dtype). A name the installed torch lacks is not loadable.
+_SAFETENSORS_DTYPES: dict[str, str | None] = {
+    "BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "int16", "U16": "uint16",
+    "I32": "int32", "U32": "uint32", "I64": "int64", "U64": "uint64",
+    "F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64",
+    "C64": "complex64",
+    "F8_E5M2": "float8_e5m2", "F8_E4M3": "float8_e4m3fn", "F8_E5M2FNUZ": "float8_e5m2fnuz",
+    "F8_E4M3FNUZ": "float8_e4m3fnuz", "F8_E8M0": "float8_e8m0fnu",
+    "F4": "float4_e2m1fn_x2", "F6_E2M3": None, "F6_E3M2": None,
+}
+#: torch dtypes whose values can not be copied into another dtype (packed sub-byte
+#: formats, raw bit containers): a checkpoint entry of one of these is refused.
+_UNCOPYABLE = {"float4_e2m1fn_x2", "bits1x8", "bits2x4", "bits4x2", "bits8", "bits16"}
 
 
 class CheckpointState:
@@ -46,6 +67,7 @@ class CheckpointState:
         self._dense: dict[str, Any] = {}
         self._lazy: dict[str, tuple[Any, str]] = {}
         self._read: dict[str, Tensor] = {}  # lazy entries already read (memory-mapped)
+        self._guard: FileGuard | None = None  # the memory-mapped file, if any
 
     @classmethod
     def from_dict(cls, source: str, state: dict[str, Any]) -> CheckpointState:
@@ -55,9 +77,8 @@ class CheckpointState:
 
     @classmethod
     def from_safetensors(cls, source: str, path: str, device: str) -> CheckpointState:
-        from safetensors import safe_open
-
         out = cls(source)
+        out._guard = FileGuard(source, path)
         handle = safe_open(path, framework="pt", device=device)
         out._lazy = {k: (handle, k) for k in handle.keys()}
         return out
@@ -80,34 +101,88 @@ class CheckpointState:
             return tuple(handle.get_slice(name).get_shape())
         return tuple(self._dense[key].shape)
 
+    def dtype(self, key: str, where: str = "") -> torch.dtype:
+        """Entry ``key``'s torch dtype (for ``.safetensors``, from the header: nothing is read).
+
+        Raises :class:`CheckpointError` when the file declares a dtype torch can not load.
+        """
+        if key not in self._lazy:
+            return self._dense[key].dtype
+        handle, name = self._lazy[key]
+        declared = handle.get_slice(name).get_dtype()
+        torch_name = _SAFETENSORS_DTYPES.get(declared)
+        dtype = getattr(torch, torch_name, None) if torch_name else None
+        if not isinstance(dtype, torch.dtype):
+            lacks = (f"torch {torch.__version__} has no such dtype" if torch_name
+                     else "torch has no dtype for it" if declared in _SAFETENSORS_DTYPES
+                     else "weightinit does not know this safetensors dtype")
+            raise CheckpointError(
+                f"{_prefixed(where)}{self.source}: entry {key!r} has dtype {declared!r} in the "
+                f"safetensors header, which can not be loaded into PyTorch ({lacks}). Fix: "
+                "save this tensor in a dtype PyTorch reads (e.g. F32, F16, BF16), or leave "
+                "this key out with prefix=/revise_keys=.")
+        return dtype
+
     def check_entry(self, key: str, dtype: torch.dtype, where: str = "") -> None:
         """Raise :class:`CheckpointError` unless entry ``key`` can be copied into a dense
         tensor of ``dtype`` (checked while planning; a lazy entry is not read)."""
         pre = _prefixed(where)
-        if key in self._lazy:
-            return
-        t = self._dense[key]
-        problem = None
-        if t.layout != torch.strided:
-            problem = f"is a {str(t.layout).replace('torch.', '')} tensor"
-        elif t.is_quantized:
-            problem = f"is a quantized tensor ({t.dtype})"
-        elif t.is_meta:
-            problem = "is on the meta device (it holds no values)"
+        problem = fix = None
+        if key in self._dense:
+            t = self._dense[key]
+            if t.layout != torch.strided:
+                problem = f"is a {str(t.layout).replace('torch.', '')} tensor"
+                fix = "save t.to_dense() instead"
+            elif t.is_quantized:
+                problem = f"is a quantized tensor ({t.dtype})"
+                fix = "save t.dequantize() instead"
+            elif t.is_meta:
+                problem = ("is on the meta device (it holds no values: it was saved from a meta "
+                           "tensor, or map_location sent it there)")
+                fix = ("save the tensor from a model that has values, and read it with "
+                       "map_location='cpu' or a real device")
+        if problem is None:
+            src = self.dtype(key, where)
+            short = str(src).replace("torch.", "")
+            if short in _UNCOPYABLE:
+                problem = (f"has dtype {short}, whose values PyTorch can not copy into another "
+                           "dtype")
+                fix = "save it unpacked in a dtype such as float32, float16 or bfloat16"
+            elif src.is_complex and not dtype.is_complex:
+                problem = (f"is complex ({short}) but the model tensor is real "
+                           f"({str(dtype).replace('torch.', '')}): copying it would drop the "
+                           "imaginary part")
+                fix = ("save the real part (t.real) or the magnitude (t.abs()) if that is what "
+                       "the model expects, or give the model a complex tensor")
         if problem is not None:
             raise CheckpointError(
-                f"{pre}{self.source}: entry {key!r} {problem}; only dense tensors with values "
-                "can be loaded. Fix: save a dense, real-valued state_dict (e.g. "
-                "t.to_dense(), t.dequantize()), or leave this key out with prefix=/revise_keys=.")
+                f"{pre}{self.source}: entry {key!r} {problem}; it can not be loaded into the "
+                f"model. Fix: {fix}, or leave this key out with prefix=/revise_keys=.")
 
     def get(self, key: str) -> Tensor:
+        """Entry ``key`` (a ``.safetensors`` entry is read now, once).
+
+        Raises :class:`CheckpointError` when the file can no longer be read.
+        """
         if key in self._lazy:
             out = self._read.get(key)
             if out is None:
                 handle, name = self._lazy[key]
-                out = self._read[key] = handle.get_tensor(name)
+                out = self._read[key] = self._read_lazy(key, lambda: handle.get_tensor(name))
             return out
+        if self._guard is not None:
+            self._guard.check(key)
         return self._dense[key]
+
+    def _read_lazy(self, key: str, read: Any) -> Tensor:
+        if self._guard is not None:
+            self._guard.check(key)
+        try:
+            return read()
+        except (SafetensorError, OSError, RuntimeError, ValueError) as err:
+            raise CheckpointError(f"{self.source}: can not read entry {key!r}: {err}. Fix: check "
+                                  "that the file is complete and was not modified while "
+                                  "loading.") from err
 
     def get_slice(self, key: str, index: tuple[slice, ...]) -> Tensor:
         """``get(key)[index]``, reading only that part of a ``.safetensors`` file.
@@ -118,12 +193,13 @@ class CheckpointState:
         """
         if key in self._lazy and key not in self._read:
             handle, name = self._lazy[key]
-            return handle.get_slice(name)[index]
+            return self._read_lazy(key, lambda: handle.get_slice(name)[index])
         return self.get(key)[index]
 
     def renamed(self, mapping: dict[str, str]) -> CheckpointState:
         """A view with keys renamed ``new <- old`` (old keys not in ``mapping`` dropped)."""
         out = CheckpointState(self.source)
+        out._guard = self._guard
         for new, old in mapping.items():
             if old in self._lazy:
                 out._lazy[new] = self._lazy[old]
@@ -165,42 +241,40 @@ def read_checkpoint(source: str, map_location: Any = "cpu", *, allow_pickle: boo
     Returns a :class:`CheckpointState` for safetensors files, else the
     object stored in the PyTorch file.
     """
-    pre = _prefixed(where)
-    path = resolve(source, sha256)
-    if not os.path.isfile(path):
-        raise CheckpointNotFoundError(2, f"{pre}{source} can not be found. Fix: check the "
-                                         "checkpoint path (relative paths start at the "
-                                         f"working directory {os.getcwd()!r})")
-    if sha256 is not None and "://" not in source:
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        if digest.hexdigest() != sha256.lower():
-            raise CheckpointHashError(f"{pre}{source}: sha256 is {digest.hexdigest()}, expected "
-                                      f"{sha256}. Fix: check the file and the expected hash.")
-    if path.endswith(".safetensors"):
-        from safetensors import SafetensorError
+    return _open(source, map_location, allow_pickle, sha256, where)[0]
 
-        device = "cpu" if map_location is None else str(map_location)
-        try:
-            return CheckpointState.from_safetensors(source, path, device)
-        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-            raise CheckpointError(f"{pre}{source} is not a readable safetensors file "
-                                  f"(truncated or corrupt?): {err}") from err
+
+def _open(source: str, map_location: Any, allow_pickle: bool, sha256: str | None,
+          where: str) -> tuple[CheckpointState | Any, FileGuard | None]:
+    """:func:`read_checkpoint`, and the guard of the file when its tensors are memory-mapped."""
+    pre = _prefixed(where)
+    path = local_file(source, sha256, pre)
+    if path.endswith(".safetensors"):
+        return _open_safetensors(source, path, map_location, pre), None
+    guard = FileGuard(source, path)  # before the read: a change after it is then seen
     try:
         try:
             return torch.load(path, map_location=map_location, weights_only=not allow_pickle,
-                              mmap=True)
+                              mmap=True), guard
         except RuntimeError as err:
             if "mmap" not in str(err):  # legacy (non-zip) files cannot be memory-mapped
                 raise
-            return torch.load(path, map_location=map_location, weights_only=not allow_pickle)
+            return torch.load(path, map_location=map_location,
+                              weights_only=not allow_pickle), None
     except pickle.UnpicklingError as err:
         wants = re.findall(r"GLOBAL ([\w.]+)", str(err))
         if allow_pickle or not wants:
             raise CheckpointError(f"{pre}{source} is not a readable PyTorch checkpoint "
                                   f"(truncated, corrupt or another format?): {err}") from err
+        if all(_is_tensor_format(name) for name in wants):
+            raise CheckpointError(
+                f"{pre}{source} holds tensors that torch {torch.__version__}'s safe loader "
+                "(weights_only=True) can not rebuild: it needs "
+                f"{', '.join(sorted(set(wants)))}, which are PyTorch's own tensor formats "
+                "(e.g. quantized or sparse tensors, or a newer dtype), not third-party code. "
+                "Fix: save dense tensors of a common dtype (t.to_dense(), t.dequantize(), "
+                "t.float()), or upgrade PyTorch, or if you trust the file, pass "
+                "allow_pickle=True.") from err
         raise UnsafeCheckpointError(
             f"{pre}{source} is a pickle that needs arbitrary code to load; it wants to import "
             f"{', '.join(sorted(set(wants)))}; refused because loading it could run that code. "
@@ -210,6 +284,43 @@ def read_checkpoint(source: str, map_location: Any = "cpu", *, allow_pickle: boo
     except Exception as err:  # torch.load raises many kinds on a corrupt or foreign file
         raise CheckpointError(f"{pre}{source} is not a readable PyTorch checkpoint "
                               f"(truncated, corrupt or another format?): {err}") from err
+
+
+def _is_tensor_format(name: str) -> bool:
+    """Whether the pickle global ``name`` is one of torch's own tensor formats (a
+    ``_rebuild_*`` function, a dtype, layout or quantization scheme), not foreign code."""
+    if re.fullmatch(r"torch\.(_utils|_tensor)\._rebuild_\w+", name):
+        return True
+    head, _, attr = name.partition(".")
+    value = getattr(torch, attr, None) if head == "torch" and "." not in attr else None
+    return isinstance(value, (torch.dtype, torch.layout, torch.qscheme))
+
+
+def _open_safetensors(source: str, path: str, map_location: Any, pre: str) -> CheckpointState:
+    if isinstance(map_location, dict) or callable(map_location):
+        raise CheckpointError(
+            f"{pre}{source}: map_location={map_location!r} (a {type(map_location).__name__}) "
+            "only works for PyTorch (.pth) files. Fix: give a device for .safetensors, e.g. "
+            "map_location='cpu' or 'cuda:0'.")
+    device = "cpu" if map_location is None else str(map_location)
+    try:
+        return CheckpointState.from_safetensors(source, path, device)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        text = str(err)
+        dtype = re.search(r"unknown variant `([^`]*)`", text)
+        if dtype is not None:
+            raise CheckpointError(
+                f"{pre}{source}: its safetensors header declares the tensor dtype "
+                f"{dtype.group(1)!r}, which safetensors {safetensors.__version__} does not "
+                "know, so the file can not be opened. Fix: save the tensors in a dtype PyTorch reads (e.g. F32, "
+                "F16, BF16), or upgrade safetensors if the dtype is newer than it.") from err
+        if re.search(r"device .* is invalid", text):
+            raise CheckpointError(
+                f"{pre}{source}: map_location={map_location!r} is not a device safetensors can "
+                f"read to ({text}). Fix: use 'cpu' or an available accelerator such as "
+                "'cuda:0'.") from err
+        raise CheckpointError(f"{pre}{source} is not a readable safetensors file "
+                              f"(truncated or corrupt?): {err}") from err
 
 
 def _unwrap(ckpt: Any, source: str, where: str) -> CheckpointState:
@@ -231,10 +342,12 @@ def _unwrap(ckpt: Any, source: str, where: str) -> CheckpointState:
 
 def load_pretrained_state(init: Any, where: str = "") -> CheckpointState:
     """The ``key -> tensor`` view a ``Pretrained`` rule loads, after key selection and renaming."""
-    ckpt = read_checkpoint(init.checkpoint, init.map_location,
-                           allow_pickle=getattr(init, "allow_pickle", False),
-                           sha256=getattr(init, "sha256", None), where=where)
+    ckpt, guard = _open(init.checkpoint, init.map_location,
+                        getattr(init, "allow_pickle", False), getattr(init, "sha256", None),
+                        where)
     state = _unwrap(ckpt, init.checkpoint, where)
+    if guard is not None:
+        state._guard = guard
     revise = getattr(init, "revise_keys", None)
     revise = DEFAULT_REVISE_KEYS if revise is None else revise
     mapping: dict[str, str] = {}

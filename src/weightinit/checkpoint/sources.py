@@ -11,6 +11,9 @@ Built in:
 * ``torchvision://NAME`` — the torchvision model-zoo files, from a table
   shipped with weightinit (torchvision itself is not needed).
 
+:func:`local_file` resolves a reference and checks the file (exists, ``sha256``);
+:class:`FileGuard` notices a memory-mapped file being changed while it is read.
+
 Add your own with a decorator::
 
     >>> @register_scheme("s3")
@@ -21,6 +24,7 @@ Add your own with a decorator::
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import http.client
 import json
@@ -36,6 +40,7 @@ from pathlib import Path
 
 from ..errors import (
     CheckpointDownloadError,
+    CheckpointError,
     CheckpointHashError,
     CheckpointNotFoundError,
     InitKeyError,
@@ -167,8 +172,6 @@ def _fetch_torchvision(ref: str, sha256: str | None) -> str:
     name = ref[len("torchvision://"):]
     urls = torchvision_urls()
     if name not in urls:
-        import difflib
-
         close = difflib.get_close_matches(name, list(urls), n=3)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
         raise CheckpointNotFoundError(2, f"{ref}: {name!r} is not a torchvision model-zoo "
@@ -193,3 +196,50 @@ def resolve(source: str, sha256: str | None = None) -> str:
                                          "register one with @weightinit.register_scheme"
                                          f"({scheme!r}).")
     return fetch(source, sha256)
+
+
+def local_file(source: str, sha256: str | None = None, pre: str = "") -> str:
+    """:func:`resolve` ``source`` to an existing local file; with ``sha256``, a local
+    file's hash is checked (a download is checked as it arrives)."""
+    path = resolve(source, sha256)
+    if not os.path.isfile(path):
+        raise CheckpointNotFoundError(2, f"{pre}{source} can not be found. Fix: check the "
+                                         "checkpoint path (relative paths start at the "
+                                         f"working directory {os.getcwd()!r})")
+    if sha256 is not None and "://" not in source:
+        digest = _sha256_of(Path(path))
+        if digest != sha256.lower():
+            raise CheckpointHashError(f"{pre}{source}: sha256 is {digest}, expected "
+                                      f"{sha256}. Fix: check the file and the expected hash.")
+    return path
+
+
+class FileGuard:
+    """Identity of a memory-mapped checkpoint file when it was opened.
+
+    Reading a mapped page of a file that was truncated since kills the process
+    with ``SIGBUS``; :meth:`check` turns that (and a rewrite in place) into a
+    :class:`CheckpointError` before the read. A file *replaced* (renamed over)
+    is fine: the mapping still holds the file that was opened and checked.
+    """
+
+    def __init__(self, source: str, path: str) -> None:
+        self.source = source
+        self.path = path
+        self.stat = os.stat(path)
+
+    def check(self, key: str) -> None:
+        try:
+            now = os.stat(self.path)
+        except OSError:
+            return  # removed: the mapping keeps the opened file alive
+        was = self.stat
+        if (now.st_dev, now.st_ino) != (was.st_dev, was.st_ino):
+            return
+        if (now.st_size, now.st_mtime_ns) != (was.st_size, was.st_mtime_ns):
+            change = ("truncated" if now.st_size < was.st_size else "rewritten in place")
+            raise CheckpointError(
+                f"{self.source}: can not read entry {key!r}: the file was {change} after it was "
+                f"opened and checked (size {was.st_size} -> {now.st_size} bytes). Fix: do not "
+                "modify a checkpoint while it is loaded (write a new file and rename it into "
+                "place), then load again.")
