@@ -53,6 +53,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from rich.table import Table
 from torch import Tensor
 
 from .errors import (
@@ -108,10 +109,8 @@ class HealthResult:
                 "act_gain": _num(self.act_gain), "grad_gain": _num(self.grad_gain),
                 "limit": self.limit, "layers": [s.to_dict() for s in self.layers]}
 
-    def rich_table(self) -> Any:
+    def rich_table(self) -> Table:
         """A ``rich.table.Table`` of the per-layer statistics."""
-        from rich.table import Table
-
         table = Table(title=f"{self.label}: signal per layer (forward order)",
                       title_justify="left", header_style="bold")
         table.add_column("#", justify="right")
@@ -323,7 +322,7 @@ def plot_health(results: Sequence[HealthResult], path: str, title: str | None = 
     Two panels (activations, gradients), log scale, one line per result;
     flagged results are dashed and marked in the legend.
     """
-    try:
+    try:  # optional (weightinit[plot]) and slow to import: only when plotting
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
         from matplotlib.ticker import MaxNLocator

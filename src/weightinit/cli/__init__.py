@@ -1,0 +1,161 @@
+"""The ``weightinit`` command: plan, initialize and health-check models from config files.
+
+    weightinit plan  CONFIG                   dry run on the meta device: who owns each parameter
+    weightinit init  CONFIG --out FILE        build, initialize, save, report
+    weightinit check CONFIG [CONFIG ...]      forward/backward on random input: signal per layer
+
+Exit status: 0 on success; 1 when ``check`` flags a problem; 2 for a bad
+argument, a bad config or a file that cannot be read or written — with one
+line on stderr, never a traceback (``--debug`` shows it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import NoReturn, TextIO
+
+from ..errors import InitError, UsageError
+from ..version import __version__
+from .commands import CHECKPOINT_SUFFIXES, REPORT_SUFFIXES, cmd_check, cmd_init, cmd_plan
+from .output import PIPE_WIDTH, Output, one_line
+from .writing import save_checkpoint
+
+PROG = "weightinit"
+
+logger = logging.getLogger("weightinit")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+class _Formatter(logging.Formatter):
+    """``weightinit: warning: message`` — the same shape as the error lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{PROG}: {record.levelname.lower()}: {record.getMessage()}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                        dest="overrides",
+                        help="override a config value, e.g. --set model.size=tiny (value: a "
+                             "Python literal, else a string); repeatable")
+    common.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log more (-v: info, -vv: one line per parameter)")
+    common.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error instead of one line")
+    run = argparse.ArgumentParser(add_help=False)
+    run.add_argument("--device", help="where to materialize the model (default: the config's "
+                                      "'device', else cpu)")
+    run.add_argument("--dtype", help="floating dtype of the parameters, e.g. bfloat16 (default: "
+                                     "the config's 'dtype', else as declared)")
+    run.add_argument("--seed", type=int, help="random seed (default: the config's 'seed', else 0)")
+    run.add_argument("--eager", action="store_true",
+                     help="build the model with real tensors instead of deferred on meta (for "
+                          "models whose constructor computes with its weights)")
+
+    parser = _Parser(
+        prog=PROG,
+        description="Plan, initialize and health-check PyTorch models from init_cfg config "
+                    "files (Python, YAML or JSON).",
+        epilog="Config files define model = dict(type=..., ...) and optionally init_cfg, "
+               "input, device, dtype and seed. Exit status: 0 ok, 1 check flagged a problem, "
+               "2 bad arguments or config.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("plan", parents=[common], help="dry run: who will own each parameter",
+                       description="Build the model on the meta device (no memory, any size), "
+                                   "plan its initialization and print the owner of every "
+                                   "parameter and the coverage. Nothing is allocated or written.")
+    p.add_argument("config", help="config file (.py, .yaml, .yml or .json)")
+    p.add_argument("--summary", action="store_true", help="print only the coverage summary")
+    p.add_argument("--report", metavar="FILE", action="append", default=[],
+                   help="also write the plan as JSON (.json) or Markdown (.md); repeatable")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("init", parents=[common, run],
+                       help="build, initialize and save a model; print and write the report",
+                       description="Build the model (deferred: each tensor allocated and "
+                                   "written once), initialize it by its init_cfg, save the "
+                                   "weights and print the init report.")
+    p.add_argument("config", help="config file (.py, .yaml, .yml or .json)")
+    p.add_argument("--out", "-o", metavar="FILE", required=True,
+                   help="checkpoint to write: .safetensors, or .pth/.pt/.bin (torch.save)")
+    p.add_argument("--report", metavar="FILE", action="append", default=[],
+                   help="write the init report as JSON (.json) or Markdown (.md); repeatable")
+    p.add_argument("--summary", action="store_true",
+                   help="print only the coverage summary, not one row per parameter")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("check", parents=[common, run],
+                       help="health check: activation and gradient std per layer",
+                       description="Initialize each model, run a forward and a backward pass "
+                                   "on random input and record the std of every layer's "
+                                   "output and of the gradient reaching it. Flags exploding or "
+                                   "vanishing signal: the activation or gradient std growing "
+                                   "(or shrinking) over the layers by more than LIMIT (a "
+                                   "log-linear fit over all layers), or non-finite values. "
+                                   "Exit status 1 if any config is flagged.")
+    p.add_argument("config", nargs="+", help="config file(s); several are compared in one plot")
+    p.add_argument("--input-shape", metavar="SHAPE",
+                   help="input shape, e.g. 8,3,224,224 (default: the config's input.shape)")
+    p.add_argument("--plot", metavar="FILE.png", help="plot the statistics to this PNG "
+                                                      "(needs matplotlib: weightinit[plot])")
+    p.add_argument("--limit", type=float, default=100.0,
+                   help="bound on the activation and gradient gains over the layers "
+                        "(default: 100)")
+    p.add_argument("--report", metavar="FILE", action="append", default=[],
+                   help="write the statistics as JSON (.json) or Markdown (.md); repeatable")
+    p.add_argument("--summary", action="store_true", help="print only one verdict per config")
+    p.set_defaults(func=cmd_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
+         stderr: TextIO | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 check flagged, 2 error)."""
+    err_stream = stderr or sys.stderr
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(argv) if argv is not None else None)
+    except UsageError as err:
+        print(f"{PROG}: error: {one_line(err)}", file=err_stream)
+        return 2
+    except SystemExit as exit_:  # --help and --version exit 0 through argparse
+        return int(exit_.code or 0)
+    if args.command is None:
+        parser.print_help(stdout or sys.stdout)
+        return 2
+    out = Output(stdout, stderr)
+    handler = logging.StreamHandler(err_stream)
+    handler.setFormatter(_Formatter())
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    handler.setLevel(level)
+    saved_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(min(level, saved_level) if saved_level else level)
+    try:
+        return args.func(args, out)
+    except (InitError, UsageError, OSError) as err:
+        if args.debug:
+            raise
+        print(f"{PROG}: error: {one_line(err)}", file=err_stream)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=err_stream)
+        return 130
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved_level)
+
+
+__all__ = ["CHECKPOINT_SUFFIXES", "PIPE_WIDTH", "PROG", "REPORT_SUFFIXES", "Output",
+           "build_parser", "cmd_check", "cmd_init", "cmd_plan", "main", "save_checkpoint"]

@@ -1,0 +1,182 @@
+"""The subcommands: ``plan``, ``init`` and ``check``, and the steps they share."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+
+from ..configfile import InputSpec, ModelConfig, load_config, parse_shape, torch_dtype
+from ..errors import InitError, UsageError
+from ..execution import seeded
+from ..health import check_health, plot_health, random_input
+from ..record import InitRecord
+from ..report import Report, build_report, plan_report
+from .output import Output, one_line
+from .writing import make_parent, save_checkpoint, write_health
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+REPORT_SUFFIXES = (".json", ".md", ".markdown")
+
+
+def check_suffix(path: str, allowed: Sequence[str], flag: str) -> None:
+    """Refuse ``path`` (given with ``flag``) unless it ends in one of ``allowed``."""
+    if not path.lower().endswith(tuple(allowed)):
+        raise UsageError(f"{flag} {path}: unsupported file type; use one of {', '.join(allowed)}")
+
+
+# ------------------------------------------------------------------ shared steps
+
+
+def _seed(cfg: ModelConfig, args: argparse.Namespace) -> int:
+    return args.seed if args.seed is not None else cfg.seed if cfg.seed is not None else 0
+
+
+def _settings(cfg: ModelConfig, args: argparse.Namespace) -> tuple[str, torch.dtype | None]:
+    device = args.device or cfg.device or "cpu"
+    dtype_name = args.dtype or cfg.dtype
+    dtype = torch_dtype(dtype_name, "--dtype" if args.dtype else cfg.where("dtype")) \
+        if dtype_name else None
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, ValueError) as err:
+        raise UsageError(f"device {device!r} is not usable here: {one_line(err)}") from err
+    return device, dtype
+
+
+def _build_and_init(cfg: ModelConfig, args: argparse.Namespace, out: Output
+                    ) -> tuple[nn.Module, InitRecord, float]:
+    """Build the config's model (deferred unless --eager), initialize it; returns the seconds."""
+    device, dtype = _settings(cfg, args)
+    torch.manual_seed(_seed(cfg, args))
+    how = "eagerly" if args.eager else "deferred, on meta"
+    with out.step(f"building {cfg.path.name} ({how})"):
+        model = cfg.build(deferred=not args.eager)
+    where = f"{device}" + (f", {str(dtype).replace('torch.', '')}" if dtype else "")
+    with out.step(f"initializing {type(model).__name__} on {where}"):
+        start = time.perf_counter()
+        with seeded(_seed(cfg, args)):  # values depend on (seed, name, rule) only
+            record = cfg.initialize(model, device=device, dtype=dtype)
+        elapsed = time.perf_counter() - start
+    return model, record, elapsed
+
+
+def _print_report(rep: Report, out: Output, summary: bool) -> None:
+    if not summary:
+        out.print(rep.rich_table())
+    out.print(rep.rich_coverage())
+    for note in rep.notes:
+        out.print(note)
+    for w in rep.warnings():
+        out.warn(w)
+
+
+def _write_reports(rep: Report, paths: list[str], out: Output) -> None:
+    for path in paths:
+        make_parent(path)
+        rep.write(path)
+        out.print(f"wrote {path}")
+
+
+# ------------------------------------------------------------------ commands
+
+
+def cmd_plan(args: argparse.Namespace, out: Output) -> int:
+    for path in args.report:
+        check_suffix(path, REPORT_SUFFIXES, "--report")
+    cfg = load_config(args.config, args.overrides)
+    with out.step(f"building {cfg.path.name} on meta"):
+        model = cfg.build(deferred=True)
+    with out.step("planning"):
+        plan = cfg.plan(model)
+    rep = plan_report(plan, model)
+    _print_report(rep, out, args.summary)
+    _write_reports(rep, args.report, out)
+    if rep.undefined:
+        names = ", ".join(n for n, _ in rep.undefined)
+        raise InitError(f"{cfg.path.name}: {len(rep.undefined)} tensor(s) would be left without "
+                        f"a defined value: {names}. Fix: add an init_cfg rule that covers them.")
+    return 0
+
+
+def cmd_init(args: argparse.Namespace, out: Output) -> int:
+    check_suffix(args.out, CHECKPOINT_SUFFIXES, "--out")
+    for path in args.report:
+        check_suffix(path, REPORT_SUFFIXES, "--report")
+    cfg = load_config(args.config, args.overrides)
+    model, record, seconds = _build_and_init(cfg, args, out)
+    with out.step("measuring"):
+        rep = build_report(model, record)
+    out.print(f"{rep.root}: {len(rep):,} parameters, {rep.total_elements:,} elements, "
+              f"initialized in {seconds:.2f} s")
+    _print_report(rep, out, args.summary)
+    with out.step(f"saving {args.out}"):
+        size = save_checkpoint(model, args.out)
+    out.print(f"wrote {args.out} ({size / 1e6:,.1f} MB)")
+    _write_reports(rep, args.report, out)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace, out: Output) -> int:
+    if args.plot:
+        check_suffix(args.plot, (".png",), "--plot")
+        try:  # optional (weightinit[plot]): only checked for, before any model is built
+            import matplotlib  # noqa: F401
+        except ImportError as err:
+            raise UsageError("--plot needs matplotlib, which is not installed. Fix: pip install "
+                             "'weightinit[plot]' (or pip install matplotlib).") from err
+    for path in args.report:
+        check_suffix(path, REPORT_SUFFIXES, "--report")
+    if not args.limit > 1:
+        raise UsageError(f"--limit must be > 1, got {args.limit:g}")
+    shape = parse_shape(args.input_shape, "--input-shape") if args.input_shape else None
+    configs = [load_config(path, args.overrides) for path in args.config]
+    specs = []
+    for cfg in configs:  # every config is checked for an input before any model is built
+        spec = cfg.input
+        if shape is not None:
+            spec = InputSpec(shape, spec.dtype, spec.high) if spec else InputSpec(shape)
+        if spec is None:
+            raise UsageError(f"{cfg.path.name}: no input shape for the check. Fix: add input = "
+                             "dict(shape=[...]) to the config or pass --input-shape.")
+        specs.append(spec)
+    results = []
+    labels: dict[str, int] = {}
+    for cfg, spec in zip(configs, specs):
+        model, _, _ = _build_and_init(cfg, args, out)
+        ref = next(model.parameters(), None)
+        high = spec.high
+        if spec.dtype == "long" and high is None:
+            emb = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
+            if emb is None:
+                raise UsageError(f"{cfg.path.name}: input.dtype is long but the model has no "
+                                 "nn.Embedding to take the number of token ids from. Fix: add "
+                                 "input.high=<number of token ids>.")
+            high = emb.num_embeddings
+        x = random_input(spec.shape, spec.dtype, high,
+                         device=ref.device if ref is not None else None, seed=_seed(cfg, args),
+                         float_dtype=ref.dtype if ref is not None and ref.is_floating_point()
+                         else None)
+        labels[cfg.name] = labels.get(cfg.name, 0) + 1
+        label = cfg.name if labels[cfg.name] == 1 else f"{cfg.name} ({labels[cfg.name]})"
+        with out.step(f"forward and backward of {label} on {tuple(spec.shape)}"):
+            res = check_health(model, x, label=label, limit=args.limit)
+        results.append(res)
+        if not args.summary:
+            out.print(res.rich_table())
+        style = "red" if res.flagged else "green"
+        out.print(f"[{style}]{res.verdict()}[/{style}]", markup=True)
+        del model
+    if args.plot:
+        make_parent(args.plot)
+        with out.step(f"plotting {args.plot}"):
+            plot_health(results, args.plot)
+        out.print(f"wrote {args.plot}")
+    for path in args.report:
+        make_parent(path)
+        write_health(results, path)
+        out.print(f"wrote {path}")
+    return 1 if any(r.flagged for r in results) else 0

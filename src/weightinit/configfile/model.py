@@ -1,0 +1,108 @@
+"""A loaded config: the model spec and the settings around it, and how to build and init it."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..api import get_init_record, initialize, plan
+from ..capture.deferred import deferred as deferred_ctx
+from ..errors import ConfigError, InitValueError
+from ..module import BaseModule
+from ..record import InitRecord
+from .building import build_object, signature
+from .common import DTYPES, importable
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Random input for the health check: shape, ``float`` (N(0,1)) or ``long`` ids in [0, high).
+
+    ``high`` defaults to the size of the model's first ``nn.Embedding``.
+    """
+
+    shape: tuple[int, ...]
+    dtype: str = "float"
+    high: int | None = None
+
+
+@dataclass
+class ModelConfig:
+    """A loaded config: the model spec and the settings around it."""
+
+    path: Path
+    model: dict[str, Any]
+    init_cfg: Any = None
+    input: InputSpec | None = None
+    device: str | None = None
+    dtype: str | None = None
+    seed: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    @property
+    def torch_dtype(self) -> torch.dtype | None:
+        return None if self.dtype is None else DTYPES[self.dtype]
+
+    def where(self, key: str) -> str:
+        return f"{self.path.name}: {key}"
+
+    def build(self, deferred: bool = True) -> nn.Module:
+        """Build the model; under :func:`weightinit.deferred` (no storage) by default.
+
+        Applies the top-level ``init_cfg`` rule of a BaseModule root (see the
+        module docstring). Raises :class:`ConfigError` on any mistake.
+        """
+
+        ctx = deferred_ctx() if deferred else contextlib.nullcontext()
+        with importable(self.path.parent), ctx:
+            model = build_object(self.model, self, "model")
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"{self.where('model')}: building it gave a "
+                              f"{type(model).__name__}, not a torch.nn.Module")
+        if self.init_cfg is not None and isinstance(model, BaseModule):
+            model.init_cfg = copy.deepcopy(self.init_cfg)
+        return model
+
+    def plan(self, model: nn.Module) -> Any:
+        """The plan of this config's initialization of ``model`` (nothing written).
+
+        Tensors nothing would give a value are listed in ``plan.undefined``
+        rather than raised, so a dry run can show the whole table.
+        """
+        if isinstance(model, BaseModule):
+            return plan(model, allow_undefined=True)
+        return plan(model, self.init_cfg if self.init_cfg is not None else [],
+                    allow_undefined=True)
+
+    def initialize(self, model: nn.Module, device: Any = None,
+                   dtype: torch.dtype | None = None) -> InitRecord:
+        """Initialize (and materialize) ``model`` as the config says; returns the record."""
+
+        if isinstance(model, BaseModule):
+            sig = signature(model.init_weights)
+            params = sig.parameters if sig is not None else {}
+            if sig is None or "device" in params or any(p.kind is p.VAR_KEYWORD
+                                                        for p in params.values()):
+                model.init_weights(device=device, dtype=dtype)
+            else:
+                # A user-defined init_weights() that takes no device/dtype: give every tensor
+                # real storage first (PyTorch defaults), then let it run as written.
+                initialize(model, [], device=device, dtype=dtype)
+                model.init_weights()
+            record = get_init_record(model)
+        else:
+            record = initialize(model, self.init_cfg if self.init_cfg is not None else [],
+                                device=device, dtype=dtype)
+        if record is None:  # pragma: no cover - only when nested in another init
+            raise InitValueError(f"{self.name}: initialization produced no record")
+        return record
