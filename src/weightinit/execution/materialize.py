@@ -17,7 +17,15 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..errors import MaterializeError
-from ..planning import CheckpointRead, Plan, UserCall, Write, slots_of, subtree_tensors
+from ..planning import (
+    CheckpointRead,
+    DefaultFill,
+    Plan,
+    UserCall,
+    Write,
+    slots_of,
+    subtree_tensors,
+)
 from ..planning.layout import is_sharded, mesh_device
 from .sharding import allocate_like
 from .transaction import Transaction
@@ -90,7 +98,7 @@ def materialize(plan: Plan, txn: Transaction) -> dict[int, Tensor]:
             f"dtype={plan.dtype!r}: {err}. Nothing was kept: the model is as it was. Fix: "
             "free memory or choose another device/dtype.") from err
     for ev in plan.events:  # default writes replay through the mapping
-        if isinstance(ev, Write) and hasattr(ev.op, "mapping"):
+        if isinstance(ev, Write) and isinstance(ev.op, DefaultFill):
             ev.op.mapping.update(mapping)
     return mapping
 

@@ -2,9 +2,9 @@
 
 With a seed — ``init_weights(seed=...)``, ``initialize(..., seed=...)`` or
 ``with weightinit.seeded(seed):`` — every random write runs on a random
-generator seeded from the seed, the tensor's full name and the text of the
-rule writing it (``sha256`` of the three), and the global random state is
-left as it was. So a parameter's values do not depend on construction
+generator seeded from the seed, the tensor's full name and the canonical
+identity of the rule writing it (``sha256`` of the three), and the global
+random state is left as it was. So a parameter's values do not depend on construction
 order, on which other modules exist, or on whether the model was built
 eagerly or deferred.
 
@@ -13,9 +13,15 @@ Glorot/He/LeCun presets, constants) are drawn in fixed blocks of
 :data:`BLOCK` elements of the flattened tensor, each from its own generator
 seeded by (tensor seed, block index). Any slice of the tensor can then be
 drawn on its own, to the same values: this is how a sharded model's ranks
-each draw only their shard (see :mod:`weightinit.sharding`). Other fills
-(orthogonal, identity, ``reset_parameters``, user code) draw the whole tensor
-from one generator seeded by the tensor seed.
+each draw only their shard (see :mod:`weightinit.execution.sharding`). Other
+fills (orthogonal, identity, ``reset_parameters``, user code) draw the whole
+tensor from one generator seeded by the tensor seed: a thread-local torch
+function mode hands that generator to every random op called without one
+(``normal_``, ``uniform_``, ``randn``, ``randperm`` ...), so these draws do
+not touch, or depend on, torch's process-wide generators, whatever other
+threads do. Draws it cannot reach (compiled code using the default
+generator) come from the global generators, seeded the same way and
+restored afterwards, one seeded section at a time.
 
 Example::
 
@@ -28,12 +34,15 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import hashlib
+import inspect
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+import torch.nn as nn
 from torch import Tensor
+from torch.overrides import TorchFunctionMode
 
 from ..errors import InitTypeError
 
@@ -123,6 +132,67 @@ def fill_elementwise(dist: Any, out: Tensor, seed: int, start: int = 0,
 
 _GLOBAL_RNG = threading.RLock()
 
+_RANDOM_METHODS = frozenset({
+    Tensor.normal_, Tensor.uniform_, Tensor.random_, Tensor.bernoulli_, Tensor.exponential_,
+    Tensor.geometric_, Tensor.log_normal_, Tensor.cauchy_})
+_RANDOM_FUNCTIONS = frozenset({
+    torch.randn, torch.rand, torch.randint, torch.randperm, torch.normal, torch.bernoulli,
+    torch.multinomial, torch.poisson, torch.randn_like, torch.rand_like, torch.randint_like})
+
+
+def _takes_generator(fn: Any) -> bool:
+    try:
+        return "generator" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+# torch.nn.init functions run their own draws with this mode switched off (a mode is
+# not re-entered while it handles a call), so they get the generator as an argument.
+_INIT_FUNCTIONS = frozenset(fn for name in dir(nn.init) if not name.startswith("_")
+                            and callable(fn := getattr(nn.init, name)) and _takes_generator(fn))
+
+
+class _OwnGenerators(TorchFunctionMode):
+    """Give random ops called without a ``generator`` this section's seeded generators.
+
+    Torch function modes are per thread, so other threads keep drawing from
+    torch's global generators, and this section never does.
+    """
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        self.seed = seed
+        self.generators: dict[torch.device, torch.Generator] = {}
+
+    def _generator(self, device: Any) -> torch.Generator:
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        gen = self.generators.get(device)
+        if gen is None:
+            gen = self.generators[device] = _generator(device, self.seed)
+        return gen
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None):
+        kwargs = dict(kwargs or {})
+        if kwargs.get("generator") is None and (func in _RANDOM_METHODS
+                                                or func in _RANDOM_FUNCTIONS
+                                                or func in _INIT_FUNCTIONS):
+            if (func in _RANDOM_METHODS or func in _INIT_FUNCTIONS
+                    or func.__name__.endswith("_like")):
+                device = args[0].device if args and isinstance(args[0], Tensor) else "cpu"
+            else:
+                device = kwargs.get("device") or (
+                    args[0].device if args and isinstance(args[0], Tensor) else "cpu")
+            if torch.device(device).type in ("cpu", "cuda"):
+                try:
+                    return func(*args, **{**kwargs, "generator": self._generator(device)})
+                except TypeError as err:  # an older torch without generator= for this op
+                    if "generator" not in str(err):
+                        raise
+        return func(*args, **kwargs)
+
 
 def run_seeded(seed: int, devices: set[torch.device] | list[torch.device],
                call: Callable[[], None]) -> None:
@@ -136,4 +206,5 @@ def run_seeded(seed: int, devices: set[torch.device] | list[torch.device],
         for index in cuda:
             with torch.cuda.device(index):
                 torch.cuda.manual_seed(seed)
-        call()
+        with _OwnGenerators(seed):
+            call()

@@ -21,6 +21,7 @@ from ..capture.deferred import Construction, construction_of
 from ..maths import Elementwise, calculate_gain, check_choice, variance_scaling_dist
 from ..maths.fans import FAN_MODES
 from ..rules import reset_method_of
+from .layout import is_sharded
 from .ops import DefaultFill
 from .plan import Event, UserCall, Write, subtree_tensors
 
@@ -127,7 +128,7 @@ def default_events(root: nn.Module, mapping: dict[int, Tensor], slots: Slots
             continue
         seen.add(id(t))
         construction = construction_of(t)
-        if construction is None and hasattr(t, "device_mesh"):
+        if construction is None and is_sharded(t):
             # Sharding (fully_shard, distribute_module) replaced the parameter object;
             # deferred() also noted the construction on the module under its name.
             construction = module.__dict__.get("_wi_constructions", {}).get(attr)
