@@ -27,7 +27,7 @@ from ..planning import (
     subtree_tensors,
 )
 from ..planning.layout import is_sharded, mesh_device
-from .sharding import allocate_like
+from .sharding import allocate_like, refresh_fsdp
 from .transaction import Transaction
 
 
@@ -97,6 +97,8 @@ def materialize(plan: Plan, txn: Transaction) -> dict[int, Tensor]:
             f"cannot allocate {type(root).__name__} on device={str(device)!r} "
             f"dtype={plan.dtype!r}: {err}. Nothing was kept: the model is as it was. Fix: "
             "free memory or choose another device/dtype.") from err
+    if any(is_sharded(t) for t in mapping.values()):
+        refresh_fsdp(root)  # FSDP2 takes the new shards (re-padded, as after to_empty)
     for ev in plan.events:  # default writes replay through the mapping
         if isinstance(ev, Write) and isinstance(ev.op, DefaultFill):
             ev.op.mapping.update(mapping)
