@@ -19,7 +19,6 @@ from .execution.gcpause import collector_paused
 from .planning import InitCfgNode, OpKind, Plan, PlanningCache, Request, build_plan
 from .record import InitRecord
 from .rules import PretrainedInit, Rule, install_runner, parse_init_cfg
-from .rules.parse import cfg_seed_key
 
 logger = logging.getLogger("weightinit")
 
@@ -110,7 +109,7 @@ def apply_initializer(module: nn.Module, init: Any) -> InitRecord | None:
         raise InitTypeError(f"{type(init).__name__} must be called on an nn.Module, got "
                             f"{type(module).__name__}")
     rule = Rule(init=init, cfg={}, location=f"{type(init).__name__}(...)", owner="",
-                owner_class=type(module).__name__, seed_key=cfg_seed_key(init, {}))
+                owner_class=type(module).__name__)
     return _execute(module, Request(module, (rule,)), None)
 
 

@@ -149,7 +149,7 @@ class Session:
                                 txn.before_write(t)
                     else:
                         txn.before_write(tensor)
-                    strategy.write(tensor, op, self.name_of(tensor))
+                    strategy.write(tensor, op, self.name_of)
                 entry = infos.get(id(op)) if op.kind is OpKind.RULE else None
                 if entry is None:
                     entry = Entry(op.kind, op.info, op.declared_in, op.rule)
@@ -220,10 +220,12 @@ class Session:
         untouched = Entry(OpKind.DEFAULT, f"not changed by init_weights of {root_name}",
                           "PyTorch default (kept its value from construction)")
         params = {}
+        texts: dict[Any, str] = {}  # dtype and device names, made once each
         for name, p in self.root.named_parameters():
             _, e = self.entries.get(id(p), (None, untouched))
+            dtype = texts.get(p.dtype) or texts.setdefault(p.dtype, str(p.dtype)[6:])
+            device = texts.get(p.device) or texts.setdefault(p.device, str(p.device))
             params[name] = ParamRecord(
-                name=name, shape=tuple(p.shape), dtype=str(p.dtype).replace("torch.", ""),
-                device=str(p.device),
+                name=name, shape=tuple(p.shape), dtype=dtype, device=device,
                 kind=e.kind.value, info=e.info, declared_in=e.declared_in, rule=e.rule)
         return InitRecord(root_name, params, tuple(self.loads))

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch.nn as nn
 from torch import Tensor
@@ -24,13 +25,18 @@ from .watch import local
 
 logger = logging.getLogger("weightinit")
 
+#: full name of a tensor under the run's root
+NameOf = Callable[[Tensor], str]
+
 
 class Plain:
     """Writes as the ops say, drawing from torch's global generators."""
 
     seed: int | None = None
 
-    def write(self, tensor: Tensor, op: Op, name: str) -> None:
+    def write(self, tensor: Tensor, op: Op, name_of: NameOf) -> None:
+        """Write ``tensor`` by ``op``; ``name_of`` gives a tensor's full name (asked only by
+        strategies that need it)."""
         op.write(tensor)
 
     def run_user(self, call: UserCall) -> None:
@@ -43,11 +49,11 @@ class Seeded(Plain):
     def __init__(self, seed: int) -> None:
         self.seed = seed
 
-    def write(self, tensor: Tensor, op: Op, name: str) -> None:
+    def write(self, tensor: Tensor, op: Op, name_of: NameOf) -> None:
         if not op.seed_key:  # a checkpoint copy draws nothing
             op.write(tensor)
             return
-        seed = derive_seed(self.seed, name, op.seed_key)
+        seed = derive_seed(self.seed, name_of(tensor), op.seed_key)
         elem = op.elementwise(tuple(tensor.shape)) if op.group is None else None
         if elem is not None:
             fill_elementwise(elem, tensor, seed)
@@ -64,11 +70,11 @@ class Seeded(Plain):
 class Sharded(Seeded):
     """Seeded, and sharded tensors are written shard by shard."""
 
-    def write(self, tensor: Tensor, op: Op, name: str) -> None:
+    def write(self, tensor: Tensor, op: Op, name_of: NameOf) -> None:
         if is_sharded(tensor):
-            write_shard(tensor, op, self.seed, name)
+            write_shard(tensor, op, self.seed, name_of(tensor))
         else:
-            super().write(tensor, op, name)
+            super().write(tensor, op, name_of)
 
 
 def choose(root: nn.Module, seed: int | None) -> Plain:

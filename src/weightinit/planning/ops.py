@@ -69,9 +69,13 @@ class RuleFill:
     role: Role
     module: nn.Module = field(repr=False)
     where: str
-    seed_key: str
 
     kind = OpKind.RULE
+
+    @property
+    def seed_key(self) -> str:
+        """The rule's canonical identity and the role (computed only for seeded runs)."""
+        return f"{self.rule.seed_key}|{self.role.value}"
 
     @property
     def info(self) -> str:

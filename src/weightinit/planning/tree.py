@@ -29,7 +29,15 @@ from torch import Tensor
 
 from ..checkpoint.loader import CheckpointState, LoadReport
 from ..errors import InitError, OverrideTargetError, ShapeError
-from ..rules import BaseInit, PretrainedInit, Rule, is_model_wrapper, layer_matches, module_label
+from ..rules import (
+    BaseInit,
+    Override,
+    PretrainedInit,
+    Rule,
+    is_model_wrapper,
+    layer_matches,
+    module_label,
+)
 from ..rules.parse import parse_init_cfg
 from .checkpoints import match_checkpoint, warn_load
 from .ops import OpKind, Role, RuleFill, UserCall, user_call_key
@@ -201,8 +209,7 @@ class Walker:
                         whole=bool(getattr(rule.init, "wholemodule", False)), where=rule.where)
         for ov in rule.overrides:
             for target in self.resolve_override(module, ov.name, ov.location):
-                self.apply_init(target, rule, ov.init, whole=True, where=ov.location,
-                                cfg_key=ov.seed_key)
+                self.apply_init(target, ov, ov.init, whole=True, where=ov.location)
 
     def resolve_override(self, module: nn.Module, name: str, where: str) -> list[nn.Module]:
         """Submodules named by an override: a child, a dotted path, or a glob pattern."""
@@ -237,9 +244,8 @@ class Walker:
             target = child
         return [target]
 
-    def apply_init(self, target: nn.Module, rule: Rule, init: Any, whole: bool, where: str,
-                   cfg_key: str | None = None) -> None:
-        cfg_key = rule.seed_key if cfg_key is None else cfg_key
+    def apply_init(self, target: nn.Module, rule: Rule | Override, init: Any, whole: bool,
+                   where: str) -> None:
         if isinstance(init, PretrainedInit):
             self.apply_pretrained(target, init, where)
             return
@@ -247,35 +253,34 @@ class Walker:
             if not self.validate_only:
                 self.events.append(UserCall(
                     target, self.cache.path(target), init=init, whole=whole, where=where,
-                    seed_key=user_call_key(init, cfg_key), record_kind=_record_kind(init)))
+                    seed_key=user_call_key(init, rule.seed_key), record_kind=_record_kind(init)))
             return
-        key = init.seed_key
         layers = init.layer
         itself = init.targets_itself and not layers
         try:
             if itself:
                 for role, t in init.module_targets(target):
-                    self._emit(init, key, role, t, target, where)
+                    self._emit(init, role, t, target, where)
             elif layers or whole:
                 for m in self.cache.order(target):
                     if whole or layer_matches(m, layers):
                         for role, t in init.module_targets(m):
-                            self._emit(init, key, role, t, m, where)
+                            self._emit(init, role, t, m, where)
         except ShapeError:
             raise
         except InitError as err:
             raise type(err)(f"{where}: {err}") from err
         if init.param:
             for name, m, t in self.resolve_params(target, init.param, where):
-                self._emit(init, key, "param", t, m, where, name)
+                self._emit(init, "param", t, m, where, name)
         stage = init.stage(target)
         if stage is not None and not self.validate_only:
             self.events.append(UserCall(
                 target, self.cache.path(target), init=stage, where=where,
-                seed_key=f"user|{key}|stage", rule=init, record_kind=_record_kind(init),
+                seed_key=f"user|{init.seed_key}|stage", rule=init, record_kind=_record_kind(init),
                 whole_model=True))
 
-    def _emit(self, init: BaseInit, key: str, role: str, t: Tensor, m: nn.Module, where: str,
+    def _emit(self, init: BaseInit, role: str, t: Tensor, m: nn.Module, where: str,
               name: str | None = None) -> None:
         try:
             init.check_fill(role, tuple(t.shape), self.dtype_of(t), m)
@@ -286,7 +291,7 @@ class Walker:
                              "use another rule for this one.") from err
         if not self.validate_only:
             r = Role(role)
-            self.events.append(Write(t, RuleFill(init, r, m, where, f"{key}|{r.value}")))
+            self.events.append(Write(t, RuleFill(init, r, m, where)))
 
     def resolve_params(self, module: nn.Module, patterns: list[str], where: str
                        ) -> list[tuple[str, nn.Module, Tensor]]:

@@ -14,7 +14,7 @@ import difflib
 import functools
 import inspect
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch.nn as nn
@@ -46,8 +46,13 @@ class Override:
     name: str
     init: Any
     location: str
-    #: canonical identity of the rule (seeds key on it, never on display text)
-    seed_key: str = ""
+    #: the arguments the rule was built from
+    args: dict = field(default_factory=dict)
+
+    @property
+    def seed_key(self) -> str:
+        """Canonical identity of the rule (seeds key on it, never on display text)."""
+        return cfg_seed_key(self.init, self.args)
 
 
 @dataclass(frozen=True)
@@ -60,8 +65,12 @@ class Rule:
     owner: str
     owner_class: str
     overrides: tuple[Override, ...] = ()
-    #: canonical identity of the rule (seeds key on it, never on display text)
-    seed_key: str = ""
+
+    @property
+    def seed_key(self) -> str:
+        """Canonical identity of the rule (seeds key on it, never on display text); computed
+        only when a seeded run or user code needs it."""
+        return cfg_seed_key(self.init, self.cfg)
 
     @property
     def pretrained(self) -> bool:
@@ -257,7 +266,7 @@ def _parse_overrides(override: Any, base: dict, where: str,
             raise OverrideError(f'{loc}: `override` need "type" key, but got {args}. Fix: add '
                                 "type=..., or give only name to reuse the enclosing rule.")
         init = build_initializer(args, loc, cache)
-        out.append(Override(name=name, init=init, location=loc, seed_key=cfg_seed_key(init, args)))
+        out.append(Override(name=name, init=init, location=loc, args=args))
     return tuple(out)
 
 
@@ -297,6 +306,5 @@ def parse_init_cfg(init_cfg: Any, owner: str = "", owner_class: str = "",
                            "nothing. Fix: add layer=<class name>, param=<name pattern> or "
                            "override=dict(name=...).", where, type(init).__name__)
         rules.append(Rule(init=init, cfg=_plain_copy(entry), location=loc, owner=owner,
-                          seed_key=cfg_seed_key(init, args),
                           owner_class=owner_class, overrides=overrides))
     return tuple(rules)
