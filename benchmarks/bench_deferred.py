@@ -60,6 +60,12 @@ Run from the repository root::
     python benchmarks/bench_deferred.py --markdown          # Markdown tables
     python benchmarks/bench_deferred.py --models vit_b16 --repeats 9 --threads 1
     python benchmarks/bench_deferred.py --device cuda --markdown
+    python benchmarks/bench_deferred.py --tiny --repeats 1 --json out.json   # a quick check
+
+``--tiny`` measures the small warm-up configurations instead of the full
+models (a smoke run; the numbers mean little). ``--json PATH`` writes the
+medians, and the ``weightinit.__file__`` every worker imported, for
+``compare.py``.
 """
 
 from __future__ import annotations
@@ -84,7 +90,15 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from bench_init import load_mmengine, load_models, markdown_table, ms, rich_table, weightinit_kit
+from bench_init import (
+    load_mmengine,
+    load_models,
+    markdown_table,
+    ms,
+    rich_table,
+    weightinit_kit,
+    write_json,
+)
 from rich.console import Console
 
 import weightinit
@@ -233,7 +247,8 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     del tiny
     warm = timed_run(model_spec.tiny_kwargs, tiny_n)()
     del warm
-    run = timed_run(model_spec.kwargs, spec["numel"])
+    run = timed_run(model_spec.tiny_kwargs if spec.get("tiny") else model_spec.kwargs,
+                    spec["numel"])
 
     gc.collect()
     if cuda:
@@ -252,6 +267,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "host_peak_bytes": (rss_peak - rss_base) * 1024,
         "gpu_peak_bytes": gpu_peak - gpu_base if cuda else None,
         "numel": check_model(out, device, dtype),
+        "weightinit_file": weightinit.__file__,
     }
     del out
     return result
@@ -278,6 +294,7 @@ class Series:
     host_peak: list[int] = field(default_factory=list)
     gpu_peak: list[int] = field(default_factory=list)
     error: str | None = None
+    files: set[str] = field(default_factory=set)  # weightinit.__file__ in the workers
 
     def median(self, values: Sequence[float]) -> float | None:
         return statistics.median(values) if values and self.error is None else None
@@ -318,10 +335,12 @@ def spawn(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     return {"error": f"worker {why}: {' | '.join(tail)[:300]}"}
 
 
-def model_size(models: ModuleType, spec: ModelSpec, dtype: torch.dtype | None) -> tuple[int, int]:
+def model_size(models: ModuleType, spec: ModelSpec, dtype: torch.dtype | None,
+               tiny: bool = False) -> tuple[int, int]:
     """Parameter elements and bytes (in ``dtype``, else as declared), from a meta build."""
     with weightinit.deferred():
-        model = getattr(models, spec.builder)(weightinit_kit(), **spec.kwargs)
+        model = getattr(models, spec.builder)(weightinit_kit(),
+                                              **(spec.tiny_kwargs if tiny else spec.kwargs))
     params = list(model.parameters())
     numel = sum(p.numel() for p in params)
     itemsize = None if dtype is None else torch.finfo(dtype).bits // 8
@@ -333,7 +352,7 @@ def bench_model(key: str, models: ModuleType, args: argparse.Namespace,
                 console: Console) -> ModelResult:
     spec = MODELS[key]
     dtype = DTYPES[args.dtype] if args.dtype else None
-    numel, nbytes = model_size(models, spec, dtype)
+    numel, nbytes = model_size(models, spec, dtype, args.tiny)
     repeats = args.repeats_large if numel > LARGE_PARAMS else args.repeats
     series = {kind: Series() for kind in KINDS}
     for r in range(repeats):
@@ -343,7 +362,8 @@ def bench_model(key: str, models: ModuleType, args: argparse.Namespace,
             if s.error is not None:
                 continue  # failed once (e.g. does not fit): don't try again
             out = spawn({"kind": kind, "model": key, "device": args.device, "dtype": args.dtype,
-                         "eager": args.eager, "threads": args.threads, "numel": numel},
+                         "eager": args.eager, "threads": args.threads, "numel": numel,
+                         "tiny": args.tiny},
                         args.timeout)
             if "error" in out:
                 s.error = out["error"]
@@ -353,13 +373,15 @@ def bench_model(key: str, models: ModuleType, args: argparse.Namespace,
                 s.error = f"built {out['numel']} parameter elements, expected {numel}"
                 continue
             s.seconds.append(out["seconds"])
+            s.files.add(out["weightinit_file"])
             s.host_peak.append(out["host_peak_bytes"])
             if out["gpu_peak_bytes"] is not None:
                 s.gpu_peak.append(out["gpu_peak_bytes"])
         console.log(f"{spec.display}: round {r + 1}/{repeats} " + " ".join(
             f"{k}={'failed' if s.error else f'{s.seconds[-1] * 1e3:.0f}ms'}"
             for k, s in series.items() if s.error or s.seconds))
-    return ModelResult(spec.display, numel, nbytes, series)
+    display = f"{spec.display} (tiny)" if args.tiny else spec.display
+    return ModelResult(display, numel, nbytes, series)
 
 
 def fmt_ratio(num: float | None, den: float | None, target: float | None = None,
@@ -426,8 +448,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="torch intra-op threads in every worker (default: torch's default)")
     parser.add_argument("--timeout", type=float, default=900,
                         help="seconds before one measurement is given up (default: 900)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="measure the small warm-up configurations (a smoke run)")
     parser.add_argument("--markdown", action="store_true",
                         help="print the table as Markdown instead of a rich table")
+    parser.add_argument("--json", metavar="PATH", default=None,
+                        help="also write the medians as JSON to PATH (read by compare.py)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.repeats_large < 1:
@@ -504,6 +530,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         for kind, s in r.series.items():
             if s.error:
                 notes.append(f"{r.name}, {kind}: failed: {s.error}")
+
+    if args.json:
+        cases: list[dict[str, Any]] = []
+        files: set[str] = set()
+        eager_ref = " (ref)" if args.eager == "mmengine" else ""
+        for r in results:
+            for kind, label in (("deferred", "deferred build + init_weights"),
+                                ("eager", f"{eager_label}{eager_ref}"),
+                                ("floor", "floor (ref)")):
+                s = r.series[kind]
+                files |= s.files
+                if s.time is not None:
+                    peak = s.gpu if cuda else s.host
+                    cases.append({"name": f"{r.name}: {label}", "seconds": s.time,
+                                  "peak_per_param": None if peak is None
+                                  else peak / r.param_bytes})
+        write_json(args.json, "deferred", cases, worker_weightinit_files=sorted(files),
+                   device=args.device)
 
     title = f"build + init_weights() on {args.device}"
     headers, rows = result_rows(results, cuda, eager_label)

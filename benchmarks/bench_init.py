@@ -41,6 +41,11 @@ Run from the repository root::
     python benchmarks/bench_init.py              # rich tables
     python benchmarks/bench_init.py --markdown   # Markdown tables
     python benchmarks/bench_init.py --models resnet50 vit_b16 --repeats 9 --threads 1
+    python benchmarks/bench_init.py --models vit_b16 --repeats 1 --warmup 0 --json out.json
+
+``--json PATH`` writes the medians (and ``weightinit.__file__``) for
+``compare.py``; only public weightinit API is used, so the script runs
+against older checkouts too (``PYTHONPATH=<checkout>/src``).
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.util
+import json
 import logging
 import platform
 import statistics
@@ -140,6 +146,23 @@ def load_mmengine() -> tuple[MMEngine | None, str | None]:
     MMLogger.get_current_instance().setLevel(logging.WARNING)
     kit = SimpleNamespace(BaseModule=BaseModule, Sequential=Sequential, ModuleList=ModuleList)
     return MMEngine(kit, trunc_normal_, mmengine.__version__), None
+
+
+def write_json(path: str, benchmark: str, cases: Sequence[dict[str, Any]],
+               **extra: Any) -> None:
+    """The machine-readable result ``compare.py`` reads: medians per case, and which
+    weightinit was imported (``weightinit_file``). Cases whose name ends in ``(ref)`` do
+    not run weightinit code (floors, MMEngine) and show how noisy a comparison is."""
+    Path(path).write_text(json.dumps({
+        "benchmark": benchmark,
+        "weightinit_file": weightinit.__file__,
+        "weightinit_version": weightinit.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "cases": list(cases),
+        **extra,
+    }, indent=1))
 
 
 def weightinit_kit() -> SimpleNamespace:
@@ -282,8 +305,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="timed calls per trunc_normal_ fill (default: 30)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads for everything (default: torch's default)")
+    parser.add_argument("--no-mmengine", action="store_true",
+                        help="skip MMEngine even when it is importable")
     parser.add_argument("--markdown", action="store_true",
                         help="print the tables as Markdown instead of rich tables")
+    parser.add_argument("--json", metavar="PATH", default=None,
+                        help="also write the medians as JSON to PATH (read by compare.py)")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.fill_repeats < 1 or args.warmup < 0:
         parser.error("--repeats and --fill-repeats must be >= 1, --warmup >= 0")
@@ -300,7 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     progress = Console(stderr=True)
 
     models = load_models()
-    mm, mm_note = load_mmengine()
+    mm, mm_note = ((None, "--no-mmengine: the MMEngine columns are skipped.")
+                   if args.no_mmengine else load_mmengine())
     if mm_note:
         progress.print(f"[yellow]note:[/] {mm_note}")
 
@@ -322,6 +350,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     if mm_note:
         notes.append(mm_note)
+
+    if args.json:
+        cases: list[dict[str, Any]] = []
+        for r in results:
+            cases += [{"name": f"{r.name}: init_weights", "seconds": r.weightinit},
+                      {"name": f"{r.name}: MMEngine init_weights (ref)", "seconds": r.mmengine},
+                      {"name": f"{r.name}: floor (ref)", "seconds": r.floor}]
+        for f in fills:
+            what = f"trunc_normal_ std={f.std:g}"
+            cases += [{"name": f"{what}: weightinit", "seconds": f.weightinit},
+                      {"name": f"{what}: torch (ref)", "seconds": f.torch},
+                      {"name": f"{what}: MMEngine (ref)", "seconds": f.mmengine},
+                      {"name": f"{what}: floor normal_ (ref)", "seconds": f.floor}]
+        write_json(args.json, "init", [c for c in cases if c["seconds"] is not None])
 
     tables = [("init_weights()", *model_rows(results)),
               ("trunc_normal_ on [-2, 2]", *fill_rows(fills))]

@@ -31,6 +31,11 @@ Run from the repository root::
 
     python benchmarks/bench_sharded.py --markdown
     python benchmarks/bench_sharded.py --size tiny --repeats 2   # a quick check
+    python benchmarks/bench_sharded.py --size tiny --repeats 1 --json out.json
+
+``--json PATH`` writes the medians, and the ``weightinit.__file__`` every rank
+imported, for ``compare.py``. ``--size tiny`` is the small configuration for
+smoke runs (its numbers mean little); the default stays ``1b``.
 """
 
 from __future__ import annotations
@@ -139,7 +144,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any] | None:
         floors.append(time.perf_counter() - start)
         del x
     mine = dict(time=statistics.median(times), floor=statistics.median(floors),
-                peak_kib=peak, local=local)
+                peak_kib=peak, local=local, weightinit_file=wi.__file__)
     if mesh is None:
         return dict(ranks=[mine])
     everyone: list[Any] = [None] * world
@@ -181,7 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds per row")
     parser.add_argument("--cores", type=int, default=None, help="cores to split (default: all)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per row")
+    parser.add_argument("--no-mmengine", action="store_true",
+                        help="skip the MMEngine row even when MMEngine is importable")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    parser.add_argument("--json", metavar="PATH", default=None,
+                        help="also write the medians as JSON to PATH (read by compare.py)")
     args = parser.parse_args(argv)
     if args.worker:
         out = worker(json.loads(args.worker))
@@ -195,21 +204,41 @@ def main(argv: list[str] | None = None) -> int:
     rows = [("weightinit, 1 process (not sharded)", "plain", 1)]
     rows += [(f"weightinit, FSDP2 {w} rank{'s' if w > 1 else ''}", "fsdp", w) for w in args.worlds]
     notes = []
-    if importlib.util.find_spec("mmengine") is not None:
+    if args.no_mmengine:
+        notes.append("--no-mmengine: the MMEngine row is skipped.")
+    elif importlib.util.find_spec("mmengine") is not None:
         rows.append(("MMEngine, 1 process (eager; cannot shard)", "mmengine", 1))
     else:
         notes.append("MMEngine is not importable here: its row is skipped.")
     headers = ["run", "ranks", "params/rank (M)", "time s", "floor s", "time/floor",
                "peak RSS/rank (GiB)", "peak/param bytes"]
     table = []
+    cases: list[dict[str, Any]] = []
+    files: set[str] = set()
     for label, kind, world in rows:
         result = run_row(kind, world, args)["ranks"]
+        files.update(r["weightinit_file"] for r in result)
         slow = max(r["time"] for r in result)
         floor = max(r["floor"] for r in result)
         peak = max(r["peak_kib"] for r in result) * 1024
         local = max(r["local"] for r in result)
         table.append([label, str(world), f"{local / 1e6:.1f}", f"{slow:.2f}", f"{floor:.2f}",
                       f"{slow / floor:.2f}x", f"{peak / 2**30:.2f}", f"{peak / (4 * local):.2f}x"])
+        ref = " (ref)" if kind == "mmengine" else ""
+        cases += [{"name": f"{label}{ref}", "seconds": slow, "peak_per_param": peak / (4 * local)},
+                  {"name": f"{label}: floor (ref)", "seconds": floor}]
+    if args.json:
+        import platform
+
+        import torch
+
+        import weightinit
+
+        Path(args.json).write_text(json.dumps({
+            "benchmark": "sharded", "weightinit_file": weightinit.__file__,
+            "weightinit_version": weightinit.__version__, "torch": torch.__version__,
+            "python": platform.python_version(), "size": args.size, "cases": cases,
+            "worker_weightinit_files": sorted(files)}, indent=1))
     title = (f"Llama {args.size}, float32, {args.cores or os.cpu_count()} cores split "
              f"between ranks, medians of {args.repeats}")
     if args.markdown:
