@@ -34,7 +34,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch import Tensor
 
-from ..planning.layout import DTensor, flat_range, is_sharded, local_region, mesh_device
+from ..planning.layout import dtensor_types, flat_range, is_sharded, local_region, mesh_device
 from ..planning.ops import CheckpointRead, Op
 from .seeding import derive_seed, fill_elementwise, run_seeded
 
@@ -44,7 +44,7 @@ logger = logging.getLogger("weightinit")
 def allocate_like(t: Tensor, dtype: torch.dtype) -> Tensor:
     """A DTensor laid out like ``t`` whose local shard is fresh (uninitialized) storage."""
     local = torch.empty(t._local_tensor.shape, dtype=dtype, device=mesh_device(t))
-    return DTensor.from_local(local, t.device_mesh, t.placements, run_check=False,
+    return dtensor_types()[0].from_local(local, t.device_mesh, t.placements, run_check=False,
                               shape=t.shape, stride=t.stride())
 
 

@@ -9,6 +9,7 @@ FSDP2 lay them out.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import torch
@@ -17,18 +18,28 @@ from torch import Tensor
 
 from ..errors import InitValueError, ShardingError
 
-try:  # torch >= 2.4
-    from torch.distributed.tensor import DTensor, Replicate, Shard
-except ImportError:  # pragma: no cover - older torch or no distributed support
-    try:
-        from torch.distributed._tensor import DTensor, Replicate, Shard  # type: ignore
-    except ImportError:
-        DTensor = Replicate = Shard = None  # type: ignore[assignment,misc]
+#: where DTensor lives (torch >= 2.4, then older releases)
+_DTENSOR_MODULES = ("torch.distributed.tensor", "torch.distributed._tensor")
+
+
+def dtensor_types() -> tuple[Any, Any, Any] | None:
+    """(DTensor, Replicate, Shard) if DTensor is loaded, else ``None``.
+
+    Importing ``torch.distributed.tensor`` costs about half a second, so it is
+    never imported here: a tensor can only be a DTensor once whoever made it
+    has imported that module.
+    """
+    for name in _DTENSOR_MODULES:
+        module = sys.modules.get(name)
+        if module is not None and hasattr(module, "DTensor"):
+            return module.DTensor, module.Replicate, module.Shard
+    return None
 
 
 def is_sharded(t: Any) -> bool:
     """True for a DTensor (sharded or replicated over a device mesh)."""
-    return DTensor is not None and isinstance(t, DTensor)
+    types = dtensor_types()
+    return types is not None and isinstance(t, types[0])
 
 
 def has_sharded(root: nn.Module) -> bool:
@@ -47,6 +58,7 @@ def local_region(t: Tensor, name: str = "") -> tuple[tuple[int, ...], tuple[int,
     coord = mesh.get_coordinate()
     if coord is None:  # this rank holds no part of the mesh
         return tuple(offset), tuple(0 for _ in shape)
+    _, Replicate, Shard = dtensor_types()  # t is a DTensor: the module is loaded
     for mesh_dim, placement in enumerate(t.placements):
         if isinstance(placement, Replicate):
             continue
