@@ -2,7 +2,9 @@
 # Set up a virtual environment in .venv (if needed) and run a job in it.
 #   make demo   (bash scripts/run.sh example)   weightinit init the bundled ResNet-50: print the report,
 #                                               write out/resnet50.safetensors and out/resnet50-report.md
-#   make test   (bash scripts/run.sh test)      lint and run the whole test suite
+#   make test   (bash scripts/run.sh test)      lint and run the whole test suite, then build the
+#                                               wheel and check it in an empty venv
+#                                               (scripts/wheel_check.sh; WHEEL_CHECK=0 skips it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.venv
@@ -32,6 +34,9 @@ case "${1:-}" in
         shift
         "$PY" -m ruff check src tests benchmarks examples
         "$PY" -m pytest "$@"
+        if [ "${WHEEL_CHECK:-1}" != 0 ]; then
+            PYTHON="$PWD/$PY" bash scripts/wheel_check.sh
+        fi
         ;;
     *)
         echo "usage: bash scripts/run.sh {example|test} [args...]" >&2
