@@ -5,8 +5,6 @@ Rules are constants with distinct values, so each value tells which rule won.
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 import torch
 import torch.nn as nn
@@ -59,13 +57,14 @@ def test_layer_matches_the_whole_inheritance_chain():
     assert not filled(net[1].weight, 5)
 
 
-def test_rule_without_layer_or_override_warns_and_writes_nothing(caplog):
+def test_rule_without_layer_or_override_warns_and_writes_nothing():
     m = Leaf(C(7))
     before = m.fc.weight.clone()
-    with caplog.at_level(logging.WARNING, logger="weightinit"):
+    with pytest.warns(wi.EmptyRuleWarning) as caught:
         m.init_weights()
-    assert "has neither 'layer' nor 'override'" in caplog.text
-    assert "<root> (Leaf) init_cfg" in caplog.text
+    text = "\n".join(str(w.message) for w in caught)
+    assert "has neither 'layer' nor 'override'" in text
+    assert "<root> (Leaf) init_cfg" in text
     assert torch.equal(m.fc.weight, before)
 
 
@@ -272,21 +271,21 @@ def test_base_module_overriding_init_weights_with_super():
     assert m.head.is_init
 
 
-def test_is_init_children_are_skipped_and_second_call_warns(caplog):
+def test_is_init_children_are_skipped_and_second_call_warns():
     m = Parent(C(1, layer="Linear"), leaf_cfg=C(2, layer="Linear"))
     m.leaf.is_init = True
     before = m.leaf.fc.weight.clone()
     m.init_weights()
     # The leaf's own rule is skipped, but the parent's rule still covers its subtree.
     assert filled(m.leaf.fc.weight, 1) and not torch.equal(before, m.leaf.fc.weight)
-    with caplog.at_level(logging.WARNING, logger="weightinit"):
-        m.fc.weight.data.fill_(0)
+    m.fc.weight.data.fill_(0)
+    with pytest.warns(wi.RepeatedInitWarning,
+                      match=r"init_weights of Parent has been called more than once\."):
         m.init_weights()
-    assert "init_weights of Parent has been called more than once." in caplog.text
     assert filled(m.fc.weight, 0)
 
 
-def test_children_of_plain_containers_are_not_reached_and_it_warns(caplog):
+def test_children_of_plain_containers_are_not_reached_and_it_warns():
     class Top(wi.BaseModule):
         def __init__(self):
             super().__init__()
@@ -294,11 +293,12 @@ def test_children_of_plain_containers_are_not_reached_and_it_warns(caplog):
 
     m = Top()
     before = m.seq[0].fc.weight.clone()
-    with caplog.at_level(logging.WARNING, logger="weightinit"):
+    with pytest.warns(wi.UnappliedConfigWarning) as caught:
         m.init_weights()
     assert torch.equal(m.seq[0].fc.weight, before)
-    assert "seq.0 (Leaf): its init_cfg is never applied" in caplog.text
-    assert "weightinit.Sequential" in caplog.text
+    text = "\n".join(str(w.message) for w in caught)
+    assert "seq.0 (Leaf): its init_cfg is never applied" in text
+    assert "weightinit.Sequential" in text
 
 
 @pytest.mark.parametrize("container", ["Sequential", "ModuleList", "ModuleDict"])

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 import torch
 import torch.nn as nn
@@ -112,28 +110,29 @@ def test_safetensors_checkpoint(tmp_path, source):
     assert torch.equal(b.conv.bias, source.conv.bias)
 
 
-def test_shape_mismatch_is_skipped_reported_and_keeps_rule(tmp_path, source, caplog):
+def test_shape_mismatch_is_skipped_reported_and_keeps_rule(tmp_path, source):
     state = source.state_dict()
     state["fc.weight"] = torch.zeros(5, 4)
     ckpt = _save(state, tmp_path / "bad.pth")
     b = Backbone([C(2, layer="Linear"), dict(type="Pretrained", checkpoint=ckpt)])
-    with caplog.at_level(logging.WARNING, logger="weightinit"):
+    with pytest.warns(wi.CheckpointKeysWarning) as caught:
         b.init_weights()
     assert torch.all(b.fc.weight == 2)
     assert torch.equal(b.fc.bias, source.fc.bias)
-    assert "8 loaded; shape mismatch: fc.weight (checkpoint (5, 4), model (4, 4))" in caplog.text
+    assert "8 loaded; shape mismatch: fc.weight (checkpoint (5, 4), model (4, 4))" \
+        in str(caught[0].message)
 
 
-def test_missing_and_unexpected_keys_are_logged(tmp_path, source, caplog):
+def test_missing_and_unexpected_keys_are_logged(tmp_path, source):
     state = source.state_dict()
     del state["conv.bias"]
     state["extra.weight"] = torch.zeros(1)
     ckpt = _save(state, tmp_path / "w.pth")
     b = Backbone(dict(type="Pretrained", checkpoint=ckpt))
-    with caplog.at_level(logging.WARNING, logger="weightinit"):
+    with pytest.warns(wi.CheckpointKeysWarning) as caught:
         b.init_weights()
     assert "missing in checkpoint: conv.bias; unexpected in checkpoint: extra.weight" \
-        in caplog.text
+        in str(caught[0].message)
 
 
 class Evil:

@@ -261,10 +261,14 @@ def test_plan_raises_what_the_run_raises_before_writing():
                 nn.Linear(2, 2), init_cfg=dict(type="Normal", layer="Linear", std=-1)))
 
     m = Deep()
+    # MMEngine never reaches it, so by default both only warn; strict=True raises
     with pytest.raises(wi.InitValueError) as planned:
-        wi.plan(m)
+        wi.plan(m, strict=True)
     before = state(m)
     with pytest.raises(wi.InitValueError) as ran:
-        m.init_weights()
+        m.init_weights(strict=True)
     assert type(planned.value) is type(ran.value) and str(planned.value) == str(ran.value)
     assert_same(m, before)
+    with pytest.warns(wi.UnappliedConfigWarning) as warned:
+        wi.plan(m)
+    assert str(planned.value) in str(warned[-1].message)

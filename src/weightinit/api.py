@@ -7,20 +7,17 @@ it in a session that commits everything or, on failure, restores the model.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import torch.nn as nn
 
 from .checkpoint.loader import LoadReport
-from .errors import InitRecordError, InitTypeError
+from .errors import InitRecordError, InitTypeError, RepeatedInitWarning, warn
 from .execution import Entry, Session, current_seed
 from .execution.gcpause import collector_paused
 from .planning import InitCfgNode, OpKind, Plan, PlanningCache, Request, build_plan
 from .record import InitRecord
 from .rules import PretrainedInit, Rule, install_runner, parse_init_cfg
-
-logger = logging.getLogger("weightinit")
 
 __all__ = ["get_init_record", "initialize", "load_checkpoint", "plan", "run_init_weights",
            "update_init_info"]
@@ -46,6 +43,13 @@ def _nested(module: nn.Module, seed: Any, device: Any, dtype: Any, what: str) ->
     return session
 
 
+def _strict(module: nn.Module, strict: bool) -> bool:
+    """``strict``, or set by the outermost call of the running session ``module`` is in."""
+    session = Session.current()
+    return bool(strict) or (session is not None and session.contains(module)
+                            and session.cache.strict)
+
+
 def _execute(module: nn.Module, request: Request, seed: Any) -> InitRecord | None:
     """Plan ``request`` and run it: nested in the running session, or as a new one."""
     session = _nested(module, seed, request.device, request.dtype,
@@ -53,25 +57,33 @@ def _execute(module: nn.Module, request: Request, seed: Any) -> InitRecord | Non
                       else "initialize")
     if session is not None:
         session.run_nested(build_plan(session.cache, Request(
-            module, request.rules, outermost=False)))
+            module, request.rules, outermost=False,
+            strict=request.strict or session.cache.strict)))
         return None
     session = Session(module, current_seed(seed))
+    session.cache.strict = request.strict  # nested calls from user code inherit it
     with collector_paused(), session.active():
         return session.run(build_plan(session.cache, request))
 
 
 def run_init_weights(module: nn.Module, device: Any = None, dtype: Any = None,
-                     seed: int | None = None) -> None:
-    """``BaseModule.init_weights``: plan the subtree, validate it all, then execute."""
+                     seed: int | None = None, strict: bool = False) -> None:
+    """``BaseModule.init_weights``: plan the subtree, validate it all, then execute.
+
+    A second call writes nothing and warns (:class:`RepeatedInitWarning`, as
+    MMEngine); under ``strict`` it raises :class:`InitRuntimeError`.
+    """
+    strict = _strict(module, strict)
     if module.is_init:  # nothing is written and the last record stays
-        logger.warning("init_weights of %s has been called more than once.",
-                       type(module).__name__)
+        warn(RepeatedInitWarning, f"init_weights of {type(module).__name__} has been called "
+             "more than once.", strict=strict)
         return
-    _execute(module, Request(module, None, device, dtype), seed)
+    _execute(module, Request(module, None, device, dtype, strict=strict), seed)
 
 
 def initialize(module: nn.Module, init_cfg: dict | list[dict], *, device: Any = None,
-               dtype: Any = None, seed: int | None = None) -> InitRecord | None:
+               dtype: Any = None, seed: int | None = None,
+               strict: bool = False) -> InitRecord | None:
     """Apply ``init_cfg`` rules to any ``nn.Module`` (timm, torchvision, Hugging Face ...).
 
     Rules apply in list order, each rule's overrides right after its own
@@ -84,6 +96,10 @@ def initialize(module: nn.Module, init_cfg: dict | list[dict], *, device: Any = 
     declared), each tensor written once. With ``seed`` (or inside
     :func:`weightinit.seeded`) each tensor's values depend only on the seed,
     its name and its rule.
+
+    ``strict=True`` turns every warning (a ``layer`` name that matches
+    nothing, a rule that targets nothing, skipped checkpoint keys) into its
+    error, raised while planning, before anything is written.
 
     Returns the init record (``None`` when called from inside another
     module's ``init_weights``, whose record it joins).
@@ -99,8 +115,9 @@ def initialize(module: nn.Module, init_cfg: dict | list[dict], *, device: Any = 
     _check_cfg(init_cfg)
     session = Session.current()
     path = session.cache.path(module) if session is not None and session.contains(module) else ""
-    rules = parse_init_cfg(init_cfg, path, type(module).__name__)
-    return _execute(module, Request(module, rules, device, dtype), seed)
+    strict = _strict(module, strict)
+    rules = parse_init_cfg(init_cfg, path, type(module).__name__, strict=strict)
+    return _execute(module, Request(module, rules, device, dtype, strict=strict), seed)
 
 
 def apply_initializer(module: nn.Module, init: Any) -> InitRecord | None:
@@ -117,7 +134,7 @@ install_runner(apply_initializer)
 
 
 def plan(model: nn.Module, init_cfg: Any = None, *, device: Any = None, dtype: Any = None,
-         allow_undefined: bool = False) -> Plan:
+         allow_undefined: bool = False, strict: bool = False) -> Plan:
     """Resolve which rule finally owns each tensor, without writing anything.
 
     With ``init_cfg=None`` the model's own ``init_cfg`` tree is planned (what
@@ -127,6 +144,7 @@ def plan(model: nn.Module, init_cfg: Any = None, *, device: Any = None, dtype: A
     exactly what the run would raise before writing (``device``/``dtype`` as
     you would pass them to the run). ``allow_undefined=True`` lists deferred
     tensors that nothing gives a value in ``plan.undefined`` instead of raising.
+    It warns what the run would warn; ``strict=True`` raises those as errors.
 
     Example::
 
@@ -144,10 +162,11 @@ def plan(model: nn.Module, init_cfg: Any = None, *, device: Any = None, dtype: A
         rules = None
     else:
         _check_cfg(init_cfg)
-        rules = parse_init_cfg(init_cfg, "", type(model).__name__)
+        rules = parse_init_cfg(init_cfg, "", type(model).__name__, strict=strict)
     with collector_paused():
         return build_plan(PlanningCache(model), Request(model, rules, device, dtype,
-                                                        allow_undefined=allow_undefined))
+                                                        allow_undefined=allow_undefined,
+                                                        strict=strict))
 
 
 def load_checkpoint(model: nn.Module, source: str, *, prefix: str | None = None,

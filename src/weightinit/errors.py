@@ -19,9 +19,18 @@ Messages name the config entry, the module path and the fix, e.g.::
 
     backbone (ResNet) init_cfg[1].override[0]: no submodule 'neck';
     children are: conv1, layer1. Fix: use one of those names.
+
+What MMEngine accepts but the user should act on (an ``init_cfg`` that is never
+applied, a ``layer`` name that matches nothing, skipped checkpoint keys, a second
+``init_weights()``) is a warning, a subclass of :class:`InitWarning`, issued with
+:func:`warn`; ``strict=True`` turns each into the error in :data:`STRICT_ERRORS`.
 """
 
 from __future__ import annotations
+
+import os
+import sys
+import warnings
 
 
 class InitError(Exception):
@@ -74,7 +83,13 @@ class OverrideError(InitCfgError, InitValueError):
 
 
 class OverrideTargetError(InitCfgError, InitRuntimeError):
-    """An ``override`` name or a ``param`` pattern matches nothing."""
+    """An ``override`` name or a ``param`` pattern matches nothing; under ``strict=True`` also a
+    ``layer`` name that matches nothing, or a rule with neither ``layer`` nor ``override``."""
+
+
+class UnappliedConfigError(InitCfgError, InitRuntimeError):
+    """Under ``strict=True``: an ``init_cfg`` that ``init_weights()`` never applies (it sits
+    under a plain container such as ``nn.Sequential``)."""
 
 
 class ShapeError(InitCfgError, InitValueError):
@@ -172,6 +187,76 @@ class HealthCheckError(InitRuntimeError):
 
 class PlotError(HealthCheckError, ImportError):
     """Plotting needs matplotlib, which is not installed."""
+
+
+# -- warnings: what MMEngine accepts silently, but the user should act on ----------------------
+#
+# Shown once per location by Python's default filter; filter them with
+# ``warnings.filterwarnings("ignore", category=weightinit.InitWarning)``. ``strict=True`` (on
+# ``init_weights``, ``initialize``, ``plan``; ``--strict`` on the command line) raises the
+# error in :data:`STRICT_ERRORS` instead, while planning, before anything is written.
+
+
+class InitWarning(UserWarning):
+    """Base of the library's warnings: a config or checkpoint problem MMEngine accepts."""
+
+
+class UnappliedConfigWarning(InitWarning):
+    """An ``init_cfg`` that is never applied (under a plain ``nn.Sequential``/``ModuleList``),
+    or an invalid one where MMEngine never checks it (there, or under a user-defined
+    ``init_weights``). Strict: :class:`UnappliedConfigError`, or the validation error."""
+
+
+class UnmatchedLayerWarning(InitWarning):
+    """A rule's ``layer`` name matches no module of its subtree (a typo such as
+    ``'linear'``). Strict: :class:`OverrideTargetError`."""
+
+
+class EmptyRuleWarning(InitWarning):
+    """A rule has neither ``layer`` nor ``override`` (nor ``param``), so it initializes
+    nothing. Strict: :class:`OverrideTargetError`."""
+
+
+class CheckpointKeysWarning(InitWarning):
+    """A ``Pretrained`` rule skips missing, unexpected or shape-mismatched checkpoint keys.
+    Strict: :class:`CheckpointMismatchError`."""
+
+
+class RepeatedInitWarning(InitWarning):
+    """``init_weights()`` called again on an initialized module (nothing is written).
+    Strict: :class:`InitRuntimeError`."""
+
+
+#: the error each warning becomes under ``strict=True``
+STRICT_ERRORS: dict[type[InitWarning], type[InitError]] = {
+    UnappliedConfigWarning: UnappliedConfigError,
+    UnmatchedLayerWarning: OverrideTargetError,
+    EmptyRuleWarning: OverrideTargetError,
+    CheckpointKeysWarning: CheckpointMismatchError,
+    RepeatedInitWarning: InitRuntimeError,
+}
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def strict_error(warning: InitWarning) -> InitError:
+    """The library error a warning becomes under ``strict=True``."""
+    for cls in type(warning).__mro__:
+        if cls in STRICT_ERRORS:
+            return STRICT_ERRORS[cls](str(warning))
+    return InitRuntimeError(str(warning))
+
+
+def warn(category: type[InitWarning], message: str, *, strict: bool = False) -> None:
+    """Warn with ``category`` at the first caller outside the package (the user's line), so
+    Python's default filter shows it once per location; under ``strict`` raise its error."""
+    if strict:
+        raise strict_error(category(message))
+    level, frame = 1, sys._getframe(0)
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(category(message), stacklevel=level)
 
 
 class UsageError(Exception):

@@ -7,7 +7,7 @@
    module with a user-defined ``init_weights``), skipping children whose
    ``is_init`` is True, looking through model wrappers' ``.module``;
 3. its ``Pretrained`` rules, so loaded weights win inside its subtree;
-4. ``is_init = True``; calling it again only warns.
+4. ``is_init = True``; calling it again only warns (``RepeatedInitWarning``).
 
 So a deeper ``init_cfg`` wins over a shallower one, a user-defined
 ``init_weights`` over its ancestors' rules, and Pretrained over everything
@@ -49,7 +49,8 @@ class BaseModule(InitCfgNode, metaclass=ABCMeta):
         self._setup_init(init_cfg)
 
     @planned
-    def init_weights(self, device: Any = None, dtype: Any = None, seed: int | None = None) -> None:
+    def init_weights(self, device: Any = None, dtype: Any = None, seed: int | None = None,
+                     strict: bool = False) -> None:
         """Initialize the subtree by its ``init_cfg`` rules (see the module docstring).
 
         For a model built under :func:`weightinit.deferred`, ``device``
@@ -57,8 +58,13 @@ class BaseModule(InitCfgNode, metaclass=ABCMeta):
         materialize it; each tensor is then allocated and written once. With
         ``seed`` (or inside :func:`weightinit.seeded`) each parameter's values
         depend only on the seed, its full name and its rule.
+
+        ``strict=True`` turns every :class:`weightinit.InitWarning` (an
+        ``init_cfg`` never applied, a ``layer`` name that matches nothing,
+        skipped checkpoint keys, a second call) into its error, raised before
+        anything is written; nested ``init_weights()`` calls inherit it.
         """
-        run_init_weights(self, device, dtype, seed)
+        run_init_weights(self, device, dtype, seed, strict)
 
     @property
     def init_record(self) -> InitRecord | None:

@@ -6,7 +6,9 @@
 
 Exit status: 0 on success; 1 when ``check`` flags a problem; 2 for a bad
 argument, a bad config or a file that cannot be read or written — with one
-line on stderr, never a traceback (``--debug`` shows it).
+line on stderr, never a traceback (``--debug`` shows it). Library warnings
+(:class:`~weightinit.errors.InitWarning`) print as ``weightinit: warning: ...``
+lines on stderr; ``--strict`` makes each an error (exit 2) before anything is written.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import NoReturn, TextIO
 
-from ..errors import InitError, UsageError
+from ..errors import InitError, InitWarning, UsageError
 from ..version import __version__
 from .commands import CHECKPOINT_SUFFIXES, REPORT_SUFFIXES, cmd_check, cmd_init, cmd_plan
 from .output import PIPE_WIDTH, Output, one_line
@@ -50,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="log more (-v: info, -vv: one line per parameter)")
     common.add_argument("--debug", action="store_true",
                         help="show the traceback of an error instead of one line")
+    common.add_argument("--strict", action="store_true",
+                        help="make every warning (an init_cfg never applied, a layer name "
+                             "that matches nothing, skipped checkpoint keys) an error, raised "
+                             "before anything is written")
     run = argparse.ArgumentParser(add_help=False)
     run.add_argument("--device", help="where to materialize the model (default: the config's "
                                       "'device', else cpu)")
@@ -119,6 +127,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextmanager
+def _warnings_to(stream: TextIO) -> Iterator[None]:
+    """Show library warnings as ``weightinit: warning: ...`` lines on ``stream``, each once."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("default", InitWarning)
+        show = warnings.showwarning
+
+        def showwarning(message: Warning | str, category: type[Warning], filename: str,
+                        lineno: int, file: TextIO | None = None, line: str | None = None) -> None:
+            if issubclass(category, InitWarning):
+                print(f"{PROG}: warning: {one_line(message)}", file=stream)
+            else:
+                show(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = showwarning
+        yield
+
+
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
          stderr: TextIO | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 check flagged, 2 error)."""
@@ -143,7 +169,8 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
     logger.addHandler(handler)
     logger.setLevel(min(level, saved_level) if saved_level else level)
     try:
-        return args.func(args, out)
+        with _warnings_to(err_stream):
+            return args.func(args, out)
     except (InitError, UsageError, OSError) as err:
         if args.debug:
             raise

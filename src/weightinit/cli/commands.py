@@ -59,7 +59,7 @@ def _build_and_init(cfg: ModelConfig, args: argparse.Namespace, out: Output
     with out.step(f"initializing {type(model).__name__} on {where}"):
         start = time.perf_counter()
         with seeded(_seed(cfg, args)):  # values depend on (seed, name, rule) only
-            record = cfg.initialize(model, device=device, dtype=dtype)
+            record = cfg.initialize(model, device=device, dtype=dtype, strict=args.strict)
         elapsed = time.perf_counter() - start
     return model, record, elapsed
 
@@ -91,7 +91,7 @@ def cmd_plan(args: argparse.Namespace, out: Output) -> int:
     with out.step(f"building {cfg.path.name} on meta"):
         model = cfg.build(deferred=True)
     with out.step("planning"):
-        plan = cfg.plan(model)
+        plan = cfg.plan(model, strict=args.strict)
     rep = plan_report(plan, model)
     _print_report(rep, out, args.summary)
     _write_reports(rep, args.report, out)

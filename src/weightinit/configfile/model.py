@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ import torch.nn as nn
 
 from ..api import get_init_record, initialize, plan
 from ..capture.deferred import deferred as deferred_ctx
-from ..errors import ConfigError, InitValueError
+from ..errors import ConfigError, InitValueError, InitWarning, strict_error
 from ..module import BaseModule
 from ..record import InitRecord
 from .building import build_object, signature
@@ -73,36 +75,61 @@ class ModelConfig:
             model.init_cfg = copy.deepcopy(self.init_cfg)
         return model
 
-    def plan(self, model: nn.Module) -> Any:
+    def plan(self, model: nn.Module, strict: bool = False) -> Any:
         """The plan of this config's initialization of ``model`` (nothing written).
 
         Tensors nothing would give a value are listed in ``plan.undefined``
-        rather than raised, so a dry run can show the whole table.
+        rather than raised, so a dry run can show the whole table. ``strict``
+        raises the error of any :class:`~weightinit.errors.InitWarning`.
         """
-        if isinstance(model, BaseModule):
-            return plan(model, allow_undefined=True)
-        return plan(model, self.init_cfg if self.init_cfg is not None else [],
-                    allow_undefined=True)
+        with _strict_warnings(strict):
+            if isinstance(model, BaseModule):
+                return plan(model, allow_undefined=True, strict=strict)
+            return plan(model, self.init_cfg if self.init_cfg is not None else [],
+                        allow_undefined=True, strict=strict)
 
     def initialize(self, model: nn.Module, device: Any = None,
-                   dtype: torch.dtype | None = None) -> InitRecord:
-        """Initialize (and materialize) ``model`` as the config says; returns the record."""
+                   dtype: torch.dtype | None = None, strict: bool = False) -> InitRecord:
+        """Initialize (and materialize) ``model`` as the config says; returns the record.
 
-        if isinstance(model, BaseModule):
-            sig = signature(model.init_weights)
-            params = sig.parameters if sig is not None else {}
-            if sig is None or "device" in params or any(p.kind is p.VAR_KEYWORD
-                                                        for p in params.values()):
-                model.init_weights(device=device, dtype=dtype)
-            else:
-                # A user-defined init_weights() that takes no device/dtype: give every tensor
-                # real storage first (PyTorch defaults), then let it run as written.
-                initialize(model, [], device=device, dtype=dtype)
-                model.init_weights()
-            record = get_init_record(model)
-        else:
-            record = initialize(model, self.init_cfg if self.init_cfg is not None else [],
-                                device=device, dtype=dtype)
+        ``strict`` raises the error of any :class:`~weightinit.errors.InitWarning`
+        (also from a user-defined ``init_weights`` that takes no ``strict``).
+        """
+        with _strict_warnings(strict):
+            record = self._initialize(model, device, dtype, strict)
         if record is None:  # pragma: no cover - only when nested in another init
             raise InitValueError(f"{self.name}: initialization produced no record")
         return record
+
+    def _initialize(self, model: nn.Module, device: Any, dtype: torch.dtype | None,
+                    strict: bool) -> InitRecord | None:
+        if isinstance(model, BaseModule):
+            sig = signature(model.init_weights)
+            params = sig.parameters if sig is not None else {}
+            more = any(p.kind is p.VAR_KEYWORD for p in params.values())
+            extra = {"strict": True} if strict and ("strict" in params or more) else {}
+            if sig is None or "device" in params or more:
+                model.init_weights(device=device, dtype=dtype, **extra)
+            else:
+                # A user-defined init_weights() that takes no device/dtype: give every tensor
+                # real storage first (PyTorch defaults), then let it run as written.
+                initialize(model, [], device=device, dtype=dtype, strict=strict)
+                model.init_weights(**extra)
+            return get_init_record(model)
+        return initialize(model, self.init_cfg if self.init_cfg is not None else [],
+                          device=device, dtype=dtype, strict=strict)
+
+
+@contextlib.contextmanager
+def _strict_warnings(strict: bool) -> Iterator[None]:
+    """Under ``strict``, a library warning raised anywhere (even through user code that
+    takes no ``strict``) becomes its error; planning raises it before any write."""
+    if not strict:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InitWarning)
+        try:
+            yield
+        except InitWarning as w:
+            raise strict_error(w) from None

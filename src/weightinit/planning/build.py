@@ -39,6 +39,8 @@ class Request:
     outermost: bool = True
     #: list tensors nothing gives a value in the plan instead of raising (dry runs that report)
     allow_undefined: bool = False
+    #: turn every :class:`~weightinit.errors.InitWarning` found while planning into its error
+    strict: bool = False
 
 
 def check_target(model: nn.Module, device: Any, dtype: Any) -> tuple[torch.device | None,
@@ -88,7 +90,7 @@ def build_plan(cache: PlanningCache, request: Request) -> Plan:
     def dtype_of(t: Tensor) -> torch.dtype:
         return dtype if dtype is not None and t.is_floating_point() else t.dtype
 
-    walker = Walker(cache, dtype_of)
+    walker = Walker(cache, dtype_of, strict=request.strict or cache.strict)
     if request.rules is None:
         if not target.is_init:
             walker.plan_init_weights(target)

@@ -8,7 +8,6 @@ returns read each entry once, when executed.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 import torch
@@ -16,12 +15,10 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..checkpoint.loader import CheckpointState, LoadReport, load_pretrained_state
-from ..errors import CheckpointMismatchError
+from ..errors import CheckpointKeysWarning, CheckpointMismatchError, warn
 from ..rules import PretrainedInit
 from .ops import CheckpointRead
 from .plan import Write
-
-logger = logging.getLogger("weightinit")
 
 
 def state_tensors(module: nn.Module) -> dict[str, Tensor]:
@@ -90,6 +87,7 @@ def match_checkpoint(target: nn.Module, init: PretrainedInit, where: str,
     return writes, report
 
 
-def warn_load(where: str, label: str, report: LoadReport) -> None:
+def warn_load(where: str, label: str, report: LoadReport, strict: bool = False) -> None:
+    """Warn about skipped keys (:class:`CheckpointKeysWarning`); raise under ``strict``."""
     if report.unexpected or report.missing or report.mismatched:
-        logger.warning("%s: loading into %s: %s", where, label, report)
+        warn(CheckpointKeysWarning, f"{where}: loading into {label}: {report}", strict=strict)

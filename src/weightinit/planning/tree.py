@@ -11,14 +11,16 @@
 
 Everything is validated while walking (config entries, override names and
 patterns, tensor shapes and dtypes, checkpoint files and keys): a bad config
-raises before any tensor is touched. The walk is linear in the tree size.
+raises before any tensor is touched. What MMEngine accepts but is likely a mistake
+(an ``init_cfg`` never applied or never checked, a ``layer`` name matching nothing,
+skipped checkpoint keys) warns (``InitWarning``); ``strict`` raises. Linear in the tree size.
 """
 
 from __future__ import annotations
 
 import copy
+import difflib
 import fnmatch
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,22 +30,27 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..checkpoint.loader import CheckpointState, LoadReport
-from ..errors import InitError, OverrideTargetError, ShapeError
+from ..errors import (
+    InitError,
+    OverrideTargetError,
+    ShapeError,
+    UnappliedConfigWarning,
+    UnmatchedLayerWarning,
+    warn,
+)
 from ..rules import (
     BaseInit,
     Override,
     PretrainedInit,
     Rule,
+    class_names,
     is_model_wrapper,
-    layer_matches,
     module_label,
 )
 from ..rules.parse import parse_init_cfg
 from .checkpoints import match_checkpoint, warn_load
 from .ops import OpKind, Role, RuleFill, UserCall, user_call_key
 from .plan import Event, Write
-
-logger = logging.getLogger("weightinit")
 
 #: marks the ``init_weights`` whose effect the planner knows (BaseModule's own)
 PLANNED = "__weightinit_planned__"
@@ -109,6 +116,8 @@ class PlanningCache:
     #: opened checkpoints, by what selects their keys
     checkpoints: dict[tuple, CheckpointState] = field(default_factory=dict)
     orders: dict[int, list[nn.Module]] = field(default_factory=dict)
+    #: warnings raise their error (set for the whole session by its outermost call)
+    strict: bool = False
 
     def path(self, module: nn.Module) -> str:
         if not self.paths:
@@ -129,10 +138,11 @@ class Walker:
     """Emits the events of ``init_weights()`` or ``initialize()`` over one subtree."""
 
     def __init__(self, cache: PlanningCache, dtype_of: Callable[[Tensor], torch.dtype],
-                 validate_only: bool = False) -> None:
+                 validate_only: bool = False, strict: bool = False) -> None:
         self.cache = cache
         self.dtype_of = dtype_of
         self.validate_only = validate_only
+        self.strict = strict
         self.events: list[Event] = []
         self.visited: list[nn.Module] = []
         self._visited: set[int] = set()
@@ -143,7 +153,7 @@ class Walker:
         if hit is None:
             hit = self.cache.rules[id(module)] = (module, parse_init_cfg(
                 module.init_cfg, self.cache.path(module), type(module).__name__,
-                cache=self.cache.initializers))
+                cache=self.cache.initializers, strict=self.strict))
         return hit[1]
 
     # -- BaseModule.init_weights ---------------------------------------------------
@@ -177,24 +187,35 @@ class Walker:
     def validate_tree(self, module: nn.Module) -> None:
         """Check the init_cfg of every node under ``module`` the walk did not reach.
 
-        Those are nodes under user code (which may call their init_weights)
-        or under plain containers: a bad config anywhere fails before any write.
+        Those are under user code (which may call their init_weights, which then plans and
+        raises) or plain containers, where MMEngine never looks: a bad config warns (strict: raises).
         """
-        checker = Walker(self.cache, self.dtype_of, validate_only=True)
+        checker = Walker(self.cache, self.dtype_of, validate_only=True, strict=self.strict)
         for m in module.modules():
             if (isinstance(m, InitCfgNode) and m.init_cfg and not m.is_init
                     and id(m) not in self._visited):
-                for rule in checker.rules_of(m):
-                    checker.apply_rule(m, rule)
+                try:
+                    for rule in checker.rules_of(m):
+                        checker.apply_rule(m, rule)
+                except InitError as err:
+                    if self.strict:
+                        raise
+                    warn(UnappliedConfigWarning,
+                         f"{err} (not raised yet: {self.cache.label(m)} sits under a plain "
+                         "container or a user-defined init_weights, so this init_cfg is only "
+                         "applied, and then raises, if user code calls its init_weights; "
+                         "strict=True raises it now)")
 
     def _warn_unreached(self, container: nn.Module) -> None:
         for m in container.modules():
             if isinstance(m, InitCfgNode) and m.init_cfg and not m.is_init:
-                logger.warning(
-                    "%s: its init_cfg is never applied, because %s has no init_weights. "
-                    "Fix: use weightinit.Sequential/ModuleList/ModuleDict for the container, "
-                    "or call init_weights of the module yourself.",
-                    self.cache.label(m), self.cache.label(container))
+                if self.strict:  # a bad config there raises its own, more precise error first
+                    self.validate_tree(container)
+                warn(UnappliedConfigWarning,
+                     f"{self.cache.label(m)}: its init_cfg is never applied, because "
+                     f"{self.cache.label(container)} has no init_weights. Fix: use "
+                     "weightinit.Sequential/ModuleList/ModuleDict for the container, or call "
+                     "init_weights of the module yourself.", strict=self.strict)
                 return
 
     # -- initialize() ------------------------------------------------------------------
@@ -262,14 +283,23 @@ class Walker:
                 for role, t in init.module_targets(target):
                     self._emit(init, role, t, target, where)
             elif layers or whole:
+                hits: dict[type, bool] = {}  # per class: does it match ``layers``
+                matched: set[str] = set()
                 for m in self.cache.order(target):
-                    if whole or layer_matches(m, layers):
+                    hit = hits.get(type(m))
+                    if hit is None and not whole:
+                        found = class_names(type(m)).intersection(layers)
+                        matched |= found
+                        hit = hits[type(m)] = bool(found)
+                    if whole or hit:
                         for role, t in init.module_targets(m):
                             self._emit(init, role, t, m, where)
         except ShapeError:
             raise
         except InitError as err:
             raise type(err)(f"{where}: {err}") from err
+        if layers and not whole and not itself and not self.validate_only:
+            self._warn_unmatched(target, init, layers, matched, hits, where)
         if init.param:
             for name, m, t in self.resolve_params(target, init.param, where):
                 self._emit(init, "param", t, m, where, name)
@@ -279,6 +309,36 @@ class Walker:
                 target, self.cache.path(target), init=stage, where=where,
                 seed_key=f"user|{init.seed_key}|stage", rule=init, record_kind=_record_kind(init),
                 whole_model=True))
+
+    def _warn_unmatched(self, target: nn.Module, init: BaseInit, layers: Any, matched: set[str],
+                        classes: dict[type, bool], where: str) -> None:
+        """Warn about ``layer`` names matching no module (nor base class) under ``target``.
+
+        If no name matches, each warns; if some do (``layer=['_BatchNorm', 'GroupNorm']`` is a
+        common catch-all), only one that differs from a class there in case alone. ``classes``
+        are the subtree's classes, collected by the rule's own walk.
+        """
+        lower = {n.lower(): n for n in sorted(set().union(*map(class_names, classes)),
+                                              reverse=True) if n != "object"}
+        wanted = [n for n in dict.fromkeys(layers) if n not in matched
+                  and (not matched or n.lower() in lower)]
+        if not wanted:
+            return
+        parts = []
+        for name in wanted:
+            close = [lower[name.lower()]] if name.lower() in lower else [
+                lower[c] for c in difflib.get_close_matches(name.lower(), list(lower), n=3)]
+            hint = (f"did you mean {close[0]!r}?" if len(close) == 1 else
+                    f"did you mean one of {', '.join(map(repr, close))}?" if close else "")
+            parts.append(f"{name!r}" + (f" ({hint})" if hint else ""))
+        own = sorted({cls.__name__ for cls in classes})
+        warn(UnmatchedLayerWarning,
+             f"{where}: {type(init).__name__} layer {', '.join(parts)} "
+             f"{'matches' if len(parts) == 1 else 'match'} no module of "
+             f"{self.cache.label(target)} (classes there: {', '.join(own[:10])}"
+             f"{', ...' if len(own) > 10 else ''}), so the rule initializes nothing by that name "
+             "(MMEngine accepts this silently). Fix: spell the class name exactly (case "
+             "matters; a base class name also matches), or remove it.", strict=self.strict)
 
     def _emit(self, init: BaseInit, role: str, t: Tensor, m: nn.Module, where: str,
               name: str | None = None) -> None:
@@ -321,9 +381,9 @@ class Walker:
                                           self.cache.label(target), self.dtype_of)
         if self.validate_only:
             return
+        warn_load(where, self.cache.label(target), report, self.strict)
         self.events.extend(writes)
         self.loads.append(report)
-        warn_load(where, self.cache.label(target), report)
 
 
 def _record_kind(init: Any) -> OpKind:

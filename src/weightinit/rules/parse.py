@@ -13,7 +13,6 @@ import copy
 import difflib
 import functools
 import inspect
-import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,17 +20,17 @@ import torch.nn as nn
 
 from ..errors import (
     ConfigStructureError,
+    EmptyRuleWarning,
     InitError,
     InitKeyError,
     InitTypeError,
     OverrideError,
+    warn,
 )
 from .base import BaseInit
 from .keys import canonical
 from .pretrained import PretrainedInit
 from .registry import WEIGHT_INITIALIZERS, registered_name
-
-logger = logging.getLogger("weightinit")
 
 
 def module_label(path: str, cls_name: str) -> str:
@@ -271,10 +270,12 @@ def _parse_overrides(override: Any, base: dict, where: str,
 
 
 def parse_init_cfg(init_cfg: Any, owner: str = "", owner_class: str = "",
-                   *, field: str = "init_cfg", cache: dict | None = None) -> tuple[Rule, ...]:
+                   *, field: str = "init_cfg", cache: dict | None = None,
+                   strict: bool = False) -> tuple[Rule, ...]:
     """Validate an ``init_cfg`` (dict or list of dicts) into rules, in declaration order.
 
-    Raises an :class:`InitError` subclass naming ``owner``'s entry on any mistake.
+    Raises an :class:`InitError` subclass naming ``owner``'s entry on any mistake. A rule
+    that targets nothing warns (:class:`EmptyRuleWarning`), or raises under ``strict``.
     """
     label = module_label(owner, owner_class)
     if init_cfg is None:
@@ -302,9 +303,9 @@ def parse_init_cfg(init_cfg: Any, owner: str = "", owner_class: str = "",
             overrides = _parse_overrides(override, base, where, cache)
         elif (isinstance(init, BaseInit) and not init.layer and not init.param
               and init.plannable and not init.targets_itself):
-            logger.warning("%s: %s has neither 'layer' nor 'override', so it initializes "
-                           "nothing. Fix: add layer=<class name>, param=<name pattern> or "
-                           "override=dict(name=...).", where, type(init).__name__)
+            warn(EmptyRuleWarning, f"{where}: {type(init).__name__} has neither 'layer' nor "
+                 "'override', so it initializes nothing. Fix: add layer=<class name>, "
+                 "param=<name pattern> or override=dict(name=...).", strict=strict)
         rules.append(Rule(init=init, cfg=_plain_copy(entry), location=loc, owner=owner,
                           owner_class=owner_class, overrides=overrides))
     return tuple(rules)
