@@ -163,6 +163,10 @@ class _DeferredMode(TorchFunctionMode):
                     else torch.device("cpu")
             out = func(*args, device="meta", **out_kwargs)
             return _mark(out, Construction(torch.device(device)))
+        if not args and isinstance(kwargs.get("tensor"), Tensor):
+            # torch.nn.init functions dispatch here with the tensor as a keyword
+            kwargs = dict(kwargs)
+            args = (kwargs.pop("tensor"),)
         target = _owner(args[0]) if args else None
         if target is None:
             return func(*args, **kwargs)

@@ -181,7 +181,8 @@ class _OwnGenerators(TorchFunctionMode):
                                                 or func in _INIT_FUNCTIONS):
             if (func in _RANDOM_METHODS or func in _INIT_FUNCTIONS
                     or func.__name__.endswith("_like")):
-                device = args[0].device if args and isinstance(args[0], Tensor) else "cpu"
+                first = args[0] if args else kwargs.get("tensor", kwargs.get("input"))
+                device = first.device if isinstance(first, Tensor) else "cpu"
             else:
                 device = kwargs.get("device") or (
                     args[0].device if args and isinstance(args[0], Tensor) else "cpu")

@@ -98,7 +98,9 @@ def construction_elementwise(construction: Construction, shape: tuple[int, ...]
         return None
     name = getattr(fn, "__name__", "")
     module = getattr(fn, "__module__", None) or ""
-    if module == "torch.nn.init" or module.startswith("weightinit.maths"):
+    # transformers' initialization functions are torch's, skipped for tensors it loaded
+    if module in ("torch.nn.init", "transformers.initialization") or module.startswith(
+            "weightinit.maths"):
         table = _INIT_FUNCTIONS
     elif getattr(Tensor, name, None) is fn:
         table = _TENSOR_METHODS

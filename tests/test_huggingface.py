@@ -1,0 +1,63 @@
+"""Hugging Face models under ``deferred()`` keep their own initialization.
+
+transformers' ``_init_weights`` writes through ``torch.nn.init`` functions that
+dispatch with the tensor as a keyword; those writes must be recorded and
+replayed like any constructor init, so a deferred model's parameters have
+the distributions eager construction gives them (std 0.02, not PyTorch's
+defaults). Small configs, no downloads.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import weightinit as wi
+
+transformers = pytest.importorskip("transformers")
+
+
+def small(name: str):
+    if name == "llama":
+        cfg = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128,
+                                       num_hidden_layers=2, num_attention_heads=4,
+                                       num_key_value_heads=2)
+        return transformers.LlamaForCausalLM, cfg
+    if name == "bert":
+        cfg = transformers.BertConfig(vocab_size=256, hidden_size=64, intermediate_size=128,
+                                      num_hidden_layers=2, num_attention_heads=4,
+                                      max_position_embeddings=64)
+        return transformers.BertModel, cfg
+    cfg = transformers.GPT2Config(vocab_size=256, n_embd=64, n_layer=2, n_head=4, n_positions=64,
+                                  bos_token_id=0, eos_token_id=0)
+    return transformers.GPT2LMHeadModel, cfg
+
+
+@pytest.mark.parametrize("name", ["llama", "bert", "gpt2"])
+@pytest.mark.parametrize("seed", [None, 3])
+def test_deferred_model_keeps_the_models_own_init(name, seed):
+    cls, cfg = small(name)
+    torch.manual_seed(0)
+    eager = cls(cfg)
+    with wi.deferred():
+        deferred = cls(cfg)
+    assert all(p.is_meta for p in deferred.parameters())
+    record = wi.initialize(deferred, [], seed=seed)
+    for n, p in eager.named_parameters():
+        q = deferred.get_parameter(n)
+        if p.numel() < 1000 or p.std() == 0:  # constants (norms, biases): exactly equal
+            if p.std() == 0:
+                assert torch.equal(p, q), n
+            continue
+        # std 0.02 draws of >= 1000 elements: within 10 % of each other
+        assert q.std().item() == pytest.approx(p.std().item(), rel=0.1), n
+        assert "normal_" in record[n].declared_in, (n, record[n].declared_in)
+
+
+def test_a_rule_still_wins_over_the_models_init():
+    cls, cfg = small("llama")
+    with wi.deferred():
+        m = cls(cfg)
+    wi.initialize(m, dict(type="Constant", layer="Linear", val=0.5), seed=1)
+    assert torch.all(m.lm_head.weight == 0.5)
+    assert m.model.embed_tokens.weight.std().item() == pytest.approx(0.02, rel=0.1)
