@@ -2,7 +2,8 @@
 # Set up a virtual environment in .venv (if needed) and run a job in it.
 #   make demo   (bash scripts/run.sh example)   weightinit init the bundled ResNet-50: print the report,
 #                                               write out/resnet50.safetensors and out/resnet50-report.md
-#   make test   (bash scripts/run.sh test)      lint and run the whole test suite, then build the
+#   make test   (bash scripts/run.sh test)      lint, build the API reference (mkdocs --strict),
+#                                               run the whole test suite, then build the
 #                                               wheel and check it in an empty venv
 #                                               (scripts/wheel_check.sh; WHEEL_CHECK=0 skips it)
 set -euo pipefail
@@ -22,6 +23,15 @@ setup() {
     fi
 }
 
+# Build the API reference (mkdocs.yml) into a temp dir, offline; any warning fails it.
+build_docs() {
+    local site rc=0
+    site="$(mktemp -d "${TMPDIR:-/tmp}/weightinit-site.XXXXXX")"
+    "$PY" -m mkdocs build --strict --site-dir "$site" || rc=$?
+    rm -rf "$site"
+    return "$rc"
+}
+
 case "${1:-}" in
     example)
         setup
@@ -33,6 +43,8 @@ case "${1:-}" in
         setup
         shift
         "$PY" -m ruff check src tests benchmarks examples
+        echo "docs: mkdocs build --strict (API reference from the docstrings, warnings are errors)"
+        build_docs
         "$PY" -m pytest "$@"
         if [ "${WHEEL_CHECK:-1}" != 0 ]; then
             PYTHON="$PWD/$PY" bash scripts/wheel_check.sh

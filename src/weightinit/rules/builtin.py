@@ -207,7 +207,7 @@ class VarianceScalingInit(BaseInit):
 
     The one primitive behind Glorot/He/LeCun. Fans know the module: grouped
     convs, transposed convs and embeddings are counted by what each unit is
-    connected to (see :func:`weightinit.functional.fan_in_and_fan_out`).
+    connected to (see :func:`weightinit.fan_in_and_fan_out`).
     ``distribution``: ``truncated_normal`` (±2σ, variance corrected),
     ``normal`` or ``uniform``.
 

@@ -150,12 +150,12 @@ def build_from_cfg(cfg: dict, registry: Registry, default_args: dict | None = No
                             f"{err}") from err
 
 
-#: Rule types for ``init_cfg`` (``Constant``, ``Kaiming``, ``Pretrained``, ...).
 WEIGHT_INITIALIZERS = Registry("weight initializer")
-#: Users' models, for building from config files.
+"""Rule types for ``init_cfg`` (``Constant``, ``Kaiming``, ``Pretrained``, ...)."""
 MODELS = Registry("model")
-#: Wrappers (``DataParallel``-like) that ``init_weights`` looks through via ``.module``.
+"""Users' models, for building from config files."""
 MODEL_WRAPPERS = Registry("model wrapper")
+"""Wrappers (``DataParallel``-like) that ``init_weights`` looks through via ``.module``."""
 MODEL_WRAPPERS.register_module(module=nn.DataParallel)
 MODEL_WRAPPERS.register_module(module=nn.parallel.DistributedDataParallel)
 

@@ -1,0 +1,1 @@
+"""Deferred construction: build a model on ``meta`` tensors, recording its constructor inits."""
