@@ -121,10 +121,11 @@ def test_trend_gain_fits_the_growth_over_depth():
     assert trend_gain([2.0 ** i for i in range(11)]) == pytest.approx(1024.0)
     assert trend_gain([1.0, None, 0.0, 4.0]) == pytest.approx(4.0)  # unusable rows left out
     assert trend_gain([1.0]) is None and trend_gain([0.0, float("nan")]) is None
-    # One layer of a deliberately different scale (a std=0.01 head at the end) barely moves it,
-    # where last/first would read ×0.01.
+    # One layer of a deliberately different scale (a std=0.01 head at the end) does not move it
+    # (the median pairwise slope), where last/first would read ×0.01.
     flat = [1.0] * 30 + [0.01]
-    assert 0.4 < trend_gain(flat) < 1.0
+    assert trend_gain(flat) == pytest.approx(1.0)
+    assert trend_gain([1.0, 1.0, 1.0, 1.0, 1e-4]) == pytest.approx(1.0)  # even when shallow
     assert trend_gain([1e300, 1e-300] * 2 + [1e300]) < float("inf")
 
 

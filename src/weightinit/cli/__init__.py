@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                         dest="overrides",
-                        help="override a config value, e.g. --set model.size=tiny (value: a "
+                        help="override a config value, e.g. --set model.size=tiny or --set "
+                             "init_cfg.0.std=0.02 (an integer indexes a list; value: a "
                              "Python literal, else a string); repeatable")
     common.add_argument("-v", "--verbose", action="count", default=0,
                         help="log more (-v: info, -vv: one line per parameter)")
@@ -109,8 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "on random input and record the std of every layer's "
                                    "output and of the gradient reaching it. Flags exploding or "
                                    "vanishing signal: the activation or gradient std growing "
-                                   "(or shrinking) over the layers by more than LIMIT (a "
-                                   "log-linear fit over all layers), or non-finite values. "
+                                   "(or shrinking) over the layers by more than LIMIT (the "
+                                   "median per-layer trend, so one small head does not "
+                                   "count), or non-finite values. "
                                    "Exit status 1 if any config is flagged.")
     p.add_argument("config", nargs="+", help="config file(s); several are compared in one plot")
     p.add_argument("--input-shape", metavar="SHAPE",

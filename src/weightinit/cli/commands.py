@@ -40,11 +40,43 @@ def _settings(cfg: ModelConfig, args: argparse.Namespace) -> tuple[str, torch.dt
     dtype_name = args.dtype or cfg.dtype
     dtype = torch_dtype(dtype_name, "--dtype" if args.dtype else cfg.where("dtype")) \
         if dtype_name else None
-    try:
-        torch.empty(0, device=device)
-    except (RuntimeError, ValueError) as err:
-        raise UsageError(f"device {device!r} is not usable here: {one_line(err)}") from err
+    _check_device(device, None if args.device else cfg.where("device") if cfg.device else None)
     return device, dtype
+
+
+def _short(err: BaseException) -> str:
+    """The first sentence of ``err`` (backend errors can run to pages)."""
+    text = one_line(err)
+    text = text.split(". ", 1)[0].rstrip(".")
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _check_device(device: str, config_key: str | None) -> None:
+    """Refuse a device this torch build or machine cannot allocate on: one line, with a fix.
+
+    ``config_key`` names the config entry the device came from (None: --device or the default).
+    """
+    fix = ("Fix: pass --device cpu" + (f" (or change {config_key})" if config_key else "")
+           + ", or a device this machine has")
+    try:
+        kind = torch.device(device)
+    except (RuntimeError, ValueError, TypeError) as err:
+        raise UsageError(f"device {device!r} is not usable here: not a device name (e.g. cpu, "
+                         f"cuda, cuda:1, mps). {fix}.") from err
+    if kind.type == "cuda" and not torch.cuda.is_available():
+        why = ("this torch build has no CUDA support" if torch.version.cuda is None
+               else "no CUDA device is visible")
+        raise UsageError(f"device {device!r} is not usable here: {why}. {fix}"
+                         + (" (or install a CUDA build of torch)." if torch.version.cuda is None
+                            else "."))
+    if kind.type == "cuda" and kind.index is not None \
+            and kind.index >= torch.cuda.device_count():
+        raise UsageError(f"device {device!r} is not usable here: this machine has "
+                         f"{torch.cuda.device_count()} CUDA device(s). {fix}.")
+    try:
+        torch.empty(0, device=kind)
+    except Exception as err:  # noqa: BLE001 - backends fail with assorted types (AssertionError)
+        raise UsageError(f"device {device!r} is not usable here: {_short(err)}. {fix}.") from err
 
 
 def _build_and_init(cfg: ModelConfig, args: argparse.Namespace, out: Output

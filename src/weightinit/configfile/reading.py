@@ -108,15 +108,47 @@ def _apply_override(data: dict[str, Any], item: str, path: Path) -> None:
         value = raw.strip()
     parts = key.split(".")
     target: Any = data
-    for i, part in enumerate(parts[:-1]):
-        nxt = target.get(part) if isinstance(target, dict) else None
-        if nxt is None and isinstance(target, dict):
-            nxt = target[part] = {}
-        if not isinstance(nxt, dict):
-            raise ConfigError(f"{path.name}: override {key!r}: "
-                              f"{'.'.join(parts[:i + 1])} is not a mapping")
+    for i, part in enumerate(parts):
+        here = ".".join(parts[:i + 1])
+        last = i == len(parts) - 1
+        if isinstance(target, list):  # an integer segment indexes a list: init_cfg.0.type
+            index = _list_index(target, part, key, here, path)
+            if last:
+                target[index] = value
+                return
+            nxt = target[index]
+            if isinstance(nxt, tuple):  # a .py config's tuple: made a list to be edited
+                nxt = target[index] = list(nxt)
+        else:
+            if last:
+                target[part] = value
+                return
+            nxt = target.get(part)
+            if nxt is None:
+                nxt = target[part] = {}
+            elif isinstance(nxt, tuple):
+                nxt = target[part] = list(nxt)
+        if not isinstance(nxt, (dict, list)):
+            raise ConfigError(f"{path.name}: override {key!r}: {here} is not a mapping or a "
+                              f"list (it is {type(nxt).__name__})")
         target = nxt
-    target[parts[-1]] = value
+
+
+def _list_index(items: list[Any], part: str, key: str, here: str, path: Path) -> int:
+    """The index ``part`` names in ``items`` (the list at ``here`` minus its last segment)."""
+    parent = here.rpartition(".")[0]
+    try:
+        index = int(part)
+    except ValueError:
+        raise ConfigError(f"{path.name}: override {key!r}: {parent} is a list; index it with "
+                          f"an integer, e.g. {parent}.0, not {part!r}") from None
+    if not -len(items) <= index < len(items):
+        raise ConfigError(f"{path.name}: override {key!r}: index {index} is out of range for "
+                          f"{parent}, a list of length {len(items)} (valid: 0 to "
+                          f"{len(items) - 1})" if items else
+                          f"{path.name}: override {key!r}: index {index} is out of range for "
+                          f"{parent}, an empty list")
+    return index
 
 
 def _parse(data: dict[str, Any], path: Path) -> ModelConfig:

@@ -233,7 +233,7 @@ class Walker:
                 self.apply_init(target, ov, ov.init, whole=True, where=ov.location)
 
     def resolve_override(self, module: nn.Module, name: str, where: str) -> list[nn.Module]:
-        """Submodules named by an override: a child, a dotted path, or a glob pattern."""
+        """Submodules named by an override: a child, a dotted path, or a per-segment glob."""
         if any(ch in name for ch in "*?["):
             parts = name.split(".")
             found = [m for n, m in module.named_modules() if n and len(n.split(".")) == len(parts)
@@ -242,7 +242,8 @@ class Walker:
                 raise OverrideTargetError(
                     f"{where}: pattern {name!r} matches no submodule of "
                     f"{type(module).__name__}; children are: {_children(module)}. Fix: "
-                    "correct the pattern (segments are matched one by one, '*' is one name).")
+                    "correct the pattern (override names match segment by segment: '*' is "
+                    "one name, never a dot, e.g. 'blocks.*.attn').")
             return found
         target: Any = module
         walked = []
@@ -260,7 +261,7 @@ class Walker:
                 raise OverrideTargetError(
                     f"{where}: module did not have attribute {part!r}: no submodule "
                     f"{part!r} in {owner}; children are: {_children(target)}. Fix: use one "
-                    "of those names, a dotted path, or a glob pattern.")
+                    "of those names, a dotted path, or a glob pattern ('*' is one name).")
             walked.append(part)
             target = child
         return [target]
@@ -355,7 +356,7 @@ class Walker:
 
     def resolve_params(self, module: nn.Module, patterns: list[str], where: str
                        ) -> list[tuple[str, nn.Module, Tensor]]:
-        """Parameters of ``module`` whose relative name matches one of ``patterns``."""
+        """Parameters whose relative name matches a pattern (fnmatch, ``*`` crosses dots)."""
         def hit(name: str, pat: str) -> bool:
             return fnmatch.fnmatchcase(name, pat) or (
                 "." not in pat and fnmatch.fnmatchcase(name.rsplit(".", 1)[-1], pat))
@@ -373,7 +374,8 @@ class Walker:
                 raise OverrideTargetError(
                     f"{where}: param pattern {pat!r} matches no parameter of "
                     f"{self.cache.label(module)}; its parameters are: {sample or '(none)'}. "
-                    "Fix: correct the pattern ('*' matches any characters, dots included).")
+                    "Fix: correct the pattern (param patterns match the whole dotted name: "
+                    "'*' matches any characters, dots included).")
         return found
 
     def apply_pretrained(self, target: nn.Module, init: PretrainedInit, where: str) -> None:

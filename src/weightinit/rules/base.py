@@ -53,6 +53,10 @@ def layer_matches(module: nn.Module, layers: tuple[str, ...] | list[str]) -> boo
     """
     return not class_names(type(module)).isdisjoint(layers)
 
+#: instance attributes that target or bookkeep, never shown by :meth:`BaseInit.args`
+_NOT_ARGS = frozenset({"layer", "param", "wholemodule", "bias_prob", "bias"})
+
+
 class BaseInit:
     """Base of the rule initializers.
 
@@ -70,7 +74,8 @@ class BaseInit:
     plans and applies it like ``initialize(module, rule)``.
     """
 
-    #: argument names shown in ``repr`` and the record, in order
+    #: argument names shown in ``repr`` and the record, in order (optional: without it,
+    #: the attributes the constructor sets are shown; see :meth:`args`)
     arg_names: tuple[str, ...] = ()
     #: applied after the declaring module's children, like ``Pretrained``
     late = False
@@ -241,7 +246,22 @@ class BaseInit:
                 or cls.weight_dist is not BaseInit.weight_dist)
 
     def args(self) -> dict[str, Any]:
-        out = {name: getattr(self, name) for name in self.arg_names}
+        """The rule's arguments, as shown in ``repr`` and the init record; ``bias`` last.
+
+        A class that sets ``arg_names`` (itself or a base other than
+        :class:`BaseInit`) shows exactly those attributes, in that order. Otherwise
+        the rule's own constructor arguments are shown: every public instance
+        attribute (no leading underscore) in the order it was first set,
+        except the targeting and bookkeeping ones (``layer``, ``param``,
+        ``wholemodule``, ``bias_prob``) — so ``self.std = std`` in a custom
+        rule's ``__init__`` shows as ``std=...`` with nothing to declare.
+        """
+        if any("arg_names" in vars(cls) for cls in type(self).__mro__ if cls is not BaseInit):
+            out = {name: getattr(self, name) for name in self.arg_names}
+        else:
+            out = {name: value for name, value in vars(self).items()
+                   if not name.startswith("_") and name not in _NOT_ARGS}
+        out.pop("bias", None)
         out["bias"] = self.bias
         return out
 
