@@ -51,7 +51,7 @@ def test_deferred_model_keeps_the_models_own_init(name, seed):
             continue
         # std 0.02 draws of >= 1000 elements: within 10 % of each other
         assert q.std().item() == pytest.approx(p.std().item(), rel=0.1), n
-        assert "normal_" in record[n].declared_in, (n, record[n].declared_in)
+        assert record[n].declared_in.startswith("model default (_init_weights of "), n
 
 
 def test_a_rule_still_wins_over_the_models_init():
@@ -61,3 +61,24 @@ def test_a_rule_still_wins_over_the_models_init():
     wi.initialize(m, dict(type="Constant", layer="Linear", val=0.5), seed=1)
     assert torch.all(m.lm_head.weight == 0.5)
     assert m.model.embed_tokens.weight.std().item() == pytest.approx(0.02, rel=0.1)
+
+
+def test_the_record_names_the_models_own_init_eager_and_deferred():
+    cls, cfg = small("llama")
+    with wi.deferred():
+        deferred = cls(cfg)
+    record = wi.initialize(deferred, dict(type="Constant", layer="LlamaRMSNorm", val=1))
+    owner = "LlamaPreTrainedModel"
+    assert record["lm_head.weight"].declared_in == f"model default (_init_weights of {owner})"
+    assert record["model.norm.weight"].info.startswith("ConstantInit")
+    eager = cls(cfg)
+    record = wi.initialize(eager, dict(type="Constant", layer="LlamaRMSNorm", val=1))
+    assert record["lm_head.weight"].declared_in == (
+        f"model default (_init_weights of {owner}, kept from construction)")
+    plain = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    with wi.deferred():
+        plain_deferred = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    assert wi.initialize(plain, [])["0.weight"].declared_in == (
+        "PyTorch default (kept its value from construction)")
+    assert wi.initialize(plain_deferred, [])["0.weight"].declared_in == (
+        "PyTorch default (constructor: kaiming_uniform_)")

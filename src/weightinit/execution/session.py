@@ -25,6 +25,7 @@ from torch import Tensor
 from ..checkpoint.loader import LoadReport
 from ..errors import UndefinedParameterError
 from ..planning import OpKind, Plan, PlanningCache, UserCall, Write
+from ..planning.ops import model_init_owner
 from ..record import InitRecord, ParamRecord
 from .materialize import materialize, remap
 from .strategies import Plain, choose
@@ -217,8 +218,10 @@ class Session:
     # -- the record ------------------------------------------------------------------------------
     def record(self) -> InitRecord:
         root_name = type(self.root).__name__
-        untouched = Entry(OpKind.DEFAULT, f"not changed by init_weights of {root_name}",
-                          "PyTorch default (kept its value from construction)")
+        model_init = model_init_owner(self.root)
+        kept = (f"model default (_init_weights of {model_init}, kept from construction)"
+                if model_init else "PyTorch default (kept its value from construction)")
+        untouched = Entry(OpKind.DEFAULT, f"not changed by init_weights of {root_name}", kept)
         params = {}
         texts: dict[Any, str] = {}  # dtype and device names, made once each
         for name, p in self.root.named_parameters():

@@ -22,7 +22,7 @@ from ..maths import Elementwise, calculate_gain, check_choice, variance_scaling_
 from ..maths.fans import FAN_MODES
 from ..rules import reset_method_of
 from .layout import is_sharded
-from .ops import DefaultFill
+from .ops import DefaultFill, model_init_owner
 from .plan import Event, UserCall, Write, subtree_tensors
 
 Slots = list[tuple[str, nn.Module, str, str, Tensor]]
@@ -125,6 +125,7 @@ def default_events(root: nn.Module, mapping: dict[int, Tensor], slots: Slots
     undefined: list[tuple[str, str]] = []
     seen: set[int] = set()
     root_name = type(root).__name__
+    model_init = model_init_owner(root)
     for name, module, _, attr, t in slots:
         if t.device.type != "meta" or id(t) in seen:
             continue
@@ -136,7 +137,8 @@ def default_events(root: nn.Module, mapping: dict[int, Tensor], slots: Slots
             construction = module.__dict__.get("_wi_constructions", {}).get(attr)
         if construction is not None and construction.defined:
             dist = construction_elementwise(construction, tuple(t.shape))
-            events.append(Write(t, DefaultFill(module, root_name, construction, mapping, dist)))
+            events.append(Write(t, DefaultFill(module, root_name, construction, mapping, dist,
+                                               model_init)))
         elif construction is None and reset_method_of(module) is not None:
             events.append(Write(t, DefaultFill(module, root_name, None, mapping)))
         elif construction is not None and construction.broken:

@@ -33,6 +33,19 @@ from ..maths import Elementwise
 from ..rules import BaseInit, PretrainedInit, reset_method_of
 from ..rules.keys import canonical, construction_key
 
+#: modules whose init functions are a model library's own initialization
+MODEL_INIT_MODULES = frozenset({"transformers.initialization"})
+
+
+def model_init_owner(root: nn.Module) -> str | None:
+    """The model family whose ``_init_weights`` a Hugging Face model runs at construction
+    (``LlamaPreTrainedModel``), or ``None`` for other models."""
+    mro = [c for c in type(root).__mro__ if c.__module__.startswith("transformers.")]
+    if not any("_init_weights" in vars(c) for c in mro):
+        return None
+    family = next((c for c in mro if c.__name__.endswith("PreTrainedModel")), None)
+    return (family or next(c for c in mro if "_init_weights" in vars(c))).__name__
+
 
 class OpKind(enum.Enum):
     """What kind of writer an op is; its value is the record's ``kind``."""
@@ -157,6 +170,8 @@ class DefaultFill:
     mapping: dict[int, Tensor] = field(repr=False)
     #: the per-element distribution of a one-step recorded init, when it is one
     dist: Elementwise | None = None
+    #: the model class whose own init (Hugging Face ``_init_weights``) the record names
+    model_init: str | None = None
 
     kind = OpKind.DEFAULT
     rule = None
@@ -180,6 +195,10 @@ class DefaultFill:
     @property
     def declared_in(self) -> str:
         if self.construction is not None:
+            if self.model_init is not None and any(
+                    getattr(fn, "__module__", "") in MODEL_INIT_MODULES
+                    for fn, _, _, _ in self.construction.ops):
+                return f"model default (_init_weights of {self.model_init})"
             return f"PyTorch default (constructor: {self.construction.describe()})"
         return f"PyTorch default (reset_parameters of {class_name(self.module)})"
 
