@@ -28,12 +28,17 @@ def small(name: str):
                                       num_hidden_layers=2, num_attention_heads=4,
                                       max_position_embeddings=64)
         return transformers.BertModel, cfg
+    if name == "vit":
+        cfg = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=64,
+                                     intermediate_size=128, num_hidden_layers=2,
+                                     num_attention_heads=4)
+        return transformers.ViTModel, cfg
     cfg = transformers.GPT2Config(vocab_size=256, n_embd=64, n_layer=2, n_head=4, n_positions=64,
                                   bos_token_id=0, eos_token_id=0)
     return transformers.GPT2LMHeadModel, cfg
 
 
-@pytest.mark.parametrize("name", ["llama", "bert", "gpt2"])
+@pytest.mark.parametrize("name", ["llama", "bert", "gpt2", "vit"])
 @pytest.mark.parametrize("seed", [None, 3])
 def test_deferred_model_keeps_the_models_own_init(name, seed):
     cls, cfg = small(name)
@@ -52,6 +57,19 @@ def test_deferred_model_keeps_the_models_own_init(name, seed):
         # std 0.02 draws of >= 1000 elements: within 10 % of each other
         assert q.std().item() == pytest.approx(p.std().item(), rel=0.1), n
         assert record[n].declared_in.startswith("model default (_init_weights of "), n
+
+
+@pytest.mark.parametrize("name", ["llama", "bert", "gpt2", "vit"])
+def test_deferred_without_rules_equals_eager_under_the_same_torch_seed(name):
+    cls, cfg = small(name)
+    torch.manual_seed(0)
+    eager = cls(cfg)
+    torch.manual_seed(0)
+    with wi.deferred():
+        deferred = cls(cfg)
+    wi.initialize(deferred, [])  # constructor and _init_weights writes replayed in eager order
+    for n, p in eager.named_parameters():
+        assert torch.equal(p, deferred.get_parameter(n)), n
 
 
 def test_a_rule_still_wins_over_the_models_init():

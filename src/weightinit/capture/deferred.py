@@ -73,11 +73,15 @@ class Construction:
     ops: list[tuple[Callable[..., Any], tuple, dict, tuple]] = field(default_factory=list)
     broken: str | None = None  # why the recorded init cannot be replayed
     first: int = -1  # sequence number of the first recorded write
+    #: sequence number of each op, across all tensors (eager construction's draw order)
+    order: list[int] = field(default_factory=list)
 
     def add(self, fn: Callable[..., Any], args: tuple, kwargs: dict, chain: tuple = ()) -> None:
+        seq = next(_SEQUENCE)
         if not self.ops:
-            self.first = next(_SEQUENCE)
+            self.first = seq
         self.ops.append((fn, args, kwargs, chain))
+        self.order.append(seq)
 
     @property
     def defined(self) -> bool:
@@ -207,6 +211,26 @@ def _recording(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _recording_inner(inner: Callable[..., Any], outer: Callable[..., Any]) -> Callable[..., Any]:
+    # torch.nn.init.trunc_normal_ returns at once for meta tensors. Libraries that kept a
+    # reference to it (transformers does) bypass the wrapper on nn.init, but torch's function
+    # looks up its helper at call time: wrap the helper, recording the public function.
+    @functools.wraps(inner)
+    def wrapper(tensor: Any, mean: float, std: float, a: float, b: float,
+                generator: Any = None) -> Any:
+        if not _active() or _owner(tensor) is None:
+            return inner(tensor, mean, std, a, b, generator=generator)
+        _record(tensor, outer, (tensor,), dict(mean=mean, std=std, a=a, b=b,
+                                                generator=generator))
+        return tensor
+
+    return wrapper
+
+
+#: (helper in torch.nn.init, the public function its calls are recorded as)
+_INNER_FUNCS = (("_no_grad_trunc_normal_", "trunc_normal_"),)
+
+
 def _deferred_parameter_new(original: Callable[..., Any]) -> Callable[..., Any]:
     def new(cls: type, *args: Any, **kwargs: Any) -> Tensor:
         if not _active():
@@ -252,6 +276,10 @@ def _install() -> None:
         saved_new.__func__ if isinstance(saved_new, staticmethod) else saved_new)
     nn.Parameter.__new__ = patched_new  # type: ignore[method-assign]
     patched_init = {name: _recording(fn) for name, fn in saved_init.items()}
+    for inner, outer in _INNER_FUNCS:
+        if hasattr(nn.init, inner) and outer in saved_init:
+            saved_init[inner] = getattr(nn.init, inner)
+            patched_init[inner] = _recording_inner(saved_init[inner], saved_init[outer])
     for name, fn in patched_init.items():
         setattr(nn.init, name, fn)
     register = getattr(nn.modules.module, "register_module_parameter_registration_hook", None)
@@ -323,14 +351,34 @@ def _follow(base: Tensor, chain: tuple) -> Any:
     return base
 
 
-def replay(construction: Construction, tensor: Tensor, mapping: dict[int, Tensor]) -> None:
-    """Run the recorded constructor writes on real storage, in their original order."""
+def _run_op(op: tuple, tensor: Tensor, mapping: dict[int, Tensor]) -> None:
     def real(a: Any) -> Any:
         if isinstance(a, Tensor) and a.device.type == "meta":
             return _follow(mapping[id(_owner(a))], _chain(a))
         return a
 
+    fn, args, kwargs, chain = op
+    fn(_follow(tensor, chain), *[real(a) for a in args],
+       **{k: real(v) for k, v in kwargs.items()})
+
+
+def replay(construction: Construction, tensor: Tensor, mapping: dict[int, Tensor]) -> None:
+    """Run the recorded constructor writes on real storage, in their original order."""
     with torch.no_grad():
-        for fn, args, kwargs, chain in construction.ops:
-            fn(_follow(tensor, chain), *[real(a) for a in args],
-               **{k: real(v) for k, v in kwargs.items()})
+        for op in construction.ops:
+            _run_op(op, tensor, mapping)
+
+
+def replay_all(items: list[tuple[Construction, Tensor]], mapping: dict[int, Tensor]) -> None:
+    """Replay several tensors' recorded writes interleaved in their original global order.
+
+    Eager construction draws from the random generator op by op across tensors
+    (a model's own init often rewrites every weight after all modules are
+    built); replaying in that order draws the same numbers, so a deferred model
+    equals the eager one built under the same ``torch.manual_seed``.
+    """
+    ops = sorted((seq, i, j) for i, (c, _) in enumerate(items) for j, seq in enumerate(c.order))
+    with torch.no_grad():
+        for _, i, j in ops:
+            construction, tensor = items[i]
+            _run_op(construction.ops[j], tensor, mapping)

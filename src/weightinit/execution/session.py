@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..checkpoint.loader import LoadReport
 from ..errors import UndefinedParameterError
-from ..planning import OpKind, Plan, PlanningCache, UserCall, Write
+from ..planning import DefaultFill, OpKind, Plan, PlanningCache, UserCall, Write
 from ..planning.ops import model_init_owner
 from ..record import InitRecord, ParamRecord
 from .materialize import materialize, remap
@@ -137,11 +137,19 @@ class Session:
         done_groups: set[int] = set()
         infos: dict[int, Entry] = {}  # record texts are built once per op
         txn, strategy = self.txn, self.strategy
+        defaults = [(w.tensor, w.op) for w in writes if isinstance(w.op, DefaultFill)
+                    and w.tensor.device.type != "meta"]
+        for tensor, _ in defaults:
+            txn.before_write(tensor)
+        replayed = strategy.replay_defaults(defaults) if defaults else set()
         with torch.no_grad():
             for w in writes:
                 tensor, op = w.tensor, w.op
                 group = op.group
-                if tensor.device.type != "meta" and (group is None or group not in done_groups):
+                if id(tensor) in replayed:
+                    pass
+                elif tensor.device.type != "meta" and (group is None
+                                                       or group not in done_groups):
                     if group is not None:
                         done_groups.add(group)
                         for t in list(op.module._parameters.values()) + list(

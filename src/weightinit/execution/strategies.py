@@ -18,7 +18,8 @@ from collections.abc import Callable
 import torch.nn as nn
 from torch import Tensor
 
-from ..planning import Op, UserCall, has_sharded, is_sharded
+from ..capture.deferred import replay_all
+from ..planning import DefaultFill, Op, UserCall, has_sharded, is_sharded
 from .seeding import derive_seed, fill_elementwise, run_seeded
 from .sharding import common_seed, write_shard
 from .watch import local
@@ -42,6 +43,17 @@ class Plain:
     def run_user(self, call: UserCall) -> None:
         call.run()
 
+    def replay_defaults(self, writes: list[tuple[Tensor, DefaultFill]]) -> set[int]:
+        """Replay recorded constructor inits together, in eager construction's global order
+        (so unseeded values equal eager ones under the same ``torch.manual_seed``).
+
+        Returns the ids of the tensors written; the others are written one by one.
+        """
+        items = [(op.construction, t) for t, op in writes if op.construction is not None]
+        if items:
+            replay_all(items, writes[0][1].mapping)
+        return {id(t) for _, t in items}
+
 
 class Seeded(Plain):
     """Every random write is a function of (seed, tensor name, writer's seed key)."""
@@ -59,6 +71,9 @@ class Seeded(Plain):
             fill_elementwise(elem, tensor, seed)
         else:
             run_seeded(seed, [tensor.device], lambda: op.write(tensor))
+
+    def replay_defaults(self, writes: list[tuple[Tensor, DefaultFill]]) -> set[int]:
+        return set()  # seeded: each tensor is drawn from its own generator
 
     def run_user(self, call: UserCall) -> None:
         # User code draws from torch's global generators: seed them from the module's

@@ -33,9 +33,6 @@ from ..maths import Elementwise
 from ..rules import BaseInit, PretrainedInit, reset_method_of
 from ..rules.keys import canonical, construction_key
 
-#: modules whose init functions are a model library's own initialization
-MODEL_INIT_MODULES = frozenset({"transformers.initialization"})
-
 
 def model_init_owner(root: nn.Module) -> str | None:
     """The model family whose ``_init_weights`` a Hugging Face model runs at construction
@@ -195,9 +192,7 @@ class DefaultFill:
     @property
     def declared_in(self) -> str:
         if self.construction is not None:
-            if self.model_init is not None and any(
-                    getattr(fn, "__module__", "") in MODEL_INIT_MODULES
-                    for fn, _, _, _ in self.construction.ops):
+            if self.model_init is not None:  # what the model's constructor and init left
                 return f"model default (_init_weights of {self.model_init})"
             return f"PyTorch default (constructor: {self.construction.describe()})"
         return f"PyTorch default (reset_parameters of {class_name(self.module)})"
