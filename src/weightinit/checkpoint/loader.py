@@ -1,7 +1,8 @@
 """Read checkpoints safely and lazily into a ``{key: tensor}`` view.
 
 ``.safetensors`` files are opened with ``safe_open``: planning reads only
-the header (names, shapes, dtypes) and a tensor is read when it is written.
+the header (names, shapes, dtypes) and a tensor is read when it is written; so are
+Hugging Face sharded checkpoints (index and shards; :mod:`.sharded` says how).
 PyTorch files (``.pth/.pt/.bin``) are read with ``torch.load(weights_only=True,
 mmap=True)``: a pickle that needs arbitrary code is refused unless the
 caller opts in with ``allow_pickle=True``.
@@ -38,7 +39,8 @@ from ..errors import (
     InitTypeError,
     UnsafeCheckpointError,
 )
-from .sources import FileGuard, local_file
+from .sharded import checkpoint_file, is_index, open_index
+from .sources import FileGuard
 
 DEFAULT_REVISE_KEYS: tuple[tuple[str, str], ...] = ((r"^module\.", ""),)
 _NESTED = ("state_dict", "model", "module")
@@ -76,10 +78,11 @@ class CheckpointState:
         return out
 
     @classmethod
-    def from_safetensors(cls, source: str, path: str, device: str) -> CheckpointState:
+    def from_safetensors(cls, source: str, path: str, device: Any = "cpu",
+                         where: str = "") -> CheckpointState:
         out = cls(source)
         out._guard = FileGuard(source, path)
-        handle = safe_open(path, framework="pt", device=device)
+        handle = _safe_open(source, path, device, _prefixed(where))
         out._lazy = {k: (handle, k) for k in handle.keys()}
         return out
 
@@ -248,9 +251,14 @@ def _open(source: str, map_location: Any, allow_pickle: bool, sha256: str | None
           where: str) -> tuple[CheckpointState | Any, FileGuard | None]:
     """:func:`read_checkpoint`, and the guard of the file when its tensors are memory-mapped."""
     pre = _prefixed(where)
-    path = local_file(source, sha256, pre)
+    path = checkpoint_file(source, sha256, pre)
+    if is_index(path):
+        state = CheckpointState(source)
+        state._lazy, state._guard = open_index(
+            source, path, lambda label, shard: _safe_open(label, shard, map_location, pre), pre)
+        return state, None
     if path.endswith(".safetensors"):
-        return _open_safetensors(source, path, map_location, pre), None
+        return CheckpointState.from_safetensors(source, path, map_location, where), None
     guard = FileGuard(source, path)  # before the read: a change after it is then seen
     try:
         try:
@@ -296,7 +304,8 @@ def _is_tensor_format(name: str) -> bool:
     return isinstance(value, (torch.dtype, torch.layout, torch.qscheme))
 
 
-def _open_safetensors(source: str, path: str, map_location: Any, pre: str) -> CheckpointState:
+def _safe_open(source: str, path: str, map_location: Any, pre: str) -> Any:
+    """``safe_open`` ``path`` (named ``source`` in errors), its failures explained."""
     if isinstance(map_location, dict) or callable(map_location):
         raise CheckpointError(
             f"{pre}{source}: map_location={map_location!r} (a {type(map_location).__name__}) "
@@ -304,7 +313,7 @@ def _open_safetensors(source: str, path: str, map_location: Any, pre: str) -> Ch
             "map_location='cpu' or 'cuda:0'.")
     device = "cpu" if map_location is None else str(map_location)
     try:
-        return CheckpointState.from_safetensors(source, path, device)
+        return safe_open(path, framework="pt", device=device)
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         text = str(err)
         dtype = re.search(r"unknown variant `([^`]*)`", text)
@@ -319,8 +328,8 @@ def _open_safetensors(source: str, path: str, map_location: Any, pre: str) -> Ch
                 f"{pre}{source}: map_location={map_location!r} is not a device safetensors can "
                 f"read to ({text}). Fix: use 'cpu' or an available accelerator such as "
                 "'cuda:0'.") from err
-        raise CheckpointError(f"{pre}{source} is not a readable safetensors file "
-                              f"(truncated or corrupt?): {err}") from err
+        raise CheckpointError(f"{pre}{source} is not a readable safetensors file (truncated or "
+                              f"corrupt?): {err}. Fix: download or save it again.") from err
 
 
 def _unwrap(ckpt: Any, source: str, where: str) -> CheckpointState:

@@ -11,7 +11,8 @@ Built in:
 * ``torchvision://NAME`` — the torchvision model-zoo files, from a table
   shipped with weightinit (torchvision itself is not needed).
 
-:func:`local_file` resolves a reference and checks the file (exists, ``sha256``);
+:func:`local_file` resolves a reference and checks the file (exists, ``sha256``,
+see :func:`checked_file`);
 :class:`FileGuard` notices a memory-mapped file being changed while it is read.
 
 Add your own with a decorator::
@@ -201,7 +202,12 @@ def resolve(source: str, sha256: str | None = None) -> str:
 def local_file(source: str, sha256: str | None = None, pre: str = "") -> str:
     """:func:`resolve` ``source`` to an existing local file; with ``sha256``, a local
     file's hash is checked (a download is checked as it arrives)."""
-    path = resolve(source, sha256)
+    return checked_file(source, resolve(source, sha256), sha256, pre)
+
+
+def checked_file(source: str, path: str, sha256: str | None = None, pre: str = "") -> str:
+    """``path`` (resolved from ``source``) if it is an existing file; with ``sha256``, a
+    local file's hash is checked."""
     if not os.path.isfile(path):
         raise CheckpointNotFoundError(2, f"{pre}{source} can not be found. Fix: check the "
                                          "checkpoint path (relative paths start at the "
