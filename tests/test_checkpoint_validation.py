@@ -290,16 +290,20 @@ def test_dtype_table_matches_what_safetensors_reads(tmp_path):
 # ------------------------------------------------------------------ 3. complex into real
 
 
+# Complex into real is a dtype-kind mismatch (tests/test_checkpoint_checks.py has the rest):
+# mismatch="error" refuses it before any write; the default "skip" reports and skips it.
+
+
 def test_complex_pth_entry_into_real_tensor_is_refused(tmp_path, source):
     state = source.state_dict()
     state["fc.weight"] = torch.complex(state["fc.weight"], torch.ones(4, 4))
     path = str(tmp_path / "c.pth")
     torch.save(state, path)
-    for load in both_apis(path):
+    for load in both_apis(path, mismatch="error"):
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # no "discards the imaginary part" warning either
-            refused(Net(), load, wi.CheckpointError, path, "'fc.weight'", "complex64",
-                    "imaginary part", "Fix:")
+            refused(Net(), load, wi.CheckpointMismatchError, path, "'fc.weight'",
+                    "complex64", "model float32", "Fix:")
 
 
 def test_complex_safetensors_entry_into_real_tensor_is_refused(tmp_path, source):
@@ -307,9 +311,15 @@ def test_complex_safetensors_entry_into_real_tensor_is_refused(tmp_path, source)
     state["fc.weight"] = torch.complex(state["fc.weight"], torch.ones(4, 4))
     path = str(tmp_path / "c.safetensors")
     save_file(state, path)
-    for load in both_apis(path):
-        refused(Net(), load, wi.CheckpointError, path, "'fc.weight'", "complex64",
-                "model tensor is real (float32)", "Fix:")
+    for load in both_apis(path, mismatch="error"):
+        refused(Net(), load, wi.CheckpointMismatchError, path, "'fc.weight'", "complex64",
+                "model float32", "Fix:")
+    m = Net()
+    before = m.fc.weight.detach().clone()
+    with pytest.warns(wi.CheckpointKeysWarning, match="dtype mismatch"):
+        report = wi.load_checkpoint(m, path)
+    assert report.dtype_mismatched == [("fc.weight", torch.complex64, torch.float32)]
+    assert torch.equal(m.fc.weight.detach(), before)
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])

@@ -48,6 +48,7 @@ from .errors import (
     InitWarning,
     LSUVError,
     MaterializeError,
+    NonFiniteCheckpointWarning,
     OverrideError,
     OverrideTargetError,
     RepeatedInitWarning,
@@ -149,5 +150,5 @@ __all__ = [
     "ConfigError", "ConfigNotFoundError", "HealthCheckError", "UnappliedConfigError",
     # warnings (strict=True raises the matching error instead)
     "InitWarning", "UnappliedConfigWarning", "UnmatchedLayerWarning", "EmptyRuleWarning",
-    "CheckpointKeysWarning", "RepeatedInitWarning",
+    "CheckpointKeysWarning", "NonFiniteCheckpointWarning", "RepeatedInitWarning",
 ]

@@ -222,6 +222,11 @@ class CheckpointKeysWarning(InitWarning):
     Strict: :class:`CheckpointMismatchError`."""
 
 
+class NonFiniteCheckpointWarning(InitWarning):
+    """A ``Pretrained`` rule or ``load_checkpoint`` loads checkpoint entries holding NaN or
+    infinity. Strict (the rule's or the run's ``strict``): :class:`CheckpointMismatchError`."""
+
+
 class RepeatedInitWarning(InitWarning):
     """``init_weights()`` called again on an initialized module (nothing is written).
     Strict: :class:`InitRuntimeError`."""
@@ -233,6 +238,7 @@ STRICT_ERRORS: dict[type[InitWarning], type[InitError]] = {
     UnmatchedLayerWarning: OverrideTargetError,
     EmptyRuleWarning: OverrideTargetError,
     CheckpointKeysWarning: CheckpointMismatchError,
+    NonFiniteCheckpointWarning: CheckpointMismatchError,
     RepeatedInitWarning: InitRuntimeError,
 }
 

@@ -15,8 +15,9 @@ are kept, with the prefix removed.
 Every entry that will be loaded is checked while planning, before any write
 (:meth:`CheckpointState.check_entry`): it must be a dense tensor with values
 (not sparse, quantized or on ``meta``), of a dtype torch can read and copy
-(a ``.safetensors`` dtype is read from the header), and not complex when the
-model tensor is real. Memory-mapped files are watched: if one is truncated
+(a ``.safetensors`` dtype is read from the header). An entry of another dtype
+kind than the model tensor (complex into real, integer into floating...) is a
+mismatch, handled by the ``mismatch`` policy (:mod:`..planning.checkpoint_checks`). Memory-mapped files are watched: if one is truncated
 or rewritten in place after it was opened, the read raises
 :class:`CheckpointError` instead of crashing the process with ``SIGBUS``.
 """
@@ -33,16 +34,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
-from ..errors import (
-    CheckpointError,
-    CheckpointKeyError,
-    InitTypeError,
-    UnsafeCheckpointError,
-)
+from ..errors import CheckpointError, UnsafeCheckpointError
+from .keys import DEFAULT_REVISE_KEYS as DEFAULT_REVISE_KEYS
+from .keys import check_revise_keys as check_revise_keys
+from .keys import select_keys
 from .sharded import checkpoint_file, is_index, open_index
 from .sources import FileGuard
 
-DEFAULT_REVISE_KEYS: tuple[tuple[str, str], ...] = ((r"^module\.", ""),)
 _NESTED = ("state_dict", "model", "module")
 
 #: safetensors header dtype -> name of the torch dtype ``safe_open(framework="pt")`` reads
@@ -151,12 +149,6 @@ class CheckpointState:
                 problem = (f"has dtype {short}, whose values PyTorch can not copy into another "
                            "dtype")
                 fix = "save it unpacked in a dtype such as float32, float16 or bfloat16"
-            elif src.is_complex and not dtype.is_complex:
-                problem = (f"is complex ({short}) but the model tensor is real "
-                           f"({str(dtype).replace('torch.', '')}): copying it would drop the "
-                           "imaginary part")
-                fix = ("save the real part (t.real) or the magnitude (t.abs()) if that is what "
-                       "the model expects, or give the model a complex tensor")
         if problem is not None:
             raise CheckpointError(
                 f"{pre}{self.source}: entry {key!r} {problem}; it can not be loaded into the "
@@ -220,6 +212,10 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    #: ``(key, checkpoint dtype, model dtype)`` of entries skipped for another dtype kind
+    dtype_mismatched: list[tuple[str, torch.dtype, torch.dtype]] = field(default_factory=list)
+    #: loaded keys whose values include NaN or infinity
+    nonfinite: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         parts = [f"{len(self.loaded)} loaded"]
@@ -230,7 +226,17 @@ class LoadReport:
         if self.mismatched:
             parts.append("shape mismatch: " + ", ".join(
                 f"{k} (checkpoint {s}, model {m})" for k, s, m in self.mismatched))
+        if self.dtype_mismatched:
+            parts.append("dtype mismatch: " + ", ".join(
+                f"{k} (checkpoint {_short(s)}, model {_short(m)})"
+                for k, s, m in self.dtype_mismatched))
+        if self.nonfinite:
+            parts.append(f"non-finite values (NaN/inf) in: {', '.join(self.nonfinite)}")
         return f"{self.source}: " + "; ".join(parts)
+
+
+def _short(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
 
 
 def _prefixed(where: str) -> str:
@@ -357,44 +363,6 @@ def load_pretrained_state(init: Any, where: str = "") -> CheckpointState:
     state = _unwrap(ckpt, init.checkpoint, where)
     if guard is not None:
         state._guard = guard
-    revise = getattr(init, "revise_keys", None)
-    revise = DEFAULT_REVISE_KEYS if revise is None else revise
-    mapping: dict[str, str] = {}
-    for old in state.keys():
-        new = old
-        for pattern, repl in revise:
-            new = re.sub(pattern, repl, new)
-        mapping[new] = old
-    if init.prefix is not None:
-        prefix = init.prefix if init.prefix.endswith(".") else init.prefix + "."
-        selected = {k[len(prefix):]: old for k, old in mapping.items() if k.startswith(prefix)}
-        if not selected:
-            tops = sorted({k.split(".", 1)[0] for k in mapping})
-            raise CheckpointKeyError(f"{where}: {prefix} is not in the pretrained model "
-                                     f"{init.checkpoint}; its top-level keys are: "
-                                     f"{', '.join(tops[:20]) or '(none)'}. Fix: use one of "
-                                     "those as prefix.")
-        mapping = selected
+    mapping = select_keys(state.keys(), getattr(init, "revise_keys", None), init.prefix,
+                          init.checkpoint, where)
     return state.renamed(mapping)
-
-
-def check_revise_keys(revise_keys: Any) -> tuple[tuple[str, str], ...] | None:
-    """Validate ``revise_keys``: a list of ``(pattern, replacement)`` regex pairs."""
-    if revise_keys is None:
-        return None
-    if not isinstance(revise_keys, (list, tuple)):
-        raise InitTypeError(f"revise_keys must be a list of (pattern, replacement) pairs, got "
-                            f"{type(revise_keys).__name__}")
-    out = []
-    for pair in revise_keys:
-        if not (isinstance(pair, (list, tuple)) and len(pair) == 2
-                and all(isinstance(x, str) for x in pair)):
-            raise InitTypeError(f"revise_keys entries must be (pattern, replacement) str pairs, "
-                                f"got {pair!r}")
-        try:
-            re.compile(pair[0])
-        except re.error as err:
-            raise InitTypeError(f"revise_keys pattern {pair[0]!r} is not a valid regex: "
-                                f"{err}") from err
-        out.append((pair[0], pair[1]))
-    return tuple(out)

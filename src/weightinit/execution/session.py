@@ -24,7 +24,8 @@ from torch import Tensor
 
 from ..checkpoint.loader import LoadReport
 from ..errors import UndefinedParameterError
-from ..planning import DefaultFill, OpKind, Plan, PlanningCache, UserCall, Write
+from ..planning import CheckpointRead, DefaultFill, OpKind, Plan, PlanningCache, UserCall, Write
+from ..planning.checkpoint_checks import report_nonfinite
 from ..planning.ops import model_init_owner
 from ..record import InitRecord, ParamRecord
 from .materialize import materialize, remap
@@ -63,6 +64,7 @@ class Session:
         self._members: set[int] | None = None
         self._names: dict[int, str] | None = None
         self._undefined: tuple[str, ...] = ()
+        self._load_policies: dict[int, tuple[LoadReport, bool]] = {}
 
     @staticmethod
     def current() -> Session | None:
@@ -102,6 +104,7 @@ class Session:
             self._undefined = tuple(n for n, _ in plan.undefined)
             self.execute(steps, plan)
             self.check_user_defined()
+            report_nonfinite(list(self._load_policies.values()), self.cache.strict)
         except BaseException:
             self.txn.rollback()
             raise
@@ -127,6 +130,9 @@ class Session:
     # -- execution ------------------------------------------------------------------------------
     def execute(self, steps: list[Any], plan: Plan) -> None:
         self.loads.extend(plan.loads)
+        for ev in plan.events:  # each load's report, with its rule's strict
+            if isinstance(ev, Write) and isinstance(ev.op, CheckpointRead) and ev.op.report:
+                self._load_policies[id(ev.op.report)] = (ev.op.report, ev.op.rule.strict)
         for step in steps:
             if isinstance(step, UserCall):
                 self.run_call(step)

@@ -120,6 +120,7 @@ def write_shard(tensor: Tensor, op: Op, seed: int, name: str) -> list[Tensor]:
         if isinstance(op, CheckpointRead):
             if local.numel():
                 local.copy_(op.value_slice(_index(offset, shape)))
+                op.check_finite(local)
             return [tensor]
         group_module = op.module if op.group is not None else None
         if group_module is None and local.numel() == 0:

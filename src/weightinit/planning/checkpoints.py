@@ -2,8 +2,8 @@
 
 Planning opens the checkpoint (for ``.safetensors`` only its header), checks
 every entry that would be loaded (a tensor, dense, readable, of the model's
-shape) and applies the ``strict``/``mismatch`` policies; the writes it
-returns read each entry once, when executed.
+shape and dtype kind, with finite values: :mod:`.checkpoint_checks`) and
+applies the ``strict``/``mismatch`` policies; each entry is read once.
 """
 
 from __future__ import annotations
@@ -15,8 +15,13 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..checkpoint.loader import CheckpointState, LoadReport, load_pretrained_state
-from ..errors import CheckpointKeysWarning, CheckpointMismatchError, warn
+from ..errors import (
+    CheckpointKeysWarning,
+    CheckpointMismatchError,
+    warn,
+)
 from ..rules import PretrainedInit
+from .checkpoint_checks import kinds_mismatch, short
 from .ops import CheckpointRead
 from .plan import Write
 
@@ -66,9 +71,12 @@ def match_checkpoint(target: nn.Module, init: PretrainedInit, where: str,
         elif tuple(slot.shape) != state.shape(k):
             report.mismatched.append((k, state.shape(k), tuple(slot.shape)))
         else:
-            state.check_entry(k, dtype_of(slot), where)
+            state.check_entry(k, dtype_of(slot), where)  # dense, readable, copyable
+            if kinds_mismatch(state.dtype(k, where), dtype_of(slot)):
+                report.dtype_mismatched.append((k, state.dtype(k, where), dtype_of(slot)))
+                continue
             report.loaded.append(k)
-            writes.append(Write(slot, CheckpointRead(init, state, k, where)))
+            writes.append(Write(slot, CheckpointRead(init, state, k, where, report)))
     report.missing = [k for k in slots if k not in state and "num_batches_tracked" not in k]
     fix = ("Fix: set prefix= or revise_keys= so the checkpoint's keys match the model's, "
            "or check that this is the right checkpoint.")
@@ -81,6 +89,14 @@ def match_checkpoint(target: nn.Module, init: PretrainedInit, where: str,
         raise CheckpointMismatchError(f"{where}: shape mismatch loading {init.checkpoint} "
                                       f"into {label}: {report}. Fix: use mismatch='skip' to "
                                       "leave those tensors to the other rules.")
+    if init.mismatch == "error" and report.dtype_mismatched:
+        kinds = ", ".join(f"{k!r} (checkpoint {short(s)}, model {short(m)})"
+                          for k, s, m in report.dtype_mismatched)
+        raise CheckpointMismatchError(
+            f"{where}: dtype mismatch loading {init.checkpoint} into {label}: {kinds}: the "
+            "values would change kind (complex, floating, integer/bool) when copied. Fix: "
+            "convert the checkpoint entries to the model's dtype kind (e.g. t.float()), or "
+            "use mismatch='skip' to leave those tensors to the other rules.")
     if init.strict and (report.missing or report.unexpected):
         raise CheckpointMismatchError(f"{where}: strict load of {init.checkpoint} into "
                                       f"{label}: {report}. {fix}")
@@ -89,5 +105,5 @@ def match_checkpoint(target: nn.Module, init: PretrainedInit, where: str,
 
 def warn_load(where: str, label: str, report: LoadReport, strict: bool = False) -> None:
     """Warn about skipped keys (:class:`CheckpointKeysWarning`); raise under ``strict``."""
-    if report.unexpected or report.missing or report.mismatched:
+    if report.unexpected or report.missing or report.mismatched or report.dtype_mismatched:
         warn(CheckpointKeysWarning, f"{where}: loading into {label}: {report}", strict=strict)

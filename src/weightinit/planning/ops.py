@@ -28,10 +28,11 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..capture.deferred import Construction, replay
-from ..checkpoint.loader import CheckpointState
+from ..checkpoint.loader import CheckpointState, LoadReport
 from ..maths import Elementwise
 from ..rules import BaseInit, PretrainedInit, reset_method_of
 from ..rules.keys import canonical, construction_key
+from .checkpoint_checks import is_finite
 
 
 def model_init_owner(root: nn.Module) -> str | None:
@@ -126,6 +127,8 @@ class CheckpointRead:
     state: CheckpointState = field(repr=False)
     key: str
     where: str
+    #: the load's report: entries found to hold NaN/inf once written are added to it
+    report: LoadReport | None = field(default=None, repr=False)
 
     kind = OpKind.CHECKPOINT
     group = None
@@ -153,6 +156,12 @@ class CheckpointRead:
         value = self.value()
         if value.data_ptr() != tensor.data_ptr():  # adopted storage is already in place
             tensor.copy_(value)
+        self.check_finite(tensor)
+
+    def check_finite(self, written: Tensor) -> None:
+        """Note this entry in the report if what was written holds NaN or infinity."""
+        if self.report is not None and not is_finite(written):
+            self.report.nonfinite.append(self.key)
 
 
 @dataclass(frozen=True, eq=False)
