@@ -166,7 +166,7 @@ class OwnInit(wi.BaseModule):
 
 def test_a_base_module_with_its_own_init_weights(tmp_path):
     path = write(tmp_path / "c.yaml", "model: {type: test_configfile.OwnInit}\n")
-    cfg = load_config(path)
+    cfg = load_config(path, allowed_modules=["test_configfile"])  # a YAML config: allow it
     for deferred in (True, False):
         model = cfg.build(deferred=deferred)
         record = cfg.initialize(model, device="cpu", dtype=torch.float64)
@@ -311,10 +311,12 @@ def test_unknown_types_suggest_close_names(tmp_path):
                                       "not an import path. Did you mean 'torch.nn.Linear'?")
     assert error_of(path, ["model.type=torch.nn.Linaer"]).startswith(
         "a.yaml: model.type: torch.nn has no attribute 'Linaer'. Did you mean 'torch.nn.Linear'")
-    assert error_of(path, ["model.type=nosuchpkg.Net"]).startswith(
-        "a.yaml: model.type: cannot import 'nosuchpkg.Net': no module named 'nosuchpkg'.")
-    assert error_of(path, ["model.type=torch.pi"]) == \
-        "a.yaml: model.type: 'torch.pi' is a float, not a class or function"
+    # a YAML config may not name modules outside torch.nn (tests/test_config_safety.py): a .py one
+    py = write(tmp_path / "b.py", "model = dict(type='torch.nn.ReLU')\n")
+    assert error_of(py, ["model.type=nosuchpkg.Net"]).startswith(
+        "b.py: model.type: cannot import 'nosuchpkg.Net': no module named 'nosuchpkg'.")
+    assert error_of(py, ["model.type=torch.pi"]) == \
+        "b.py: model.type: 'torch.pi' is a float, not a class or function"
 
 
 def test_bad_constructor_arguments(tmp_path):
@@ -333,8 +335,8 @@ def test_bad_constructor_arguments(tmp_path):
                               "torch.nn.modules.container.Sequential), got int")
     path = write(tmp_path / "e.yaml", "model: {type: torch.nn.functional.relu}\n")
     assert error_of(path).startswith("e.yaml: model: bad arguments for torch.nn.functional.relu")
-    path = write(tmp_path / "f.yaml", "model: {type: torch.zeros, size: [2]}\n")
-    assert error_of(path) == "f.yaml: model: building it gave a Tensor, not a torch.nn.Module"
+    path = write(tmp_path / "f.py", "model = dict(type='torch.zeros', size=[2])\n")
+    assert error_of(path) == "f.py: model: building it gave a Tensor, not a torch.nn.Module"
 
 
 def test_yaml_without_pyyaml_is_a_clear_error(tmp_path, monkeypatch):

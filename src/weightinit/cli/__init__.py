@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override a config value, e.g. --set model.size=tiny or --set "
                              "init_cfg.0.std=0.02 (an integer indexes a list; value: a "
                              "Python literal, else a string); repeatable")
+    common.add_argument("--allow-module", metavar="MODULE", action="append", default=[],
+                        dest="allowed_modules",
+                        help="let a YAML or JSON config name types from MODULE and its "
+                             "submodules (by default only torch.nn, registered names and "
+                             "files next to the config; .py configs may name anything); "
+                             "repeatable")
     common.add_argument("-v", "--verbose", action="count", default=0,
                         help="log more (-v: info, -vv: one line per parameter)")
     common.add_argument("--debug", action="store_true",

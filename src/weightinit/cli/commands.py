@@ -119,7 +119,7 @@ def _write_reports(rep: Report, paths: list[str], out: Output) -> None:
 def cmd_plan(args: argparse.Namespace, out: Output) -> int:
     for path in args.report:
         check_suffix(path, REPORT_SUFFIXES, "--report")
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides, args.allowed_modules)
     with out.step(f"building {cfg.path.name} on meta"):
         model = cfg.build(deferred=True)
     with out.step("planning"):
@@ -138,7 +138,7 @@ def cmd_init(args: argparse.Namespace, out: Output) -> int:
     check_suffix(args.out, CHECKPOINT_SUFFIXES, "--out")
     for path in args.report:
         check_suffix(path, REPORT_SUFFIXES, "--report")
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides, args.allowed_modules)
     model, record, seconds = _build_and_init(cfg, args, out)
     with out.step("measuring"):
         rep = build_report(model, record)
@@ -165,7 +165,7 @@ def cmd_check(args: argparse.Namespace, out: Output) -> int:
     if not args.limit > 1:
         raise UsageError(f"--limit must be > 1, got {args.limit:g}")
     shape = parse_shape(args.input_shape, "--input-shape") if args.input_shape else None
-    configs = [load_config(path, args.overrides) for path in args.config]
+    configs = [load_config(path, args.overrides, args.allowed_modules) for path in args.config]
     specs = []
     for cfg in configs:  # every config is checked for an input before any model is built
         spec = cfg.input

@@ -17,6 +17,10 @@ and optionally a top-level ``init_cfg`` and settings for the command line::
   directory (``'../models.py:resnet50'``), imported once;
 * in Python configs, the class or function itself.
 
+YAML and JSON configs are data: their dotted paths may only name ``torch.nn``,
+modules in the config's directory and ``allowed_modules`` (see
+:mod:`weightinit.configfile.safety`); ``.py`` configs may name anything.
+
 Dicts with a ``type`` inside the arguments are built first, depth first —
 when their ``type`` resolves; a dict whose ``type`` is a bare name that is
 not registered (MMEngine's ``norm_cfg=dict(type='BN')``) is passed on as

@@ -29,6 +29,7 @@ from ..errors import (
 )
 from ..rules import MODELS
 from .common import did_you_mean, importable
+from .safety import TypePolicy
 
 
 class BuildContext(Protocol):
@@ -42,6 +43,11 @@ class BuildContext(Protocol):
     init_cfg: Any
 
     def where(self, key: str) -> str: ...
+
+    @property
+    def type_policy(self) -> TypePolicy | None:
+        """The dotted paths a YAML/JSON config may name; None for a .py config."""
+        ...
 
 
 _FILE_MODULES: dict[Path, ModuleType] = {}
@@ -110,14 +116,19 @@ def resolve_type(value: Any, cfg: BuildContext | None, key: str,
             f"{where}: {value!r} is not a registered model and not an import path.{hint} Fix: "
             "use a dotted import path (torch.nn.Linear, mypkg.models.Net), FILE.py:NAME, or a "
             "name registered with @weightinit.MODELS.register_module().")
-    return _callable(_import_dotted(value, where), value, where)
+    policy = cfg.type_policy if cfg is not None else None
+    if policy is not None:
+        policy.check_path(value, where)  # before anything is imported: importing runs code
+    return _callable(_import_dotted(value, where, policy), value, where)
 
 
-def _import_dotted(value: str, where: str) -> Any:
+def _import_dotted(value: str, where: str, policy: TypePolicy | None = None) -> Any:
     parts = value.split(".")
     module = None
     for i in range(len(parts) - 1, 0, -1):
         name = ".".join(parts[:i])
+        if policy is not None and not policy.module_allowed(name):
+            continue  # never import a module a data config may not name
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as err:
@@ -138,6 +149,8 @@ def _import_dotted(value: str, where: str) -> Any:
                         if close else "")
                 raise UnknownModelTypeError(f"{where}: {owner} has no attribute {attr!r}.{hint}")
             obj = nxt
+            if policy is not None:  # an allowed module must not lead on to another one
+                policy.check_reached(obj, value, where)
         return obj
     raise UnknownModelTypeError(f"{where}: cannot import {value!r}: no module named "
                                 f"{parts[0]!r}. Fix: install it, or use a path relative to "

@@ -20,6 +20,7 @@ from ..module import BaseModule
 from ..record import InitRecord
 from .building import build_object, signature
 from .common import DTYPES, importable
+from .safety import TypePolicy, policy_for
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,14 @@ class ModelConfig:
     dtype: str | None = None
     seed: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: modules (with their submodules) a YAML/JSON config may name as ``type`` besides
+    #: ``torch.nn``, registered names and the config's own directory
+    allowed_modules: tuple[str, ...] = ()
+
+    @property
+    def type_policy(self) -> TypePolicy | None:
+        """What a dotted ``type`` may name: decided by the file type (None: a .py config)."""
+        return policy_for(self.path, self.allowed_modules)
 
     @property
     def name(self) -> str:

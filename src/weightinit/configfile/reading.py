@@ -7,6 +7,7 @@ import copy
 import difflib
 import json
 import runpy
+from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -14,10 +15,17 @@ from typing import Any
 from ..errors import ConfigError, ConfigNotFoundError
 from .common import DTYPES, KNOWN_KEYS, SUFFIXES, did_you_mean, importable
 from .model import InputSpec, ModelConfig
+from .safety import normalize_allowed
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> ModelConfig:
+def load_config(path: str | Path, overrides: list[str] | None = None,
+                allowed_modules: Iterable[str] | None = None) -> ModelConfig:
     """Load a ``.py``, ``.yaml``/``.yml`` or ``.json`` config file.
+
+    A YAML or JSON config is data: its dotted ``type`` paths may only name
+    ``torch.nn``, modules in the config's directory and ``allowed_modules``
+    (each with its submodules); see :mod:`weightinit.configfile.safety`.
+    A ``.py`` config may name anything.
 
     ``overrides`` are ``'dotted.key=value'`` strings applied after loading
     (values are Python literals, else strings): ``['model.size="tiny"']``,
@@ -35,10 +43,13 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> ModelCo
     if not path.is_file():
         what = "is a directory" if path.exists() else "no such file"
         raise ConfigNotFoundError(f"{path}: {what}. Fix: give the path of a config file.")
+    allowed = normalize_allowed(allowed_modules, path.name)
     data = _read(path)
     for item in overrides or []:
         _apply_override(data, item, path)
-    return _parse(data, path.resolve())
+    cfg = _parse(data, path.resolve())
+    cfg.allowed_modules = allowed
+    return cfg
 
 
 def _read(path: Path) -> dict[str, Any]:
