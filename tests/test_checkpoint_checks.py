@@ -160,3 +160,16 @@ def test_deferred_model_stays_on_meta_after_an_error(tmp_path, suffix):
         with pytest.raises(wi.CheckpointMismatchError):
             wi.load_checkpoint(m, p, **kw)
         assert all(t.is_meta for t in m.parameters())
+
+
+def test_finiteness_check_is_exact_when_the_quick_sum_overflows():
+    from weightinit.planning.checkpoint_checks import is_finite
+
+    assert is_finite(torch.full((10,), 3e38))  # the sum overflows; every value is finite
+    assert is_finite(torch.full((100_000,), 60000.0, dtype=torch.float16))
+    assert not is_finite(torch.tensor([1.0, float("nan")]))
+    assert not is_finite(torch.tensor([float("inf"), -float("inf")]))  # the sum is NaN
+    big = torch.full((10,), 3e38)
+    big[7] = float("inf")
+    assert not is_finite(big)
+    assert is_finite(torch.arange(10))  # integers are always finite
