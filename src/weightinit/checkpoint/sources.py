@@ -11,8 +11,8 @@ Built in:
 * ``torchvision://NAME`` — the torchvision model-zoo files, from a table
   shipped with weightinit (torchvision itself is not needed).
 
-:func:`local_file` resolves a reference and checks the file (exists, ``sha256``,
-see :func:`checked_file`);
+:func:`checked_file` checks the file a reference resolved to (it exists; with
+``sha256``, a local file's hash);
 :class:`FileGuard` notices a memory-mapped file being changed while it is read.
 
 Add your own with a decorator::
@@ -197,12 +197,6 @@ def resolve(source: str, sha256: str | None = None) -> str:
                                          "register one with @weightinit.register_scheme"
                                          f"({scheme!r}).")
     return fetch(source, sha256)
-
-
-def local_file(source: str, sha256: str | None = None, pre: str = "") -> str:
-    """:func:`resolve` ``source`` to an existing local file; with ``sha256``, a local
-    file's hash is checked (a download is checked as it arrives)."""
-    return checked_file(source, resolve(source, sha256), sha256, pre)
 
 
 def checked_file(source: str, path: str, sha256: str | None = None, pre: str = "") -> str:
