@@ -156,14 +156,19 @@ def initialize_pretrained(m: nn.Module, ref: str, **kw) -> None:
     wi.initialize(m, dict(type="Pretrained", checkpoint=ref, **kw))
 
 
-def test_dropped_connection_leaves_no_partial_file(server, cache, source):
+def test_dropped_connection_never_takes_the_final_name(server, cache, source):
     server.files["/drop/net.pth"] = pth_bytes(source.state_dict())
     m = Net()
     before = snapshot(m)
+    url = server.url("/drop/net.pth")
     with pytest.raises(wi.CheckpointDownloadError, match="cannot download|stopped after"):
-        initialize_pretrained(m, server.url("/drop/net.pth"))
+        initialize_pretrained(m, url)
     assert_same(m, before)
-    assert not cache.exists() or list(cache.iterdir()) == []
+    # only the resumable partial file is kept; the cache entry's own name is never taken
+    final = sources.cached_path(url)
+    assert not final.exists()
+    assert [p.name for p in cache.iterdir() if not p.name.startswith(".")] == [
+        final.name + ".partial"]
 
 
 def test_torchvision_names_resolve_from_the_shipped_table(cache, source):

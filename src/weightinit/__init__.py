@@ -25,6 +25,7 @@ from .capture.deferred import deferred
 from .checkpoint import LoadReport, cache_dir, register_scheme
 from .configfile import ModelConfig, load_config
 from .errors import (
+    CheckpointCacheError,
     CheckpointDownloadError,
     CheckpointError,
     CheckpointHashError,
@@ -145,7 +146,7 @@ __all__ = [
     "OverrideError", "OverrideTargetError", "ShapeError", "InitRecordError", "LSUVError",
     "CheckpointError", "CheckpointNotFoundError", "CheckpointKeyError",
     "CheckpointMismatchError", "UnsafeCheckpointError", "CheckpointDownloadError",
-    "CheckpointHashError",
+    "CheckpointHashError", "CheckpointCacheError",
     "MaterializeError", "UndefinedParameterError", "ShardingError",
     "ConfigError", "ConfigNotFoundError", "HealthCheckError", "UnappliedConfigError",
     # warnings (strict=True raises the matching error instead)

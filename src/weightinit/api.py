@@ -173,7 +173,8 @@ def load_checkpoint(model: nn.Module, source: str, *, prefix: str | None = None,
                     map_location: Any = "cpu", strict: bool = False, mismatch: str = "skip",
                     revise_keys: Any = None, allow_pickle: bool = False,
                     sha256: str | None = None, device: Any = None,
-                    dtype: Any = None, seed: int | None = None) -> LoadReport:
+                    dtype: Any = None, seed: int | None = None,
+                    timeout: float | None = None, deadline: float | None = None) -> LoadReport:
     """Load a checkpoint into ``model`` (any ``nn.Module``) and report what happened.
 
     ``source`` is a path, ``file://``, ``http(s)://`` (downloaded once into
@@ -189,6 +190,9 @@ def load_checkpoint(model: nn.Module, source: str, *, prefix: str | None = None,
     tensors that come only from the checkpoint use the loaded storage as is;
     the others get their PyTorch default (seeded by ``seed``, see
     :func:`weightinit.seeded`). A sharded model reads only each rank's slice.
+    ``timeout`` (seconds per read, default 60) and ``deadline`` (seconds for the
+    whole download, default 3600) bound a download; ``sha256`` is checked for
+    every source, cached and local files included.
 
     Example::
 
@@ -197,7 +201,8 @@ def load_checkpoint(model: nn.Module, source: str, *, prefix: str | None = None,
     """
     init = PretrainedInit(source, prefix=prefix, map_location=map_location,
                           allow_pickle=allow_pickle, revise_keys=revise_keys, strict=strict,
-                          mismatch=mismatch, sha256=sha256)
+                          mismatch=mismatch, sha256=sha256, timeout=timeout,
+                          deadline=deadline)
     rule = Rule(init=init, cfg={}, location="load_checkpoint", owner="",
                 owner_class=type(model).__name__)
     session = Session.current()

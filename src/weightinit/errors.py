@@ -141,6 +141,10 @@ class CheckpointHashError(CheckpointError):
     """A checkpoint does not have the expected sha256."""
 
 
+class CheckpointCacheError(CheckpointDownloadError):
+    """The download cache can not be used: its directory is read-only, or its path is a file."""
+
+
 # -- deferred models -------------------------------------------------------------------------
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,10 +35,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
-from ..errors import CheckpointError, UnsafeCheckpointError
+from ..errors import CheckpointError
+from .cache import unreadable
+from .downloads import download_limits
 from .keys import DEFAULT_REVISE_KEYS as DEFAULT_REVISE_KEYS
 from .keys import check_revise_keys as check_revise_keys
 from .keys import select_keys
+from .pickles import not_readable, refusal, safe_load
 from .sharded import checkpoint_file, is_index, open_index
 from .sources import FileGuard
 
@@ -244,20 +248,24 @@ def _prefixed(where: str) -> str:
 
 
 def read_checkpoint(source: str, map_location: Any = "cpu", *, allow_pickle: bool = False,
-                    sha256: str | None = None, where: str = "") -> CheckpointState | Any:
+                    sha256: str | None = None, where: str = "", timeout: float | None = None,
+                    deadline: float | None = None) -> CheckpointState | Any:
     """Open a checkpoint reference (path, ``file://``, URL, ``torchvision://``, custom scheme).
 
     Returns a :class:`CheckpointState` for safetensors files, else the
-    object stored in the PyTorch file.
+    object stored in the PyTorch file. ``timeout``/``deadline`` bound a download
+    (see :func:`~.downloads.download`).
     """
-    return _open(source, map_location, allow_pickle, sha256, where)[0]
+    return _open(source, map_location, allow_pickle, sha256, where, timeout, deadline)[0]
 
 
 def _open(source: str, map_location: Any, allow_pickle: bool, sha256: str | None,
-          where: str) -> tuple[CheckpointState | Any, FileGuard | None]:
+          where: str, timeout: float | None = None, deadline: float | None = None
+          ) -> tuple[CheckpointState | Any, FileGuard | None]:
     """:func:`read_checkpoint`, and the guard of the file when its tensors are memory-mapped."""
     pre = _prefixed(where)
-    path = checkpoint_file(source, sha256, pre)
+    with download_limits(timeout, deadline):
+        path = checkpoint_file(source, sha256, pre)
     if is_index(path):
         state = CheckpointState(source)
         state._lazy, state._guard = open_index(
@@ -267,47 +275,32 @@ def _open(source: str, map_location: Any, allow_pickle: bool, sha256: str | None
         return CheckpointState.from_safetensors(source, path, map_location, where), None
     guard = FileGuard(source, path)  # before the read: a change after it is then seen
     try:
-        try:
-            return torch.load(path, map_location=map_location, weights_only=not allow_pickle,
-                              mmap=True), guard
-        except RuntimeError as err:
-            if "mmap" not in str(err):  # legacy (non-zip) files cannot be memory-mapped
-                raise
-            return torch.load(path, map_location=map_location,
-                              weights_only=not allow_pickle), None
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Detected pickle protocol")
+            return _load(path, map_location, allow_pickle), guard
     except pickle.UnpicklingError as err:
-        wants = re.findall(r"GLOBAL ([\w.]+)", str(err))
-        if allow_pickle or not wants:
-            raise CheckpointError(f"{pre}{source} is not a readable PyTorch checkpoint "
-                                  f"(truncated, corrupt or another format?): {err}") from err
-        if all(_is_tensor_format(name) for name in wants):
-            raise CheckpointError(
-                f"{pre}{source} holds tensors that torch {torch.__version__}'s safe loader "
-                "(weights_only=True) can not rebuild: it needs "
-                f"{', '.join(sorted(set(wants)))}, which are PyTorch's own tensor formats "
-                "(e.g. quantized or sparse tensors, or a newer dtype), not third-party code. "
-                "Fix: save dense tensors of a common dtype (t.to_dense(), t.dequantize(), "
-                "t.float()), or upgrade PyTorch, or if you trust the file, pass "
-                "allow_pickle=True.") from err
-        raise UnsafeCheckpointError(
-            f"{pre}{source} is a pickle that needs arbitrary code to load; it wants to import "
-            f"{', '.join(sorted(set(wants)))}; refused because loading it could run that code. "
-            "Fix: convert it to .safetensors, or if you trust the file, opt in with "
-            "allow_pickle=True (e.g. dict(type='Pretrained', checkpoint=..., "
-            "allow_pickle=True)).") from err
+        if allow_pickle:
+            raise not_readable(f"{pre}{source}", err, "") from err
+        raise refusal(err, source, path, pre) from err
+    except PermissionError as err:
+        raise unreadable(f"{pre}{source}", path, err) from err
     except Exception as err:  # torch.load raises many kinds on a corrupt or foreign file
-        raise CheckpointError(f"{pre}{source} is not a readable PyTorch checkpoint "
-                              f"(truncated, corrupt or another format?): {err}") from err
+        raise not_readable(f"{pre}{source}", err, "") from err
 
 
-def _is_tensor_format(name: str) -> bool:
-    """Whether the pickle global ``name`` is one of torch's own tensor formats (a
-    ``_rebuild_*`` function, a dtype, layout or quantization scheme), not foreign code."""
-    if re.fullmatch(r"torch\.(_utils|_tensor)\._rebuild_\w+", name):
-        return True
-    head, _, attr = name.partition(".")
-    value = getattr(torch, attr, None) if head == "torch" and "." not in attr else None
-    return isinstance(value, (torch.dtype, torch.layout, torch.qscheme))
+def _load(path: str, map_location: Any, allow_pickle: bool) -> Any:
+    """The object in a PyTorch file: memory-mapped if it can be, safely unless allowed."""
+    def load(mmap: bool) -> Any:
+        if allow_pickle:
+            return torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
+        return safe_load(path, map_location, mmap)
+
+    try:
+        return load(True)
+    except RuntimeError as err:
+        if "mmap" not in str(err):  # legacy (non-zip) files cannot be memory-mapped
+            raise
+        return load(False)
 
 
 def _safe_open(source: str, path: str, map_location: Any, pre: str) -> Any:
@@ -338,7 +331,9 @@ def _safe_open(source: str, path: str, map_location: Any, pre: str) -> Any:
                               f"corrupt?): {err}. Fix: download or save it again.") from err
 
 
-def _unwrap(ckpt: Any, source: str, where: str) -> CheckpointState:
+def unwrap_state(ckpt: Any, source: str, where: str = "") -> CheckpointState:
+    """The ``key -> tensor`` view of what a checkpoint file holds: its weights, unwrapped from
+    ``state_dict``/``model``/``module``. Every key must be a string."""
     if isinstance(ckpt, CheckpointState):
         return ckpt
     if not isinstance(ckpt, dict):
@@ -352,6 +347,12 @@ def _unwrap(ckpt: Any, source: str, where: str) -> CheckpointState:
                 isinstance(v, Tensor) for v in inner.values())):
             state = inner
             break
+    bad = [k for k in state if not isinstance(k, str)]
+    if bad:
+        raise CheckpointError(
+            f"{_prefixed(where)}{source}: the state dict has key {bad[0]!r} (a "
+            f"{type(bad[0]).__name__}), but keys must be strings naming tensors such as "
+            "'conv.weight'. Fix: save model.state_dict(), or rebuild the dict with str keys.")
     return CheckpointState.from_dict(source, state)
 
 
@@ -359,8 +360,8 @@ def load_pretrained_state(init: Any, where: str = "") -> CheckpointState:
     """The ``key -> tensor`` view a ``Pretrained`` rule loads, after key selection and renaming."""
     ckpt, guard = _open(init.checkpoint, init.map_location,
                         getattr(init, "allow_pickle", False), getattr(init, "sha256", None),
-                        where)
-    state = _unwrap(ckpt, init.checkpoint, where)
+                        where, getattr(init, "timeout", None), getattr(init, "deadline", None))
+    state = unwrap_state(ckpt, init.checkpoint, where)
     if guard is not None:
         state._guard = guard
     mapping = select_keys(state.keys(), getattr(init, "revise_keys", None), init.prefix,

@@ -5,14 +5,17 @@ Built in:
 * a plain path (``~`` expanded) or ``file://PATH``;
 * ``http://`` / ``https://`` — downloaded once into the cache directory
   (``$WEIGHTINIT_CACHE``, else ``$XDG_CACHE_HOME/weightinit``, else
-  ``~/.cache/weightinit``), written to a temporary file and renamed into
-  place only when complete (and, with ``sha256=``, verified), so no partial
-  file is ever left in the cache; a cached copy is used with no network;
+  ``~/.cache/weightinit``) by :func:`~.downloads.download`: checked to be a
+  checkpoint, resumable, bounded in time, once per URL across processes, and
+  renamed into place only when complete (and, with ``sha256=``, verified); a
+  cached copy is used with no network;
 * ``torchvision://NAME`` — the torchvision model-zoo files, from a table
   shipped with weightinit (torchvision itself is not needed).
 
-:func:`checked_file` checks the file a reference resolved to (it exists; with
-``sha256``, a local file's hash);
+:func:`checked_file` checks the file a reference resolved to: it exists, it can
+be read and, with ``sha256``, it has that hash — for every source, local
+paths and ``file://`` included (a hash already verified for the file as it is
+now is not computed again; :mod:`.cache` says where that is recorded);
 :class:`FileGuard` notices a memory-mapped file being changed while it is read.
 
 Add your own with a decorator::
@@ -26,33 +29,27 @@ Add your own with a decorator::
 from __future__ import annotations
 
 import difflib
-import hashlib
-import http.client
 import json
-import logging
 import os
-import sys
-import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from importlib import resources
-from pathlib import Path
 
 from ..errors import (
-    CheckpointDownloadError,
     CheckpointError,
     CheckpointHashError,
     CheckpointNotFoundError,
     InitKeyError,
     InitTypeError,
 )
-
-logger = logging.getLogger("weightinit")
+from .cache import cache_dir as cache_dir
+from .cache import cached_path as cached_path
+from .cache import unreadable, verified_sha256
+from .downloads import download
 
 Fetcher = Callable[[str, "str | None"], str]
 _SCHEMES: dict[str, Fetcher] = {}
-_CHUNK = 1 << 20
+#: schemes whose fetcher verifies ``sha256`` itself (and re-downloads a corrupt copy)
+_VERIFYING = ("http", "https", "torchvision")
 
 
 def register_scheme(scheme: str, force: bool = False) -> Callable[[Fetcher], Fetcher]:
@@ -68,88 +65,6 @@ def register_scheme(scheme: str, force: bool = False) -> Callable[[Fetcher], Fet
         return fetch
 
     return decorator
-
-
-def cache_dir() -> Path:
-    """Where downloads are kept: ``$WEIGHTINIT_CACHE`` or the XDG cache directory."""
-    if os.environ.get("WEIGHTINIT_CACHE"):
-        return Path(os.environ["WEIGHTINIT_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "weightinit"
-
-
-def cached_path(url: str) -> Path:
-    """The cache file of a URL: its file name, prefixed by a short hash of the whole URL."""
-    name = os.path.basename(url.split("?", 1)[0]) or "checkpoint"
-    return cache_dir() / f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{name}"
-
-
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _progress(total: int | None, label: str):  # noqa: ANN202 - rich object or None
-    if not sys.stderr.isatty():
-        return None
-    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
-
-    progress = Progress("[progress.description]{task.description}", BarColumn(),
-                        DownloadColumn(), TransferSpeedColumn(), transient=True)
-    progress.start()
-    task = progress.add_task(label, total=total)
-    return progress, task
-
-
-def download(url: str, sha256: str | None = None, timeout: float = 60.0) -> str:
-    """Download ``url`` into the cache once (atomically, optionally verified) and return the path."""
-    target = cached_path(url)
-    if target.is_file():
-        return str(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".partial-", dir=target.parent)
-    tmp = Path(tmp_name)
-    digest = hashlib.sha256()
-    bar = None
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-            total = resp.headers.get("Content-Length")
-            expected = int(total) if total and total.isdigit() else None
-            bar = _progress(expected, os.path.basename(str(target)))
-            received = 0
-            while chunk := resp.read(_CHUNK):
-                out.write(chunk)
-                digest.update(chunk)
-                received += len(chunk)
-                if bar is not None:
-                    bar[0].update(bar[1], completed=received)
-            if expected is not None and received != expected:
-                raise CheckpointDownloadError(
-                    f"download of {url} stopped after {received} of {expected} bytes. Fix: "
-                    "retry; nothing was kept in the cache.")
-        if sha256 is not None and digest.hexdigest() != sha256.lower():
-            raise CheckpointHashError(
-                f"{url}: sha256 is {digest.hexdigest()}, expected {sha256}. The file was "
-                "discarded. Fix: check the URL and the expected hash.")
-        os.replace(tmp, target)
-        logger.info("downloaded %s to %s", url, target)
-        return str(target)
-    except urllib.error.HTTPError as err:
-        raise CheckpointDownloadError(f"cannot download {url}: HTTP {err.code} {err.reason}. "
-                                      "Fix: check the URL.") from err
-    except (urllib.error.URLError, http.client.HTTPException, ConnectionError,
-            TimeoutError) as err:
-        raise CheckpointDownloadError(f"cannot download {url}: {err}. Fix: check the network, "
-                                      "or put the file in the cache "
-                                      f"({cache_dir()}).") from err
-    finally:
-        if bar is not None:
-            bar[0].stop()
-        if tmp.exists():
-            tmp.unlink()
 
 
 @register_scheme("http")
@@ -200,17 +115,25 @@ def resolve(source: str, sha256: str | None = None) -> str:
 
 
 def checked_file(source: str, path: str, sha256: str | None = None, pre: str = "") -> str:
-    """``path`` (resolved from ``source``) if it is an existing file; with ``sha256``, a
-    local file's hash is checked."""
+    """``path`` (resolved from ``source``) if it is an existing, readable file; with
+    ``sha256``, its hash is checked (downloads were checked by their fetcher)."""
     if not os.path.isfile(path):
         raise CheckpointNotFoundError(2, f"{pre}{source} can not be found. Fix: check the "
                                          "checkpoint path (relative paths start at the "
                                          f"working directory {os.getcwd()!r})")
-    if sha256 is not None and "://" not in source:
-        digest = _sha256_of(Path(path))
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as err:
+        raise unreadable(f"{pre}{source}", path, err) from err
+    scheme = source.split("://", 1)[0] if "://" in source else None
+    if sha256 is not None and scheme not in _VERIFYING:
+        digest = verified_sha256(path, f"{pre}{source}")
         if digest != sha256.lower():
-            raise CheckpointHashError(f"{pre}{source}: sha256 is {digest}, expected "
-                                      f"{sha256}. Fix: check the file and the expected hash.")
+            raise CheckpointHashError(
+                f"{pre}{source}: sha256 is {digest}, expected {sha256} ({path}); it is a "
+                "local file, so it can not be downloaded again. Fix: check the file (replace "
+                "it with an intact copy) and the expected hash.")
     return path
 
 

@@ -3,12 +3,15 @@
     weightinit plan  CONFIG                   dry run on the meta device: who owns each parameter
     weightinit init  CONFIG --out FILE        build, initialize, save, report
     weightinit check CONFIG [CONFIG ...]      forward/backward on random input: signal per layer
+    weightinit convert IN OUT.safetensors     a checkpoint's tensors, rewritten as safetensors
 
 Exit status: 0 on success; 1 when ``check`` flags a problem; 2 for a bad
 argument, a bad config or a file that cannot be read or written — with one
 line on stderr, never a traceback (``--debug`` shows it). Library warnings
 (:class:`~weightinit.errors.InitWarning`) print as ``weightinit: warning: ...``
 lines on stderr; ``--strict`` makes each an error (exit 2) before anything is written.
+``--timeout``/``--deadline`` bound the download of a checkpoint (a ``Pretrained``
+rule's URL, or ``convert``'s input) that does not set its own.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import NoReturn, TextIO
 
+from ..checkpoint.downloads import download_limits
 from ..errors import InitError, InitWarning, UsageError
 from ..version import __version__
 from .commands import CHECKPOINT_SUFFIXES, REPORT_SUFFIXES, cmd_check, cmd_init, cmd_plan
+from .convert import add_convert, cmd_convert
 from .output import PIPE_WIDTH, Output, one_line
 from .writing import save_checkpoint
 
@@ -44,8 +49,29 @@ class _Formatter(logging.Formatter):
         return f"{PROG}: {record.levelname.lower()}: {record.getMessage()}"
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    base = argparse.ArgumentParser(add_help=False)
+    base.add_argument("-v", "--verbose", action="count", default=0,
+                      help="log more (-v: info, -vv: one line per parameter)")
+    base.add_argument("--debug", action="store_true",
+                      help="show the traceback of an error instead of one line")
+    base.add_argument("--timeout", metavar="SECONDS", type=_seconds,
+                      help="checkpoint downloads: seconds to wait for each read from the "
+                           "server (default: 60)")
+    base.add_argument("--deadline", metavar="SECONDS", type=_seconds,
+                      help="checkpoint downloads: seconds a whole download may take "
+                           "(default: 3600; an interrupted download resumes next time)")
+    common = argparse.ArgumentParser(add_help=False, parents=[base])
     common.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                         dest="overrides",
                         help="override a config value, e.g. --set model.size=tiny or --set "
@@ -57,10 +83,6 @@ def build_parser() -> argparse.ArgumentParser:
                              "submodules (by default only torch.nn, registered names and "
                              "files next to the config; .py configs may name anything); "
                              "repeatable")
-    common.add_argument("-v", "--verbose", action="count", default=0,
-                        help="log more (-v: info, -vv: one line per parameter)")
-    common.add_argument("--debug", action="store_true",
-                        help="show the traceback of an error instead of one line")
     common.add_argument("--strict", action="store_true",
                         help="make every warning (an init_cfg never applied, a layer name "
                              "that matches nothing, skipped checkpoint keys) an error, raised "
@@ -132,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the statistics as JSON (.json) or Markdown (.md); repeatable")
     p.add_argument("--summary", action="store_true", help="print only one verdict per config")
     p.set_defaults(func=cmd_check)
+
+    add_convert(sub, base)
     return parser
 
 
@@ -177,7 +201,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
     logger.addHandler(handler)
     logger.setLevel(min(level, saved_level) if saved_level else level)
     try:
-        with _warnings_to(err_stream):
+        with _warnings_to(err_stream), download_limits(args.timeout, args.deadline):
             return args.func(args, out)
     except (InitError, UsageError, OSError) as err:
         if args.debug:
@@ -193,4 +217,5 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
 
 
 __all__ = ["CHECKPOINT_SUFFIXES", "PIPE_WIDTH", "PROG", "REPORT_SUFFIXES", "Output",
-           "build_parser", "cmd_check", "cmd_init", "cmd_plan", "main", "save_checkpoint"]
+           "build_parser", "cmd_check", "cmd_convert", "cmd_init", "cmd_plan", "main",
+           "save_checkpoint"]

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..checkpoint.downloads import check_limits
 from ..checkpoint.loader import check_revise_keys
 from ..errors import InitTypeError, InitValueError
 from .base import apply_rule
@@ -58,8 +59,14 @@ class PretrainedInit:
         strict: missing or unexpected keys are an error (raised before any write).
         mismatch: ``'skip'`` (default, as MMEngine: keys whose shape differs
             are left to the other rules and reported) or ``'error'``.
-        sha256: expected sha256 of the file (checked on download, or on read
-            for a local file).
+        sha256: expected sha256 of the file, checked for every source: on download,
+            on a cached copy (a corrupt one is downloaded again, once) and on a local
+            file (hashed again only when it changed since it was last verified).
+        timeout: seconds a download may wait for each read from the server (default:
+            60, or the command line's ``--timeout``).
+        deadline: seconds a whole download may take, waiting for another process
+            downloading the same file included (default: 3600, or ``--deadline``;
+            ``math.inf``: no limit). An interrupted download resumes on the next load.
 
     Keys the checkpoint covers are written once, from the checkpoint; keys it
     does not cover keep whatever rule (or default) owns them.
@@ -68,7 +75,8 @@ class PretrainedInit:
     def __init__(self, checkpoint: str, prefix: str | None = None,
                  map_location: str | torch.device | None = "cpu",
                  allow_pickle: bool = False, revise_keys: Any = None, strict: bool = False,
-                 mismatch: str = "skip", sha256: str | None = None) -> None:
+                 mismatch: str = "skip", sha256: str | None = None,
+                 timeout: float | None = None, deadline: float | None = None) -> None:
         if not isinstance(checkpoint, str) and not hasattr(checkpoint, "__fspath__"):
             raise InitTypeError(f"checkpoint must be a path, got {type(checkpoint).__name__}")
         if prefix is not None and not isinstance(prefix, str):
@@ -80,6 +88,7 @@ class PretrainedInit:
             raise InitValueError(f"mismatch must be 'skip' or 'error', got {mismatch!r}")
         if sha256 is not None and not (isinstance(sha256, str) and len(sha256) == 64):
             raise InitTypeError(f"sha256 must be a 64-character hex string, got {sha256!r}")
+        check_limits(timeout, deadline)
         _check_map_location(map_location)
         self.checkpoint = str(checkpoint)
         self.prefix = prefix
@@ -89,6 +98,8 @@ class PretrainedInit:
         self.strict = strict
         self.mismatch = mismatch
         self.sha256 = sha256
+        self.timeout = timeout
+        self.deadline = deadline
         self.wholemodule = False
 
     plannable = True
