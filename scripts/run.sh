@@ -5,7 +5,9 @@
 #   make test   (bash scripts/run.sh test)      lint, build the API reference (mkdocs --strict),
 #                                               run the whole test suite, then build the
 #                                               wheel and check it in an empty venv
-#                                               (scripts/wheel_check.sh; WHEEL_CHECK=0 skips it)
+#                                               (scripts/wheel_check.sh; WHEEL_CHECK=0 skips it),
+#                                               and the real OpenMMLab models in .venv-openmmlab
+#                                               (tests/openmmlab; OPENMMLAB=0 skips it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.venv
@@ -19,6 +21,27 @@ setup() {
     if [ ! -f "$stamp" ] || [ requirements-dev.txt -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
         "$PY" -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
         "$PY" -m pip install --quiet --disable-pip-version-check --no-deps -e .
+        touch "$stamp"
+    fi
+}
+
+# The OpenMMLab environment (.venv-openmmlab): real MMPretrain/MMDetection/MMSegmentation models
+# initialized through weightinit.mmengine and compared with MMEngine (tests/openmmlab/). The
+# packages go in without their dependencies (requirements-openmmlab-nodeps.txt explains why).
+MMVENV=.venv-openmmlab
+MMPY="$MMVENV/bin/python"
+
+setup_openmmlab() {
+    if [ ! -x "$MMPY" ]; then
+        python3 -m venv "$MMVENV"
+    fi
+    local stamp="$MMVENV/.installed"
+    if [ ! -f "$stamp" ] || [ requirements-openmmlab.txt -nt "$stamp" ] \
+            || [ requirements-openmmlab-nodeps.txt -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+        "$MMPY" -m pip install --quiet --disable-pip-version-check -r requirements-openmmlab.txt
+        "$MMPY" -m pip install --quiet --disable-pip-version-check --no-deps \
+            -r requirements-openmmlab-nodeps.txt
+        "$MMPY" -m pip install --quiet --disable-pip-version-check --no-deps -e .
         touch "$stamp"
     fi
 }
@@ -46,6 +69,11 @@ case "${1:-}" in
         echo "docs: mkdocs build --strict (API reference from the docstrings, warnings are errors)"
         build_docs
         "$PY" -m pytest "$@"
+        if [ "${OPENMMLAB:-1}" != 0 ]; then
+            echo "openmmlab: real OpenMMLab models through weightinit.mmengine (.venv-openmmlab)"
+            setup_openmmlab
+            "$MMPY" -m pytest tests/openmmlab -p no:cacheprovider
+        fi
         if [ "${WHEEL_CHECK:-1}" != 0 ]; then
             PYTHON="$PWD/$PY" bash scripts/wheel_check.sh
         fi

@@ -178,7 +178,7 @@ def test_user_defined_init_weights_wins_over_ancestor_rules():
     assert filled(m.custom.a.weight, 42) and filled(m.custom.b.weight, 1)
     rec = m.init_record
     assert rec["custom.a.weight"].kind == "user"
-    assert rec["custom.a.weight"].info == "user-defined init_weights in Custom"
+    assert rec["custom.a.weight"].info == "constant_(val=42) in Custom.init_weights"
     assert rec["custom.b.weight"].info == "ConstantInit: val=1, bias=0"
 
 
@@ -267,7 +267,7 @@ def test_base_module_overriding_init_weights_with_super():
     assert filled(m.head.reg.bias, 7)
     rec = m.init_record
     assert rec["head.cls.weight"].info == "ConstantInit: val=3, bias=0"
-    assert rec["head.reg.bias"].info == "user-defined init_weights in Head"
+    assert rec["head.reg.bias"].info == "constant_(val=7) in Head.init_weights"
     assert m.head.is_init
 
 
@@ -409,7 +409,7 @@ def test_update_init_info_labels_changed_params():
     m = Top()
     m.init_weights()
     assert m.init_record["gate.g.weight"].info == "zero gate"
-    assert m.init_record["gate.h.weight"].info == "user-defined init_weights in Gate"
+    assert m.init_record["gate.h.weight"].info == "ones_() in Gate.init_weights"
     assert m.init_record["gate.g.bias"].kind == "unchanged"
 
 

@@ -248,6 +248,7 @@ def build_pair(build: Build, seed: int = 0,
 MM_UNCHANGED = re.compile(r"The value is the same before and after calling `init_weights` of "
                           r"(\w+) ")
 MM_USER = re.compile(r"Initialized by user-defined `init_weights` in (\w+) ")
+WI_USER_CALL = re.compile(r"\w+\(.*\) in (\w+)\.init_weights")
 
 
 def norm_mm(text: str) -> tuple[str, str]:
@@ -266,6 +267,8 @@ def norm_wi(rec: wi.ParamRecord) -> tuple[str, str]:
         return "unchanged", rec.info.removeprefix("not changed by init_weights of ")
     if rec.kind == "user" and rec.info.startswith("user-defined init_weights in "):
         return "user", rec.info.removeprefix("user-defined init_weights in ")
+    if rec.kind == "user" and (m := WI_USER_CALL.fullmatch(rec.info)):
+        return "user", m.group(1)  # weightinit names the call that wrote, MMEngine the class
     assert rec.kind in ("rule", "pretrained", "initializer", "user"), rec.kind
     return "text", rec.info
 
@@ -936,7 +939,7 @@ def test_record_user_and_unchanged_kinds(mm_record):
     wm, _ = check_parity(build, mm_record)
     rec = wm.init_record
     assert (rec["u.fc.weight"].kind, rec["u.fc.weight"].info) == (
-        "user", "user-defined init_weights in UserLeaf")
+        "user", "fill_(3) in UserLeaf.init_weights")  # the call that wrote it
     assert (rec["fc.weight"].kind, rec["fc.weight"].info) == (
         "unchanged", "not changed by init_weights of Node")
     assert (rec["conv.bias"].kind, rec["conv.bias"].info) == ("rule", "ConstantInit: val=1, bias=0.5")
@@ -950,7 +953,7 @@ def test_record_update_init_info_text(mm_record):
     rec = wm.init_record
     assert (rec["g.gate.weight"].kind, rec["g.gate.weight"].info) == (
         "user", "zero gate (update_init_info)")
-    assert rec["g.other.weight"].info == "user-defined init_weights in Gate"
+    assert rec["g.other.weight"].info == "fill_(2) in Gate.init_weights"
     assert rec["g.gate.bias"].info == "ConstantInit: val=1, bias=0.5"
 
 

@@ -58,9 +58,10 @@ def test_coverage_counts_parameters_and_elements_per_rule(report):
         ("Kaiming(a=0, mode=fan_out, nonlinearity=relu, distribution=normal, bias=0)", "rule", 2,
          448),
         ("Normal(mean=0, std=0.5, bias=0)", "rule", 2, 132),
-        ("user-defined init_weights in Gate", "user", 2, 72),
+        ("zeros_() in Gate.init_weights", "user", 1, 64),  # each call user code made
         ("Constant(val=1, bias=0)", "rule", 2, 32),
         ("PyTorch default", "unchanged", 2, 8),
+        ("ones_() in Gate.init_weights", "user", 1, 8),
     ]
     assert len(report) == 12 and report.total_elements == 1236
     assert [p.name for p in report.at_default()] == ["free.weight", "free.bias"]
@@ -210,7 +211,7 @@ def test_markdown_tables(report):
             "<root> (Net) init_cfg[1] | 1 | 0 | 0 ✓ |") in lines
     assert ("| `free.bias` | (4) | float32 | cpu | PyTorch default | PyTorch default (kept its "
             "value from construction) | 0 | 0 |  |") in lines
-    assert ("| `gate.fc.bias` | (8) | float32 | cpu | user-defined init_weights in Gate | "
+    assert ("| `gate.fc.bias` | (8) | float32 | cpu | ones_() in Gate.init_weights | "
             "user-defined init_weights in Gate | 1 | 0 |  |") in lines
     conv = next(line for line in lines if line.startswith("| `conv.weight`"))
     assert conv.endswith(f"| {report['conv.weight'].std:.4g} | 0.1179 ✓ |")

@@ -178,7 +178,8 @@ def test_rules_only_runs_keep_no_copies(monkeypatch):
             self.fc = nn.Linear(64, 64)
 
         def init_weights(self):
-            nn.init.eye_(self.fc.weight)
+            nn.init.eye_(self.fc.weight)     # overwritten whole: its storage is set aside
+            self.fc.bias.data.mul_(0.5)      # modified in place: its values are copied
 
     class Root(wi.BaseModule):
         def __init__(self):
@@ -186,8 +187,11 @@ def test_rules_only_runs_keep_no_copies(monkeypatch):
             self.user = User()
 
     kept.clear()
-    Root().init_weights()  # user code runs: the tensors it can see are kept
-    assert max(kept) == (64 * 64 + 64) * 4
+    root = Root()
+    weight = root.user.fc.weight
+    root.init_weights()  # user code runs: only what it writes in place is copied (on write)
+    assert max(kept) == 64 * 4
+    assert root.user.fc.weight is weight and torch.equal(weight, torch.eye(64))
 
 
 def test_second_init_weights_keeps_the_first_record_and_values():

@@ -7,6 +7,9 @@ it in a session that commits everything or, on failure, restores the model.
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from typing import Any
 
 import torch.nn as nn
@@ -15,12 +18,25 @@ from .checkpoint.loader import LoadReport
 from .errors import InitRecordError, InitTypeError, RepeatedInitWarning, warn
 from .execution import Entry, Session, current_seed
 from .execution.gcpause import collector_paused
-from .planning import InitCfgNode, OpKind, Plan, PlanningCache, Request, build_plan
+from .planning import (
+    PLANNED,
+    OpKind,
+    Plan,
+    PlanningCache,
+    Request,
+    build_plan,
+    is_node,
+    is_planned,
+)
 from .record import InitRecord
 from .rules import PretrainedInit, Rule, install_runner, parse_init_cfg
 
 __all__ = ["get_init_record", "initialize", "load_checkpoint", "plan", "run_init_weights",
-           "update_init_info"]
+           "update_init_info", "watched_init_weights"]
+
+#: on a wrapped (overriding) ``init_weights``: the user's own function
+USER_INIT = "__weightinit_user_init__"
+_OPTIONS = ("device", "dtype", "seed", "strict")
 
 
 def _check_cfg(init_cfg: Any) -> None:
@@ -56,9 +72,10 @@ def _execute(module: nn.Module, request: Request, seed: Any) -> InitRecord | Non
                       f"{type(module).__name__}.init_weights" if request.rules is None
                       else "initialize")
     if session is not None:
-        session.run_nested(build_plan(session.cache, Request(
-            module, request.rules, outermost=False,
-            strict=request.strict or session.cache.strict)))
+        with session.watch.state(False):  # the library runs here, not the user code
+            session.run_nested(build_plan(session.cache, Request(
+                module, request.rules, outermost=False,
+                strict=request.strict or session.cache.strict)))
         return None
     session = Session(module, current_seed(seed))
     session.cache.strict = request.strict  # nested calls from user code inherit it
@@ -79,6 +96,45 @@ def run_init_weights(module: nn.Module, device: Any = None, dtype: Any = None,
              "more than once.", strict=strict)
         return
     _execute(module, Request(module, None, device, dtype, strict=strict), seed)
+
+
+def watched_init_weights(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a class's own (overriding) ``init_weights`` so that, called from outside any run,
+    it *is* the run: its ``super().init_weights()`` and every write it makes afterwards are
+    planned, watched, recorded and undone together on failure. Inside a run it is the user
+    code it always was. The wrapper takes ``device``/``dtype``/``seed``/``strict`` like
+    ``BaseModule.init_weights`` (unless ``fn`` takes them itself)."""
+    if getattr(fn, USER_INIT, None) is not None or getattr(fn, PLANNED, False):
+        return fn
+    try:
+        own = set(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        own = set()
+    ours = [o for o in _OPTIONS if o not in own]
+
+    @functools.wraps(fn)
+    def init_weights(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        options = {o: kwargs.pop(o) for o in ours if o in kwargs}
+        session = Session.current()
+        if session is not None and session.contains(self):
+            if options:
+                _nested(self, options.get("seed"), options.get("device"),
+                        options.get("dtype"), f"{type(self).__name__}.init_weights")
+            args, kwargs = session.call_args.pop(id(self), (args, kwargs))
+            return fn(self, *args, **kwargs)
+        session = Session(self, current_seed(options.get("seed")))
+        strict = bool(options.get("strict", False))
+        session.cache.strict = strict
+        if args or kwargs:
+            session.call_args[id(self)] = (args, kwargs)
+        with collector_paused(), session.active():
+            session.run(build_plan(session.cache, Request(
+                self, None, options.get("device"), options.get("dtype"), strict=strict,
+                user_root=True)))
+        return None
+
+    setattr(init_weights, USER_INIT, fn)
+    return init_weights
 
 
 def initialize(module: nn.Module, init_cfg: dict | list[dict], *, device: Any = None,
@@ -154,19 +210,22 @@ def plan(model: nn.Module, init_cfg: Any = None, *, device: Any = None, dtype: A
     """
     if not isinstance(model, nn.Module):
         raise InitTypeError(f"plan: model must be an nn.Module, got {type(model).__name__}")
+    user_root = False
     if init_cfg is None:
-        if not isinstance(model, InitCfgNode):
+        if not is_node(model):
             raise InitTypeError(f"plan: {type(model).__name__} is not a weightinit.BaseModule, so "
                                 "it has no init_cfg tree. Fix: pass init_cfg=... to plan it like "
                                 "initialize(model, init_cfg).")
         rules = None
+        # an overriding init_weights is user code: the plan says what it leaves to it
+        user_root = not is_planned(model)
     else:
         _check_cfg(init_cfg)
         rules = parse_init_cfg(init_cfg, "", type(model).__name__, strict=strict)
     with collector_paused():
         return build_plan(PlanningCache(model), Request(model, rules, device, dtype,
                                                         allow_undefined=allow_undefined,
-                                                        strict=strict))
+                                                        strict=strict, user_root=user_root))
 
 
 def load_checkpoint(model: nn.Module, source: str, *, prefix: str | None = None,

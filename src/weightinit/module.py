@@ -23,7 +23,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from .api import run_init_weights
+from .api import run_init_weights, watched_init_weights
 from .planning import InitCfgNode, planned
 from .record import InitRecord
 
@@ -47,6 +47,14 @@ class BaseModule(InitCfgNode, metaclass=ABCMeta):
     def __init__(self, init_cfg: dict | list[dict] | None = None) -> None:
         super().__init__()
         self._setup_init(init_cfg)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # An overriding init_weights, called from outside a run, opens the run itself: its
+        # super().init_weights() and its own writes after it are one watched run.
+        super().__init_subclass__(**kwargs)
+        fn = cls.__dict__.get("init_weights")
+        if callable(fn):
+            cls.init_weights = watched_init_weights(fn)
 
     @planned
     def init_weights(self, device: Any = None, dtype: Any = None, seed: int | None = None,

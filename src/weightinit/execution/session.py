@@ -29,7 +29,8 @@ from ..planning.checkpoint_checks import report_nonfinite
 from ..planning.ops import model_init_owner
 from ..record import InitRecord, ParamRecord
 from .materialize import materialize, remap
-from .strategies import Plain, choose
+from .pending import Pending, WriteWatch, replaced, slot_state, stop_at
+from .strategies import Plain, Sharded, choose
 from .transaction import Transaction
 from .watch import TensorState
 
@@ -37,6 +38,8 @@ logger = logging.getLogger("weightinit")
 
 _ACTIVE: contextvars.ContextVar[Session | None] = contextvars.ContextVar(
     "weightinit_session", default=None)
+#: called with (root, record) after each outermost run commits (the MMEngine bridge logs it)
+ON_COMMIT: list[Any] = []
 
 
 @dataclass(frozen=True)
@@ -59,12 +62,21 @@ class Session:
         self.strategy: Plain = Plain()
         self.txn = Transaction(keep_values=False)
         self.entries: dict[int, tuple[Tensor, Entry]] = {}
+        #: planned writes not done yet (user code may make them unnecessary)
+        self.pending = Pending(root, self.flush, self._observed, self.txn_before_write,
+                               self.txn_before_overwrite)
+        self.watch = WriteWatch(self.pending)
+        #: running user calls, innermost last: (its record entry, ids of tensors it wrote)
+        self.calls: list[tuple[Entry, set[int]]] = []
+        #: sharded runs: values seen before each running user call (writes are compared)
         self.snapshots: list[dict[int, TensorState]] = []
         self.loads: list[LoadReport] = []
         self._members: set[int] | None = None
         self._names: dict[int, str] | None = None
         self._undefined: tuple[str, ...] = ()
         self._load_policies: dict[int, tuple[LoadReport, bool]] = {}
+        #: arguments of the outermost overriding init_weights call, for when the run calls it
+        self.call_args: dict[int, tuple[tuple, dict]] = {}
 
     @staticmethod
     def current() -> Session | None:
@@ -101,8 +113,10 @@ class Session:
             if plan.materialize:
                 steps = remap(steps, materialize(plan, self.txn))
                 self._members = self._names = None
+                self.pending.reindex()
             self._undefined = tuple(n for n, _ in plan.undefined)
             self.execute(steps, plan)
+            self.flush(self.pending.take())
             self.check_user_defined()
             report_nonfinite(list(self._load_policies.values()), self.cache.strict)
         except BaseException:
@@ -119,13 +133,21 @@ class Session:
         record = self.record()
         record.log(logger)
         object.__setattr__(self.root, "_weightinit_record", record)
+        for hook in ON_COMMIT:
+            hook(self.root, record)
         return record
 
     def run_nested(self, plan: Plan) -> None:
-        """A plan made while user code runs (its ``super().init_weights()``): execute now."""
+        """A plan made while user code runs (its ``super().init_weights()``): its writes join
+        the pending ones, its user calls run now."""
         self.execute(plan.steps, plan)
         for m in plan.visited:
             self.txn.set_flag(m, True)
+
+    @property
+    def lazy(self) -> bool:
+        """Writes wait and user code is watched op by op (sharded runs: written before it)."""
+        return not isinstance(self.strategy, Sharded)
 
     # -- execution ------------------------------------------------------------------------------
     def execute(self, steps: list[Any], plan: Plan) -> None:
@@ -136,6 +158,8 @@ class Session:
         for step in steps:
             if isinstance(step, UserCall):
                 self.run_call(step)
+            elif self.lazy:
+                self.pending.add(step)
             else:
                 self.flush(step)
 
@@ -181,29 +205,75 @@ class Session:
                 state = state or TensorState.of(tensor)
                 snap[id(tensor)] = state
 
+    @stop_at
     def run_call(self, call: UserCall) -> None:
         module = call.module
-        if call.init is None and getattr(module, "is_init", False):
+        if call.init is None and module is not self.root and getattr(module, "is_init", False):
+            return  # (the root's own override is what was called: it runs, as in MMEngine)
+        self.txn.before_user_code(module, watched=self.lazy)
+        entry = Entry(call.record_kind, call.info, call.declared_in,
+                      call.rule if call.rule is not None else call.init)
+        if not self.lazy:
+            self.run_call_compared(call, entry)
             return
-        self.txn.before_user_code(module)
+        # one call writes these several tensors: not cancellable one by one, done first
+        self.flush(self.pending.take(lambda w: w.op.group is not None))
+        before = slot_state(module)
+        self.calls.append((entry, set()))
+        try:
+            with self.watch.state(True):
+                self.strategy.run_user(call)
+        finally:
+            self.calls.pop()
+        changed = replaced(module, before, self.pending.moved)
+        if changed:  # replaced slots or `.data =`: written whole, without an op to see
+            self.pending.reindex()
+            self._names = None
+            for old, new in changed:
+                for t in (old, new):
+                    if t is not None:
+                        self.pending.writes.pop(id(t), None)
+                self.entries[id(new)] = (new, entry)
+
+    def txn_before_write(self, tensor: Tensor) -> None:
+        self.txn.before_write(tensor)  # copy on write: only what user code writes is kept
+
+    def txn_before_overwrite(self, tensor: Tensor) -> bool:
+        return self.txn.before_overwrite(tensor)  # a fresh storage: nothing copied
+
+    def _observed(self, tensor: Tensor, text: str | None) -> None:
+        """User code wrote ``tensor`` (``text``: the call that did, when found)."""
+        entry, written = self.calls[-1]
+        if text is not None:
+            entry = Entry(entry.kind, text, entry.declared_in, entry.rule)
+        self.entries[id(tensor)] = (tensor, entry)
+        written.add(id(tensor))
+
+    def run_call_compared(self, call: UserCall, entry: Entry) -> None:
+        """Sharded runs: pending writes are done first, then tensors compared after the call."""
+        self.flush(self.pending.take())
+        module = call.module
         snap = {id(p): TensorState.of(p) for p in module.parameters()}
         self.snapshots.append(snap)
         try:
             self.strategy.run_user(call)
         finally:
             self.snapshots.pop()
-        entry = Entry(call.record_kind, call.info, call.declared_in,
-                      call.rule if call.rule is not None else call.init)
         self.mark_changed(module, snap, entry)
 
     def mark_changed(self, module: nn.Module, snap: dict[int, TensorState] | None,
                      entry: Entry) -> None:
-        """Give ``entry`` to the parameters of ``module`` user code changed since ``snap``.
+        """Give ``entry`` to the parameters of ``module`` user code changed.
 
-        With ``snap=None`` each parameter is compared with the innermost
-        running call's snapshot (``update_init_info``); parameters no call
-        tracks are left alone.
+        With ``snap=None`` (``update_init_info``): the parameters the innermost running call
+        wrote so far; parameters no call tracks are left alone.
         """
+        if snap is None and self.calls:
+            written = self.calls[-1][1]
+            for p in module.parameters():
+                if id(p) in written:
+                    self.entries[id(p)] = (p, entry)
+            return
         for p in module.parameters():
             if snap is not None:
                 state = snap.get(id(p))

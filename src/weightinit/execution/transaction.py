@@ -37,6 +37,10 @@ class Transaction:
         self._slots: list[tuple[nn.Module, dict, dict]] = []
         self._seen_slots: set[int] = set()
         self._flags: list[tuple[nn.Module, bool]] = []
+        #: tensor -> (tensor, alias of the storage it had): undoes ``.data =``
+        self._storages: dict[int, tuple[Tensor, Tensor]] = {}
+        #: tensors given a fresh storage before being overwritten (the old one is kept)
+        self._swapped: set[int] = set()
 
     # -- logging what is about to change -------------------------------------------------------
     def keep_slots(self, modules: list[nn.Module] | None) -> None:
@@ -53,21 +57,60 @@ class Transaction:
     def before_write(self, tensor: Tensor) -> None:
         """Keep ``tensor``'s value, if it has one this run did not give it."""
         key = id(tensor)
-        if not self.keep_values or key in self._values or key in self._fresh:
+        if not self.keep_values or key in self._values or key in self._fresh \
+                or key in self._swapped:
             return
         data = local(tensor)
         if data.device.type == "meta":
             return
         self._values[key] = (tensor, data.detach().clone())
 
-    def before_user_code(self, module: nn.Module) -> None:
-        """User code may write, or replace, any tensor of ``module``'s subtree."""
+    def before_overwrite(self, tensor: Tensor) -> bool:
+        """``tensor`` is about to be overwritten whole by user code: keep its storage aside
+        and give it a fresh one, instead of copying its values. Returns True if it did.
+
+        Only for a tensor that is alone on a dense storage (no view or alias of it held
+        anywhere else); otherwise its values are copied (:meth:`before_write`).
+        """
+        key = id(tensor)
+        if not self.keep_values or key in self._values or key in self._fresh \
+                or key in self._swapped or tensor.device.type == "meta":
+            return False
+        held = self._storages.get(key)
+        refs = 3 if held is not None and held[1].data_ptr() == tensor.data_ptr() else 2
+        storage = tensor.untyped_storage()
+        try:
+            alone = torch._C._storage_Use_Count(storage._cdata) == refs
+        except (AttributeError, RuntimeError):  # private API gone: copy instead
+            alone = False
+        if not (alone and tensor.is_contiguous() and tensor.storage_offset() == 0
+                and storage.nbytes() == tensor.numel() * tensor.element_size()):
+            self.before_write(tensor)
+            return False
+        if held is None:
+            self._storages[key] = (tensor, tensor.data)
+        tensor.data = torch.empty_like(tensor)
+        self._swapped.add(key)
+        return True
+
+    def before_user_code(self, module: nn.Module, watched: bool = False) -> None:
+        """User code may write, or replace, any tensor of ``module``'s subtree.
+
+        ``watched``: each op it runs is seen (:mod:`.pending`), which calls
+        :meth:`before_write` before an op writes a tensor, so values are copied
+        only when written (copy on write); here only the slots and each tensor's
+        storage (for a ``.data =`` re-pointing) are remembered, which copies nothing.
+        """
         modules = list(module.modules())
         self.keep_slots(modules)
         for m in modules:
             for t in list(m._parameters.values()) + list(m._buffers.values()):
-                if t is not None:
+                if t is None:
+                    continue
+                if not watched:
                     self.before_write(t)
+                elif self.keep_values and id(t) not in self._storages:
+                    self._storages[id(t)] = (t, t.data)
 
     def set_flag(self, module: nn.Module, value: bool) -> None:
         """Set ``module``'s ``is_init`` flag, undoably."""
@@ -77,6 +120,9 @@ class Transaction:
     # -- undo --------------------------------------------------------------------------------
     def rollback(self) -> None:
         """Put back every value, slot and flag this run changed (in reverse order)."""
+        for tensor, data in self._storages.values():
+            if tensor.data_ptr() != data.data_ptr() or tensor.shape != data.shape:
+                tensor.data = data
         with torch.no_grad():
             for tensor, saved in self._values.values():
                 local(tensor).copy_(saved)
@@ -92,6 +138,8 @@ class Transaction:
     def release(self) -> None:
         """Drop the undo log (after a commit)."""
         self._values.clear()
+        self._storages.clear()
+        self._swapped.clear()
         self._slots.clear()
         self._flags.clear()
 

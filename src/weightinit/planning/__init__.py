@@ -10,6 +10,16 @@ from .build import Request, build_plan, check_target
 from .checkpoints import state_tensors
 from .defaults import construction_elementwise, needs_materialization, slots_of
 from .layout import has_sharded, is_sharded, local_region
+from .nodes import (
+    PLANNED,
+    InitCfgNode,
+    is_node,
+    is_planned,
+    planned,
+    post_order,
+    register_node_type,
+    unregister_node_type,
+)
 from .ops import (
     CheckpointRead,
     DefaultFill,
@@ -22,12 +32,13 @@ from .ops import (
     class_name,
 )
 from .plan import Plan, PlanEntry, Step, Write, schedule, subtree_tensors
-from .tree import InitCfgNode, PlanningCache, is_planned, planned, post_order
+from .tree import PlanningCache
 
 __all__ = [
-    "CheckpointRead", "DefaultFill", "InitCfgNode", "Op", "OpKind", "Plan", "PlanEntry",
+    "PLANNED", "CheckpointRead", "DefaultFill", "InitCfgNode", "Op", "OpKind", "Plan", "PlanEntry",
     "PlanningCache", "Request", "Role", "RuleFill", "Step", "UserCall", "Write", "Writer",
     "build_plan", "check_target", "class_name", "construction_elementwise", "has_sharded",
-    "is_planned", "is_sharded", "local_region", "needs_materialization", "planned",
-    "post_order", "schedule", "slots_of", "state_tensors", "subtree_tensors",
+    "is_node", "is_planned", "is_sharded", "local_region", "needs_materialization", "planned",
+    "post_order", "register_node_type", "schedule", "slots_of", "state_tensors", "subtree_tensors",
+    "unregister_node_type",
 ]

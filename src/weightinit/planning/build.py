@@ -41,6 +41,9 @@ class Request:
     allow_undefined: bool = False
     #: turn every :class:`~weightinit.errors.InitWarning` found while planning into its error
     strict: bool = False
+    #: ``target``'s own ``init_weights`` is user code (an override) called from outside any
+    #: run: the run is that one call (its ``super().init_weights()`` is planned when it runs)
+    user_root: bool = False
 
 
 def check_target(model: nn.Module, device: Any, dtype: Any) -> tuple[torch.device | None,
@@ -91,7 +94,9 @@ def build_plan(cache: PlanningCache, request: Request) -> Plan:
         return dtype if dtype is not None and t.is_floating_point() else t.dtype
 
     walker = Walker(cache, dtype_of, strict=request.strict or cache.strict)
-    if request.rules is None:
+    if request.user_root:  # what it plans is known when it calls super().init_weights()
+        walker.events.append(UserCall(target, cache.path(target)))
+    elif request.rules is None:
         if not target.is_init:
             walker.plan_init_weights(target)
             if request.outermost:

@@ -45,26 +45,27 @@ def subtree_tensors(module: nn.Module) -> list[Tensor]:
 
 
 def schedule(events: tuple[Event, ...] | list[Event]) -> list[Step]:
-    """Keep only the last write of each tensor between the user calls that can see it.
+    """Batches of consecutive writes (each tensor once, its last write) and the user calls
+    between them, in execution order.
 
-    Returns batches of writes and calls in execution order: before a call the
-    pending writes inside its subtree are flushed, so the user code sees
-    them; everything else waits to the end.
+    Execution keeps the writes pending across user calls (see
+    :mod:`weightinit.execution.pending`): a later write of a tensor replaces a
+    pending one, user code that overwrites a tensor cancels its pending
+    write, and one that reads it has it done first.
     """
-    pending: dict[int, Write] = {}
     steps: list[Step] = []
+    batch: dict[int, Write] = {}
     for ev in events:
         if isinstance(ev, Write):
-            key = id(ev.tensor)
-            pending.pop(key, None)
-            pending[key] = ev
+            batch.pop(id(ev.tensor), None)
+            batch[id(ev.tensor)] = ev
             continue
-        batch = tuple(pending.pop(id(t)) for t in subtree_tensors(ev.module) if id(t) in pending)
         if batch:
-            steps.append(batch)
+            steps.append(tuple(batch.values()))
+            batch = {}
         steps.append(ev)
-    if pending:
-        steps.append(tuple(pending.values()))
+    if batch:
+        steps.append(tuple(batch.values()))
     return steps
 
 
@@ -177,8 +178,10 @@ class Plan:
 
     @property
     def planned_writes(self) -> int:
-        """Tensor writes execution makes (each tensor once between user calls)."""
-        return sum(len(step) for step in self.steps if isinstance(step, tuple))
+        """Tensor writes execution makes if user code reads and overwrites none of them
+        (each tensor once; user code that reads one has it written first, one that
+        overwrites it cancels it)."""
+        return len({id(e.tensor) for e in self.events if isinstance(e, Write)})
 
     @property
     def has_user_code(self) -> bool:

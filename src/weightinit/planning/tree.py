@@ -18,7 +18,6 @@ skipped checkpoint keys) warns (``InitWarning``); ``strict`` raises. Linear in t
 
 from __future__ import annotations
 
-import copy
 import difflib
 import fnmatch
 from collections.abc import Callable
@@ -49,57 +48,9 @@ from ..rules import (
 )
 from ..rules.parse import parse_init_cfg
 from .checkpoints import match_checkpoint, warn_load
+from .nodes import is_node, is_planned, post_order
 from .ops import OpKind, Role, RuleFill, UserCall, user_call_key
 from .plan import Event, Write
-
-#: marks the ``init_weights`` whose effect the planner knows (BaseModule's own)
-PLANNED = "__weightinit_planned__"
-
-
-def planned(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Mark ``fn`` as the planned ``init_weights``: a module using it is walked, not called."""
-    setattr(fn, PLANNED, True)
-    return fn
-
-
-class InitCfgNode(nn.Module):
-    """A module that carries an ``init_cfg`` and an ``is_init`` flag (BaseModule's data)."""
-
-    def _setup_init(self, init_cfg: Any) -> None:
-        self._is_init = False
-        self.init_cfg = copy.deepcopy(init_cfg)
-
-    @property
-    def is_init(self) -> bool:
-        return self._is_init
-
-    @is_init.setter
-    def is_init(self, value: bool) -> None:
-        self._is_init = value
-
-
-def is_planned(module: nn.Module) -> bool:
-    """A node whose ``init_weights`` is ours (not overridden), so its effect can be planned."""
-    fn = getattr(type(module), "init_weights", None)
-    return (isinstance(module, InitCfgNode) and getattr(fn, PLANNED, False)
-            and "init_weights" not in vars(module))
-
-
-def post_order(module: nn.Module) -> list[nn.Module]:
-    """Modules of the subtree in ``nn.Module.apply`` order: children first, then the module."""
-    out: list[nn.Module] = []
-    seen: set[int] = set()
-    stack: list[tuple[nn.Module, Any]] = [(module, iter(module.children()))]
-    while stack:
-        m, children = stack[-1]
-        child = next(children, None)
-        if child is None:
-            stack.pop()
-            out.append(m)
-        elif id(child) not in seen:
-            seen.add(id(child))
-            stack.append((child, iter(child.children())))
-    return out
 
 
 @dataclass
@@ -192,8 +143,8 @@ class Walker:
         """
         checker = Walker(self.cache, self.dtype_of, validate_only=True, strict=self.strict)
         for m in module.modules():
-            if (isinstance(m, InitCfgNode) and m.init_cfg and not m.is_init
-                    and id(m) not in self._visited):
+            if (is_node(m) and m.init_cfg and not m.is_init and id(m) not in self._visited
+                    and is_planned(m)):  # an overriding init_weights owns its own init_cfg
                 try:
                     for rule in checker.rules_of(m):
                         checker.apply_rule(m, rule)
@@ -208,7 +159,7 @@ class Walker:
 
     def _warn_unreached(self, container: nn.Module) -> None:
         for m in container.modules():
-            if isinstance(m, InitCfgNode) and m.init_cfg and not m.is_init:
+            if is_node(m) and m.init_cfg and not m.is_init:
                 if self.strict:  # a bad config there raises its own, more precise error first
                     self.validate_tree(container)
                 warn(UnappliedConfigWarning,
@@ -379,10 +330,10 @@ class Walker:
         return found
 
     def apply_pretrained(self, target: nn.Module, init: PretrainedInit, where: str) -> None:
+        if self.validate_only:  # not reached: its file is opened only if user code calls it
+            return
         writes, report = match_checkpoint(target, init, where, self.cache.checkpoints,
                                           self.cache.label(target), self.dtype_of)
-        if self.validate_only:
-            return
         warn_load(where, self.cache.label(target), report, self.strict)
         self.events.extend(writes)
         self.loads.append(report)
@@ -397,4 +348,4 @@ def _children(module: Any) -> str:
     return ", ".join(names) if names else "(none)"
 
 
-__all__ = ["InitCfgNode", "PlanningCache", "Walker", "is_planned", "planned", "post_order"]
+__all__ = ["PlanningCache", "Walker"]

@@ -33,6 +33,20 @@ class Registry:
     def __init__(self, name: str) -> None:
         self.name = name
         self._module_dict: dict[str, Any] = {}
+        self._lookups: list[Callable[[Any], Any]] = []
+
+    def add_lookup(self, lookup: Callable[[Any], Any]) -> None:
+        """Consult ``lookup(type_value)`` before this registry; a non-``None`` answer wins.
+
+        How another registry takes part (the MMEngine bridge finds users' initializers
+        registered with MMEngine); :meth:`remove_lookup` undoes it.
+        """
+        if lookup not in self._lookups:
+            self._lookups.append(lookup)
+
+    def remove_lookup(self, lookup: Callable[[Any], Any]) -> None:
+        if lookup in self._lookups:
+            self._lookups.remove(lookup)
 
     @property
     def module_dict(self) -> dict[str, Any]:
@@ -98,6 +112,10 @@ class Registry:
 
     def resolve(self, obj_type: Any, where: str = "") -> Callable[..., Any]:
         """Turn a ``type`` value (registered name or class) into the class."""
+        for lookup in self._lookups:
+            found = lookup(obj_type)
+            if found is not None:
+                return found
         if isinstance(obj_type, str):
             obj_cls = self._module_dict.get(obj_type)
             if obj_cls is None:

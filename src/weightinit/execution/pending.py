@@ -1,0 +1,375 @@
+"""Planned writes that wait, and user code watched op by op.
+
+A planned write is not done when it is planned but kept *pending* until the
+end of the run, so user code that runs meanwhile (a user-defined
+``init_weights``, an ``__call__`` initializer) decides whether it is needed:
+
+* user code that fully overwrites a tensor whose write is pending (``normal_``,
+  ``uniform_``, ``fill_``, ``zero_``, ``copy_`` over the whole tensor, as
+  ``nn.init`` and MMEngine's helpers do) cancels that write — the tensor is
+  written once, by the user code;
+* the first time user code reads a tensor with a pending write (or writes
+  part of it), the write is done first, so the user code sees exactly what it
+  would have seen had everything been written eagerly;
+* each write user code makes becomes the tensor's record entry, named by
+  the call that made it: ``trunc_normal_(std=0.02) in VisionTransformer.init_weights``.
+
+:class:`WriteWatch` is a ``TorchDispatchMode``: it sees every ATen op, with
+``.data`` aliases and views resolved to their storage, so writes through
+``param.data`` are seen as well. Writes no op shows (a ``.data =``
+assignment, a replaced ``nn.Parameter``) are found by comparing each
+tensor's identity and storage pointer after the call — no value is read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch.nn as nn
+from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from ..planning import Write
+
+#: ops whose result does not depend on what the written tensor held
+_OVERWRITES = frozenset({"normal_", "uniform_", "fill_", "zero_", "copy_", "random_",
+                         "bernoulli_", "exponential_", "geometric_", "log_normal_", "cauchy_",
+                         "eye", "normal", "zeros", "ones", "full", "rand", "randn"})
+#: frames of these files are machinery (dispatch, decorators), never "the call that wrote"
+_OWN_DIR = os.path.dirname(os.path.dirname(__file__))  # the weightinit package
+_TORCH_MACHINERY = ("/torch/_dynamo/", "/torch/_compile.py", "/torch/utils/_python_dispatch.py",
+                    "/torch/_ops.py", "/torch/utils/_contextlib.py", "/contextlib.py")
+_WRITTEN: dict[Any, tuple[tuple[int, ...], tuple[str, ...]]] = {}
+
+
+def _written_args(func: Any) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """Positions and keyword names of the arguments ``func`` writes (from its schema)."""
+    hit = _WRITTEN.get(func)
+    if hit is None:
+        pos, kw = [], []
+        for i, arg in enumerate(func._schema.arguments):
+            if arg.alias_info is not None and arg.alias_info.is_write:
+                (kw if arg.kwarg_only else pos).append(arg.name if arg.kwarg_only else i)
+        hit = _WRITTEN[func] = (tuple(pos), tuple(kw))
+    return hit
+
+
+def _tensors(args: tuple, kwargs: dict) -> Iterator[Tensor]:
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, Tensor):
+            yield a
+        elif isinstance(a, (list, tuple)):
+            for x in a:
+                if isinstance(x, Tensor):
+                    yield x
+
+
+def _span(t: Tensor) -> tuple[int, int]:
+    """Byte range of ``t`` inside its storage."""
+    size = t.element_size()
+    start = t.storage_offset() * size
+    if t.numel() == 0:
+        return start, start
+    extent = 1 + sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride()))
+    return start, start + extent * size
+
+
+def _same_region(a: Tensor, t: Tensor) -> bool:
+    """``a`` covers exactly the elements of ``t`` (``t`` itself, its ``.data``, a full view)."""
+    if a.storage_offset() != t.storage_offset() or a.dtype != t.dtype or a.numel() != t.numel():
+        return False
+    return (a.shape == t.shape and a.stride() == t.stride()) or (a.is_contiguous()
+                                                                  and t.is_contiguous())
+
+
+def _storage_ptr(t: Tensor) -> int:
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # tensors without storage (subclasses)
+        return 0
+
+
+def _scalar(v: Any) -> bool:
+    return v is None or isinstance(v, (bool, int, float, str))
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float) and math.isfinite(v):
+        return f"{v:g}"
+    return repr(v)
+
+
+_DEFAULTS: dict[Any, dict[str, Any]] = {}
+
+
+def _defaults(frame: Any) -> dict[str, Any]:
+    """Default argument values of the function running in ``frame`` (when it can be found)."""
+    code = frame.f_code
+    hit = _DEFAULTS.get(code)
+    if hit is None:
+        fn = frame.f_globals.get(code.co_name)
+        hit = {}
+        if getattr(fn, "__code__", None) is code:
+            hit = {n: p.default for n, p in inspect.signature(fn).parameters.items()
+                   if p.default is not inspect.Parameter.empty}
+        _DEFAULTS[code] = hit
+    return hit
+
+
+def call_text(frame: Any) -> str:
+    """``name(arg=value, ...)`` of the call running in ``frame``: its scalar arguments that
+    differ from their defaults (tensors and modules left out)."""
+    code = frame.f_code
+    names = code.co_varnames[:code.co_argcount + code.co_kwonlyargcount]
+    local = frame.f_locals
+    defaults = _defaults(frame)
+    parts = []
+    for n in names:
+        v = local.get(n)
+        if n == "self" or not _scalar(v) or (n in defaults and defaults[n] == v):
+            continue
+        if v is None and n not in defaults:
+            continue
+        parts.append(f"{n}={_fmt(v)}")
+    return f"{code.co_name}({', '.join(parts)})"
+
+
+def _op_text(func: Any, args: tuple) -> str:
+    scalars = [_fmt(a) for a in args[1:] if _scalar(a) and a is not None]
+    return f"{func.overloadpacket.__name__}({', '.join(scalars)})"
+
+
+def _machinery(filename: str, cache: dict[str, bool] = {}) -> bool:  # noqa: B006 - memo
+    hit = cache.get(filename)
+    if hit is None:
+        name = filename.replace("\\", "/")
+        hit = cache[filename] = filename.startswith(_OWN_DIR) or any(
+            m in name for m in _TORCH_MACHINERY)
+    return hit
+
+
+def attribute(func: Any, args: tuple) -> str | None:
+    """What wrote, seen from the Python stack: the call made from the innermost
+    user ``init_weights`` frame (through the user's own helpers in the same file
+    and ``nn.Module.apply``), as ``call(args) in Class.init_weights``."""
+    frame = sys._getframe(2)
+    chain: list[Any] = []
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "init_weights" and not code.co_filename.startswith(_OWN_DIR):
+            owner = frame.f_locals.get(code.co_varnames[0]) if code.co_argcount else None
+            if isinstance(owner, nn.Module):
+                return f"{_describe(chain, code.co_filename, func, args)} in " \
+                       f"{type(owner).__name__}.init_weights"
+        if not _machinery(code.co_filename):
+            chain.append(frame)
+        if code in _STOP:
+            return None
+        frame = frame.f_back
+    return None
+
+
+def _describe(chain: list[Any], user_file: str, func: Any, args: tuple) -> str:
+    """The outermost library call below the user's frames, or the op itself."""
+    for frame in reversed(chain):  # outermost first
+        code = frame.f_code
+        if code.co_filename == user_file or code is _APPLY:
+            continue
+        return call_text(frame)
+    return _op_text(func, args)
+
+
+_APPLY = nn.Module.apply.__code__
+#: frames where the search for a user ``init_weights`` stops (the run itself)
+_STOP: set[Any] = set()
+
+
+def stop_at(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark ``fn`` as where a watched call starts: the stack above it is not user code."""
+    _STOP.add(fn.__code__)
+    return fn
+
+
+class Pending:
+    """Planned writes not done yet, and the storages of the model's tensors (to watch)."""
+
+    def __init__(self, root: nn.Module, perform: Callable[[tuple[Write, ...]], None],
+                 observed: Callable[[Tensor, str | None], None],
+                 before_write: Callable[[Tensor], None],
+                 before_overwrite: Callable[[Tensor], bool]) -> None:
+        self.root = root
+        self.writes: dict[int, Write] = {}
+        self.perform = perform
+        self.observed = observed
+        self.before_write = before_write
+        #: True if it gave the tensor a fresh storage (the old one kept for undo)
+        self.before_overwrite = before_overwrite
+        #: tensor id -> storage pointer it was moved to that way (not a user re-pointing)
+        self.moved: dict[int, int] = {}
+        self._index: dict[int, list[Tensor]] | None = None
+
+    # -- the pending set ----------------------------------------------------------------------
+    def add(self, batch: tuple[Write, ...]) -> None:
+        for w in batch:
+            self.writes.pop(id(w.tensor), None)  # the later write wins, and goes last
+            self.writes[id(w.tensor)] = w
+
+    def take(self, keep: Callable[[Write], bool] | None = None) -> tuple[Write, ...]:
+        """Remove and return the pending writes (those ``keep`` selects), in order."""
+        if keep is None:
+            out = tuple(self.writes.values())
+            self.writes.clear()
+            return out
+        out = tuple(w for w in self.writes.values() if keep(w))
+        for w in out:
+            del self.writes[id(w.tensor)]
+        return out
+
+    def force(self, tensor: Tensor) -> None:
+        """Do the pending write of ``tensor`` now (with its group's)."""
+        w = self.writes.get(id(tensor))
+        if w is None:
+            return
+        group = w.op.group
+        self.perform(self.take(lambda x: x is w or (group is not None and x.op.group == group)))
+
+    def cancel(self, tensor: Tensor) -> None:
+        """User code overwrote ``tensor`` whole: its pending write is not needed."""
+        w = self.writes.get(id(tensor))
+        if w is not None:
+            if w.op.group is not None:  # one call writes several tensors: do it, then overwrite
+                self.force(tensor)
+            else:
+                del self.writes[id(tensor)]
+
+    # -- the model's storages -----------------------------------------------------------------
+    def index(self) -> dict[int, list[Tensor]]:
+        if self._index is None:
+            index: dict[int, list[Tensor]] = {}
+            for t in list(self.root.parameters()) + list(self.root.buffers()):
+                if t.device.type != "meta":
+                    ptr = _storage_ptr(t)
+                    if ptr:
+                        index.setdefault(ptr, []).append(t)
+            self._index = index
+        return self._index
+
+    def reindex(self) -> None:
+        self._index = None
+
+    def _move(self, t: Tensor, old: int) -> None:
+        new = _storage_ptr(t)
+        self.moved[id(t)] = new
+        if self._index is not None:
+            owners = [x for x in self._index.get(old, ()) if x is not t]
+            if owners:
+                self._index[old] = owners
+            else:
+                self._index.pop(old, None)
+            self._index.setdefault(new, []).append(t)
+
+    def before_op(self, func: Any, args: tuple, kwargs: dict) -> None:
+        """User code is about to run ``func``: do pending writes it reads, cancel the ones it
+        overwrites, and report the model tensors it writes."""
+        index = self.index()
+        hits = []
+        for a in _tensors(args, kwargs):
+            if a.device.type != "meta":
+                owners = index.get(_storage_ptr(a))
+                if owners:
+                    hits.append((a, owners))
+        if not hits:
+            return
+        pos, kw = _written_args(func)
+        written = [args[i] for i in pos if i < len(args)] + [kwargs[k] for k in kw if k in kwargs]
+        overwrite = func.overloadpacket.__name__ in _OVERWRITES
+        text: str | None = None
+        named = False
+        for a, owners in hits:
+            is_written = any(a is w for w in written)
+            lo, hi = _span(a)
+            for t in owners:
+                t_lo, t_hi = _span(t)
+                if hi <= t_lo or t_hi <= lo:
+                    continue
+                if is_written and overwrite and _same_region(a, t):
+                    self.cancel(t)
+                    if a is t:
+                        old = _storage_ptr(t)
+                        if self.before_overwrite(t):
+                            self._move(t, old)
+                    else:
+                        self.before_write(t)
+                else:
+                    self.force(t)
+                    if is_written:
+                        self.before_write(t)
+                if is_written:
+                    if not named:
+                        text, named = attribute(func, args), True
+                    self.observed(t, text)
+
+
+class WriteWatch(TorchDispatchMode):
+    """Routes every ATen op user code runs through :meth:`Pending.before_op` while active."""
+
+    def __init__(self, pending: Pending) -> None:
+        super().__init__()
+        self.pending = pending
+        #: innermost last: True while user code runs, False while the library runs inside it
+        self.active: list[bool] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None):
+        kwargs = kwargs or {}
+        if self.active and self.active[-1] and not func.is_view:
+            self.pending.before_op(func, args, kwargs)
+        return func(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def state(self, active: bool) -> Iterator[None]:
+        outermost = not self.active
+        self.active.append(active)
+        try:
+            if outermost and active:
+                with self:
+                    yield
+            else:
+                yield
+        finally:
+            self.active.pop()
+
+
+def slot_state(module: nn.Module) -> dict[tuple[int, str], tuple[Tensor, int]]:
+    """Each tensor slot of the subtree: (module id, name) -> (tensor, storage pointer)."""
+    out = {}
+    for m in module.modules():
+        for name, t in list(m._parameters.items()) + list(m._buffers.items()):
+            if t is not None:
+                out[(id(m), name)] = (t, _storage_ptr(t) if t.device.type != "meta" else 0)
+    return out
+
+
+def replaced(module: nn.Module, before: dict[tuple[int, str], tuple[Tensor, int]],
+             moved: dict[int, int]) -> list[tuple[Tensor | None, Tensor]]:
+    """(old, new) for slots of the subtree user code replaced or re-pointed (``.data =``);
+    ``moved``: tensors the run itself moved to a fresh storage (and where)."""
+    out = []
+    for m in module.modules():
+        for name, t in list(m._parameters.items()) + list(m._buffers.items()):
+            if t is None:
+                continue
+            old = before.get((id(m), name))
+            ptr = _storage_ptr(t) if t.device.type != "meta" else 0
+            if old is None or old[0] is not t or (old[1] != ptr and moved.get(id(t)) != ptr):
+                out.append((old[0] if old is not None else None, t))
+    return out
+
+
+__all__ = ["Pending", "WriteWatch", "attribute", "call_text", "replaced", "slot_state",
+           "stop_at"]

@@ -1,0 +1,250 @@
+"""User code under watch: planned writes wait, user writes cancel or force them, the record
+names the call that wrote, overriding roots open the run, and a failure restores everything.
+
+Attacks: reads through aliases and views, partial writes, ``.data =`` re-pointing,
+replaced parameters, copies from a tensor with a pending write, failures after
+overwrites (whose old storage was set aside, not copied), seeded reruns.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+import weightinit as wi
+
+
+def C(val, **kw):
+    return dict(type="Constant", val=val, bias=0.0, **kw)
+
+
+def versions(m: nn.Module) -> dict[str, int]:
+    return {n: p._version for n, p in m.named_parameters()}
+
+
+def written(m: nn.Module, before: dict[str, int]) -> dict[str, int]:
+    return {n: p._version - before[n] for n, p in m.named_parameters()}
+
+
+class Block(wi.BaseModule):
+    """Overrides init_weights: rewrites fc after super(), reads/rescales proj."""
+
+    def __init__(self, init_cfg=None):
+        super().__init__(init_cfg)
+        self.fc = nn.Linear(8, 8)
+        self.proj = nn.Linear(8, 8)
+
+    def init_weights(self):
+        super().init_weights()
+        nn.init.xavier_uniform_(self.fc.weight)   # overwrites a pending write: cancels it
+        self.proj.weight.data.div_(2.0)            # reads a pending write: done first
+
+
+class Net(wi.BaseModule):
+    def __init__(self):
+        super().__init__(C(4.0, layer="Linear"))
+        self.block = Block()
+        self.head = nn.Linear(8, 2)
+
+
+def test_overwrite_cancels_the_pending_write_and_read_sees_it():
+    m = Net()
+    before = versions(m)
+    m.init_weights()
+    w = written(m, before)
+    assert w["block.fc.weight"] == 1  # the rule's write never happened
+    assert torch.all(m.block.proj.weight == 2.0)  # Constant 4 written first, then halved
+    assert w["head.weight"] == 1 and torch.all(m.head.weight == 4.0)
+    bound = (6 / 16) ** 0.5
+    assert m.block.fc.weight.abs().max() <= bound and m.block.fc.weight.std() > 0.1
+    rec = m.init_record
+    assert rec["block.fc.weight"].info == "xavier_uniform_() in Block.init_weights"
+    assert rec["block.fc.weight"].kind == "user"
+    assert rec["block.proj.weight"].info == "div_(2) in Block.init_weights"
+    assert rec["block.proj.bias"].info == "ConstantInit: val=4.0, bias=0.0"
+
+
+def test_deferred_model_each_rule_owned_tensor_written_once():
+    with wi.deferred():
+        m = Net()
+    m.init_weights()
+    assert {n: p._version for n, p in m.named_parameters()}["block.fc.weight"] == 1
+    assert m.block.fc.bias._version == 1 and torch.all(m.block.fc.bias == 0.0)
+    assert torch.all(m.block.proj.weight == 2.0)
+
+
+class Partial(wi.BaseModule):
+    def __init__(self):
+        super().__init__(C(3.0, layer="Linear"))
+        self.fc = nn.Linear(4, 4)
+        self.other = nn.Linear(4, 4)
+
+    def init_weights(self):
+        super().init_weights()
+        with torch.no_grad():
+            self.fc.weight[:, 0] = 1.0          # partial write: the pending write goes first
+            self.other.weight.copy_(self.fc.weight.t())  # reads fc (done) into other (overwrite)
+
+
+class Outer(wi.BaseModule):
+    def __init__(self):
+        super().__init__()
+        self.p = Partial()
+
+
+def test_partial_write_and_copy_source_force_the_pending_write():
+    m = Outer()
+    m.init_weights()
+    w = m.p.fc.weight
+    assert torch.all(w[:, 0] == 1.0) and torch.all(w[:, 1:] == 3.0)
+    assert torch.equal(m.p.other.weight, w.t())
+    assert m.init_record["p.fc.weight"].info.endswith("in Partial.init_weights")
+    assert m.init_record["p.fc.bias"].info == "ConstantInit: val=3.0, bias=0.0"
+
+
+class Repoint(wi.BaseModule):
+    def __init__(self):
+        super().__init__(C(5.0, layer="Linear"))
+        self.a = nn.Linear(3, 3)
+        self.b = nn.Linear(3, 3)
+
+    def init_weights(self):
+        super().init_weights()
+        self.a.weight.data = torch.full((3, 3), 7.0)           # no op shows this write
+        self.b.weight = nn.Parameter(torch.full((3, 3), 9.0))  # a new parameter object
+
+
+class Holder(wi.BaseModule):
+    def __init__(self):
+        super().__init__()
+        self.r = Repoint()
+
+
+def test_data_assignment_and_replaced_parameter_are_recorded():
+    m = Holder()
+    old_b = m.r.b.weight
+    m.init_weights()
+    assert torch.all(m.r.a.weight == 7.0) and torch.all(m.r.b.weight == 9.0)
+    assert m.r.b.weight is not old_b
+    rec = m.init_record
+    assert rec["r.a.weight"].info == "user-defined init_weights in Repoint"
+    assert rec["r.b.weight"].info == "user-defined init_weights in Repoint"
+    assert rec["r.a.bias"].info == "ConstantInit: val=5.0, bias=0.0"
+
+
+class Failing(wi.BaseModule):
+    fail = True
+
+    def __init__(self):
+        super().__init__(C(2.0, layer="Linear"))
+        self.fc = nn.Linear(6, 6)
+        self.fc2 = nn.Linear(6, 6)
+
+    def init_weights(self):
+        super().init_weights()
+        nn.init.normal_(self.fc.weight)       # whole overwrite: old storage set aside
+        self.fc2.weight.data.mul_(3.0)         # forced pending write, then modified
+        self.fc2.bias.data = torch.ones(6)     # re-pointed
+        if self.fail:
+            raise RuntimeError("boom")
+
+
+def test_failure_in_an_overriding_root_restores_everything():
+    m = Failing()
+    params = {n: p for n, p in m.named_parameters()}
+    before = {n: p.detach().clone() for n, p in params.items()}
+    with pytest.raises(RuntimeError, match="boom"):
+        m.init_weights()
+    for n, p in m.named_parameters():
+        assert p is params[n], n  # same objects
+        assert torch.equal(p, before[n]), n  # same values
+    assert not m.is_init and m.init_record is None
+    m.fail = False  # a retry behaves like a first run
+    m.init_weights()
+    assert torch.all(m.fc2.weight == 6.0) and torch.all(m.fc2.bias == 1.0)
+    assert m.init_record["fc.weight"].info == "normal_() in Failing.init_weights"
+    assert m.is_init
+
+
+class Root(wi.BaseModule):
+    """The root class itself overrides init_weights (DETR-like)."""
+
+    def __init__(self):
+        super().__init__(C(1.0, layer="Linear"))
+        self.enc = nn.Linear(5, 5)
+        self.dec = nn.Linear(5, 5)
+
+    def init_weights(self):
+        super().init_weights()
+        for p in self.enc.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+
+
+def test_root_override_is_inside_the_run():
+    m = Root()
+    before = versions(m)
+    m.init_weights()
+    rec = m.init_record
+    assert rec["enc.weight"].info == "xavier_uniform_() in Root.init_weights"
+    assert rec["dec.weight"].info == "ConstantInit: val=1.0, bias=0.0"
+    assert written(m, before)["enc.weight"] == 1  # the Constant write was cancelled
+    assert m.is_init
+    with pytest.warns(wi.RepeatedInitWarning):
+        m.init_weights()  # a second call: super() warns, user code runs again as in MMEngine
+
+
+def test_plan_of_an_overriding_root_says_user_code():
+    p = wi.plan(Root())
+    assert p["enc.weight"].owner_info == "user-defined init_weights in Root (runs user code)"
+    assert p.planned_writes == 0
+
+
+def test_root_override_takes_seed_and_is_reproducible():
+    a, b = Root(), Root()
+    a.init_weights(seed=3)
+    b.init_weights(seed=3)
+    assert torch.equal(a.enc.weight, b.enc.weight)
+    c = Root()
+    c.init_weights(seed=4)
+    assert not torch.equal(a.enc.weight, c.enc.weight)
+
+
+class Labelled(wi.BaseModule):
+    def __init__(self):
+        super().__init__(C(2.0, layer="Linear"))
+        self.gate = nn.Linear(3, 3)
+        self.rest = nn.Linear(3, 3)
+
+    def init_weights(self):
+        super().init_weights()
+        nn.init.zeros_(self.gate.weight)
+        wi.update_init_info(self, "zero gate")
+
+
+def test_update_init_info_labels_what_the_call_wrote():
+    m = Labelled()
+    m.init_weights()
+    rec = m.init_record
+    assert rec["gate.weight"].info == "zero gate"
+    assert rec["rest.weight"].info == "ConstantInit: val=2.0, bias=0.0"
+
+
+class Shared(wi.BaseModule):
+    """Two parameters on one storage: an overwrite of one must not lose the other."""
+
+    def __init__(self):
+        super().__init__(C(6.0, layer="Linear"))
+        self.fc = nn.Linear(4, 4)
+        self.alias = self.fc.weight.view(16)
+
+    def init_weights(self):
+        super().init_weights()
+        nn.init.ones_(self.fc.weight)
+
+
+def test_tensor_with_a_live_view_is_copied_not_re_pointed():
+    m = Shared()
+    m.init_weights()
+    assert torch.all(m.alias == 1.0)  # the outside view still sees the parameter's storage
