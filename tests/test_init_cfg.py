@@ -416,3 +416,23 @@ def test_update_init_info_labels_changed_params():
 def test_update_init_info_outside_init_weights_is_an_error():
     with pytest.raises(wi.InitRecordError, match="only works while init_weights runs"):
         wi.update_init_info(nn.Linear(2, 2), "x")
+
+
+def test_override_name_may_be_a_property_holding_a_module():
+    """As MMEngine (getattr): MMDetection's Bottleneck names its norms through properties."""
+
+    class Block(wi.BaseModule):
+        def __init__(self):
+            super().__init__(dict(type="Constant", val=2.0, layer="Conv2d",
+                                  override=dict(name="norm3", type="Constant", val=0.0)))
+            self.conv = nn.Conv2d(2, 2, 1)
+            self.bn3 = nn.BatchNorm2d(2)
+
+        @property
+        def norm3(self):
+            return self.bn3
+
+    m = Block()
+    m.init_weights()
+    assert torch.all(m.bn3.weight == 0.0) and torch.all(m.conv.weight == 2.0)
+    assert m.init_record["bn3.weight"].info == "ConstantInit: val=0.0, bias=0"

@@ -134,6 +134,15 @@ def watched_init_weights(fn: Callable[..., Any]) -> Callable[..., Any]:
         return None
 
     setattr(init_weights, USER_INIT, fn)
+    try:  # the user's parameters, then the run's options (keyword-only)
+        sig = inspect.signature(fn)
+        params = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        varkw = [p for p in sig.parameters.values() if p.kind is p.VAR_KEYWORD]
+        params += [inspect.Parameter(o, inspect.Parameter.KEYWORD_ONLY,
+                                     default=False if o == "strict" else None) for o in ours]
+        init_weights.__signature__ = sig.replace(parameters=params + varkw)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        pass
     return init_weights
 
 

@@ -145,8 +145,14 @@ def _log_record(root: nn.Module, record: InitRecord) -> None:
             logger.info(line)
 
 
-def install() -> None:
-    """Route every MMEngine ``init_weights()`` through weightinit (idempotent)."""
+def install(log_record: bool = True) -> None:
+    """Route every MMEngine ``init_weights()`` through weightinit (idempotent).
+
+    ``log_record=False`` keeps the record out of MMEngine's logger (the command
+    line prints its own report).
+    """
+    if not log_record and _log_record in ON_COMMIT:
+        ON_COMMIT.remove(_log_record)
     if is_installed():
         return
     base = mm_model.BaseModule
@@ -158,7 +164,8 @@ def install() -> None:
         _wrap(cls)
     register_node_type(base)
     WEIGHT_INITIALIZERS.add_lookup(_lookup)
-    ON_COMMIT.append(_log_record)
+    if log_record:
+        ON_COMMIT.append(_log_record)
 
 
 def uninstall() -> None:

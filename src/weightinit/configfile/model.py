@@ -17,6 +17,7 @@ from ..api import get_init_record, initialize, plan
 from ..capture.deferred import deferred as deferred_ctx
 from ..errors import ConfigError, InitValueError, InitWarning, strict_error
 from ..module import BaseModule
+from ..planning import is_node
 from ..record import InitRecord
 from .building import build_object, signature
 from .common import DTYPES, importable
@@ -92,7 +93,7 @@ class ModelConfig:
         raises the error of any :class:`~weightinit.errors.InitWarning`.
         """
         with _strict_warnings(strict):
-            if isinstance(model, BaseModule):
+            if is_node(model):
                 return plan(model, allow_undefined=True, strict=strict)
             return plan(model, self.init_cfg if self.init_cfg is not None else [],
                         allow_undefined=True, strict=strict)
@@ -112,7 +113,7 @@ class ModelConfig:
 
     def _initialize(self, model: nn.Module, device: Any, dtype: torch.dtype | None,
                     strict: bool) -> InitRecord | None:
-        if isinstance(model, BaseModule):
+        if is_node(model):
             sig = signature(model.init_weights)
             params = sig.parameters if sig is not None else {}
             more = any(p.kind is p.VAR_KEYWORD for p in params.values())

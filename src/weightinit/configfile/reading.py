@@ -15,6 +15,7 @@ from typing import Any
 from ..errors import ConfigError, ConfigNotFoundError
 from .common import DTYPES, KNOWN_KEYS, SUFFIXES, did_you_mean, importable
 from .model import InputSpec, ModelConfig
+from .openmmlab import is_openmmlab_config, load_openmmlab_config
 from .safety import normalize_allowed
 
 
@@ -25,7 +26,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None,
     A YAML or JSON config is data: its dotted ``type`` paths may only name
     ``torch.nn``, modules in the config's directory and ``allowed_modules``
     (each with its submodules); see :mod:`weightinit.configfile.safety`.
-    A ``.py`` config may name anything.
+    A ``.py`` config may name anything. An OpenMMLab config (``_base_``
+    inheritance, ``default_scope``) is read, built and initialized by MMEngine
+    through :mod:`weightinit.mmengine` (see :mod:`weightinit.configfile.openmmlab`).
 
     ``overrides`` are ``'dotted.key=value'`` strings applied after loading
     (values are Python literals, else strings): ``['model.size="tiny"']``,
@@ -43,6 +46,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None,
     if not path.is_file():
         what = "is a directory" if path.exists() else "no such file"
         raise ConfigNotFoundError(f"{path}: {what}. Fix: give the path of a config file.")
+    if is_openmmlab_config(path):  # _base_ inheritance, registries: MMEngine reads it
+        return load_openmmlab_config(path, overrides)
     allowed = normalize_allowed(allowed_modules, path.name)
     data = _read(path)
     for item in overrides or []:

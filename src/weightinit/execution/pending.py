@@ -319,6 +319,10 @@ class Pending:
 class WriteWatch(TorchDispatchMode):
     """Routes every ATen op user code runs through :meth:`Pending.before_op` while active."""
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        return False  # no torch.compile wrapper around each op (this mode never compiles)
+
     def __init__(self, pending: Pending) -> None:
         super().__init__()
         self.pending = pending

@@ -200,6 +200,11 @@ class Walker:
         walked = []
         for part in name.split("."):
             child = target._modules.get(part) if isinstance(target, nn.Module) else None
+            if child is None and isinstance(target, nn.Module):
+                # as MMEngine: any attribute holding a module (MMDetection's ResNet blocks name
+                # their norms by properties, ``norm3`` -> ``bn3``)
+                attr = getattr(target, part, None)
+                child = attr if isinstance(attr, nn.Module) else None
             if child is None:
                 if isinstance(target, nn.Module) and isinstance(getattr(target, part, None),
                                                                 Tensor):

@@ -183,8 +183,10 @@ def _defines_call(cls: type) -> bool:
     return any("__call__" in vars(klass) for klass in cls.__mro__ if klass is not object)
 
 
-def _is_registered(obj: Any) -> bool:
-    return any(v is obj for v in WEIGHT_INITIALIZERS.module_dict.values())
+def _is_registered(obj: Any, given: Any = None) -> bool:
+    """Registered with us, or found for ``given`` through a registry lookup (MMEngine's)."""
+    return (any(v is obj for v in WEIGHT_INITIALIZERS.module_dict.values())
+            or (given is not None and WEIGHT_INITIALIZERS.from_lookups(given) is obj))
 
 
 def _check_initializer_type(cls: Any, given: Any, where: str) -> None:
@@ -213,13 +215,13 @@ def _check_initializer_type(cls: Any, given: Any, where: str) -> None:
                 reject(f"{cls.__name__} derives from BaseInit but implements neither "
                        "init_weight nor weight_dist (nor its own __call__)")
             return
-        if not _is_registered(cls):
+        if not _is_registered(cls, given):
             reject(f"{cls.__name__} neither derives from BaseInit nor is registered in "
                    "WEIGHT_INITIALIZERS")
         if not _defines_call(cls):
             reject(f"instances of {cls.__name__} are not callable (no __call__(module))")
         return
-    if not _is_registered(cls):
+    if not _is_registered(cls, given):
         reject(f"{getattr(cls, '__qualname__', cls)!s} is a function that is not registered in "
                "WEIGHT_INITIALIZERS")
 

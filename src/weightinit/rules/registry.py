@@ -44,6 +44,14 @@ class Registry:
         if lookup not in self._lookups:
             self._lookups.append(lookup)
 
+    def from_lookups(self, obj_type: Any) -> Any:
+        """What the added lookups answer for ``obj_type`` (``None``: nothing)."""
+        for lookup in self._lookups:
+            found = lookup(obj_type)
+            if found is not None:
+                return found
+        return None
+
     def remove_lookup(self, lookup: Callable[[Any], Any]) -> None:
         if lookup in self._lookups:
             self._lookups.remove(lookup)
@@ -112,10 +120,9 @@ class Registry:
 
     def resolve(self, obj_type: Any, where: str = "") -> Callable[..., Any]:
         """Turn a ``type`` value (registered name or class) into the class."""
-        for lookup in self._lookups:
-            found = lookup(obj_type)
-            if found is not None:
-                return found
+        found = self.from_lookups(obj_type)
+        if found is not None:
+            return found
         if isinstance(obj_type, str):
             obj_cls = self._module_dict.get(obj_type)
             if obj_cls is None:
