@@ -1,7 +1,8 @@
 """How a run writes: one strategy, chosen once per run.
 
 * :class:`Plain` — each op writes its tensor, drawing from torch's global
-  generators as MMEngine does;
+  generators as MMEngine does (a large elementwise fill: pieces drawn on
+  several threads from generators seeded by one draw of the global one);
 * :class:`Seeded` — each tensor's values depend only on (seed, its full name,
   its writer's ``seed_key``): elementwise fills are drawn in fixed blocks from
   their own generators, other writes and user code run with torch's
@@ -19,8 +20,17 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..capture.deferred import replay_all
-from ..planning import DefaultFill, Op, UserCall, has_sharded, is_sharded
-from .seeding import derive_seed, fill_elementwise, run_seeded
+from ..planning import DefaultFill, Op, OpKind, UserCall, has_sharded, is_sharded
+from .parallel import PieceFill, draw_all, parallel_target
+from .seeding import (
+    UNSEEDED_MIN,
+    derive_seed,
+    fill_elementwise,
+    fill_unseeded,
+    run_seeded,
+    seeded_fill,
+    unseeded_fill,
+)
 from .sharding import common_seed, write_shard
 from .watch import local
 
@@ -37,8 +47,44 @@ class Plain:
 
     def write(self, tensor: Tensor, op: Op, name_of: NameOf) -> None:
         """Write ``tensor`` by ``op``; ``name_of`` gives a tensor's full name (asked only by
-        strategies that need it)."""
+        strategies that need it).
+
+        A rule's elementwise fill of a large CPU tensor is drawn in pieces on several
+        threads (:func:`~.seeding.fill_unseeded`); defaults replay as constructed.
+        """
+        if op.kind is OpKind.RULE and op.group is None and tensor.numel() >= UNSEEDED_MIN:
+            elem = op.elementwise(tuple(tensor.shape))
+            if elem is not None:
+                fill_unseeded(elem, tensor)
+                return
         op.write(tensor)
+
+    def write_many(self, writes: list[tuple[Tensor, Op]], name_of: NameOf) -> None:
+        """:meth:`write` each ``(tensor, op)`` in order, to the same values, with the
+        elementwise fills of CPU tensors drawn together: their pieces are shared out
+        between the threads at once (small tensors and single-block seeded tensors
+        included), one hand-off for the lot. Other writes run in order, after the
+        pieces before them are drawn."""
+        batch: list[PieceFill] = []
+        for tensor, op in writes:
+            fill = self.piece_fill(tensor, op, name_of) if tensor.numel() else None
+            if fill is not None:
+                batch.append(fill)
+                continue
+            if not _rule_elementwise(tensor, op):  # may read what the batch writes
+                draw_all(batch)
+                batch = []
+            self.write(tensor, op, name_of)
+        draw_all(batch)
+
+    def piece_fill(self, tensor: Tensor, op: Op, name_of: NameOf) -> PieceFill | None:
+        """The pieces :meth:`write` would draw for ``tensor``, when it draws it in pieces
+        on the CPU (the seed of unseeded pieces is drawn now, in write order)."""
+        if op.kind is not OpKind.RULE or op.group is not None or \
+                tensor.numel() < UNSEEDED_MIN or not parallel_target(tensor):
+            return None
+        elem = op.elementwise(tuple(tensor.shape))
+        return unseeded_fill(elem, tensor) if elem is not None else None
 
     def run_user(self, call: UserCall) -> None:
         call.run()
@@ -72,6 +118,14 @@ class Seeded(Plain):
         else:
             run_seeded(seed, [tensor.device], lambda: op.write(tensor))
 
+    def piece_fill(self, tensor: Tensor, op: Op, name_of: NameOf) -> PieceFill | None:
+        if not op.seed_key or op.group is not None or not parallel_target(tensor):
+            return None
+        elem = op.elementwise(tuple(tensor.shape))
+        if elem is None:
+            return None
+        return seeded_fill(elem, tensor, derive_seed(self.seed, name_of(tensor), op.seed_key))
+
     def replay_defaults(self, writes: list[tuple[Tensor, DefaultFill]]) -> set[int]:
         return set()  # seeded: each tensor is drawn from its own generator
 
@@ -90,6 +144,15 @@ class Sharded(Seeded):
             write_shard(tensor, op, self.seed, name_of(tensor))
         else:
             super().write(tensor, op, name_of)
+
+    def piece_fill(self, tensor: Tensor, op: Op, name_of: NameOf) -> PieceFill | None:
+        return None if is_sharded(tensor) else super().piece_fill(tensor, op, name_of)
+
+
+def _rule_elementwise(tensor: Tensor, op: Op) -> bool:
+    """A rule's own elementwise fill: it writes ``tensor`` alone and reads nothing."""
+    return (op.kind is OpKind.RULE and op.group is None
+            and op.elementwise(tuple(tensor.shape)) is not None)
 
 
 def choose(root: nn.Module, seed: int | None) -> Plain:

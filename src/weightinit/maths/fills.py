@@ -64,6 +64,25 @@ class Elementwise:
             return uniform_(tensor, *self.args, generator=generator)
         return trunc_normal_(tensor, *self.args, generator=generator)
 
+    def check(self) -> None:
+        """Validate the arguments (and warn) as :meth:`fill_` does, without drawing: what a
+        piecewise fill does once before calling :meth:`draw_` on each piece."""
+        if self.kind == "trunc_normal":
+            _check_trunc(*self.args, stacklevel=2)
+
+    def draw_(self, tensor: Tensor, generator: torch.Generator | None = None) -> None:
+        """:meth:`fill_` of a real (not meta), non-empty tensor after :meth:`check`: the same
+        values from the same generator, without the checks."""
+        with torch.no_grad():
+            if self.kind == "constant":
+                tensor.fill_(self.args[0])
+            elif self.kind == "normal":
+                tensor.normal_(*self.args, generator=generator)
+            elif self.kind == "uniform":
+                tensor.uniform_(*self.args, generator=generator)
+            else:
+                _trunc_draw(tensor, *self.args, generator=generator)
+
 def variance_scaling_(tensor: Tensor, scale: float = 1.0, mode: str = "fan_in",
                       distribution: str = "truncated_normal",
                       module: nn.Module | None = None) -> Tensor:
@@ -163,25 +182,32 @@ def trunc_normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0, a: float 
         >>> w = torch.empty(768, 768)
         >>> trunc_normal_(w, std=0.02)  # bounds ±2 are 100 std away: one pass
     """
-    if not std > 0:
-        raise InitValueError(f"trunc_normal_: std must be > 0, got {std}")
-    if not a < b:
-        raise InitValueError(f"trunc_normal_: need a < b, got a={a}, b={b}")
-    if mean < a - 2 * std or mean > b + 2 * std:
-        warnings.warn("mean is more than 2 std from [a, b] in trunc_normal_. "
-                      "The distribution of values may be incorrect.", stacklevel=2)
+    _check_trunc(mean, std, a, b, stacklevel=2)
     if tensor.device.type == "meta":
         note_call(trunc_normal_, tensor, mean, std, a, b)
         return tensor
     if tensor.numel() == 0:
         return tensor
     with torch.no_grad():
-        mass = norm_cdf((b - mean) / std) - norm_cdf((a - mean) / std)
-        if mass < _MIN_ACCEPT_MASS or not tensor.is_floating_point():
-            _trunc_normal_inverse_cdf(tensor, mean, std, a, b, generator)
-        else:
-            _trunc_normal_rejection(tensor, mean, std, a, b, generator)
+        _trunc_draw(tensor, mean, std, a, b, generator)
     return tensor
+
+def _check_trunc(mean: float, std: float, a: float, b: float, stacklevel: int = 2) -> None:
+    if not std > 0:
+        raise InitValueError(f"trunc_normal_: std must be > 0, got {std}")
+    if not a < b:
+        raise InitValueError(f"trunc_normal_: need a < b, got a={a}, b={b}")
+    if mean < a - 2 * std or mean > b + 2 * std:
+        warnings.warn("mean is more than 2 std from [a, b] in trunc_normal_. "
+                      "The distribution of values may be incorrect.", stacklevel=stacklevel + 1)
+
+def _trunc_draw(tensor: Tensor, mean: float, std: float, a: float, b: float,
+                generator: torch.Generator | None = None) -> None:
+    mass = norm_cdf((b - mean) / std) - norm_cdf((a - mean) / std)
+    if mass < _MIN_ACCEPT_MASS or not tensor.is_floating_point():
+        _trunc_normal_inverse_cdf(tensor, mean, std, a, b, generator)
+    else:
+        _trunc_normal_rejection(tensor, mean, std, a, b, generator)
 
 def xavier_normal_(tensor: Tensor, gain: float = 1.0) -> Tensor:
     """Fill with N(0, std²), std = gain·√(2/(fan_in+fan_out)) (Glorot & Bengio, 2010)."""
