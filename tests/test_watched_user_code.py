@@ -248,3 +248,56 @@ def test_tensor_with_a_live_view_is_copied_not_re_pointed():
     m = Shared()
     m.init_weights()
     assert torch.all(m.alias == 1.0)  # the outside view still sees the parameter's storage
+
+
+class BigUser(wi.BaseModule):
+    """User code drawing a large tensor: drawn in pieces on every core, same distribution."""
+
+    def __init__(self):
+        super().__init__(C(1.0, layer="Linear"))
+        self.fc = nn.Linear(1024, 512)  # 2**19 elements: the piecewise path
+
+    def init_weights(self):
+        super().init_weights()
+        nn.init.normal_(self.fc.weight, mean=0.25, std=0.5)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_large_user_draws_are_reproducible_and_distributed_right(threads):
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, b = BigUser(), BigUser()
+        before = a.fc.weight._version
+        torch.manual_seed(7)
+        a.init_weights()
+        torch.manual_seed(7)
+        b.init_weights()
+        seeded = BigUser()
+        seeded.init_weights(seed=11)
+    finally:
+        torch.set_num_threads(old)
+    w = a.fc.weight
+    assert torch.equal(w, b.fc.weight)
+    assert w._version == before + 1
+    assert abs(float(w.mean()) - 0.25) < 0.01 and abs(float(w.std()) - 0.5) < 0.01
+    assert a.init_record["fc.weight"].info == "normal_(mean=0.25, std=0.5) in BigUser.init_weights"
+    again = BigUser()
+    again.init_weights(seed=11)
+    assert torch.equal(seeded.fc.weight, again.fc.weight)
+    assert not torch.equal(seeded.fc.weight, w)
+
+
+def test_large_user_draws_match_across_thread_counts():
+    old = torch.get_num_threads()
+    out = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            m = BigUser()
+            torch.manual_seed(3)
+            m.init_weights()
+            out.append(m.fc.weight.detach().clone())
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(out[0], out[1])

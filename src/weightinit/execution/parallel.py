@@ -201,6 +201,9 @@ class PieceFill:
     def __init__(self, dist: Any, out: Tensor, start: int,
                  pieces: list[tuple[int, int, int, int, int]]) -> None:
         self.dist, self.out, self.start, self.pieces = dist, out, start, pieces
+        #: bump ``out``'s version counter once when done (False: the caller's in-place op
+        #: does, as when user code's ``normal_`` is drawn this way)
+        self.count_write = True
         if out.is_contiguous():
             # an alias of out's memory with its own version counter: the pieces' writes
             # count as one write of out (bumped once in done()), as a whole-tensor fill does
@@ -224,7 +227,8 @@ class PieceFill:
 
     def done(self) -> None:
         if self.out.is_contiguous():
-            increment_version(self.out)
+            if self.count_write:
+                increment_version(self.out)
         else:
             self.out.copy_(self.flat.view_as(self.out))
 

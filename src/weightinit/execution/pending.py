@@ -24,27 +24,25 @@ tensor's identity and storage pointer after the call — no value is read.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
-import os
-import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import torch
 import torch.nn as nn
 from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ..maths.fills import Elementwise
 from ..planning import Write
+from .attribution import attribute, stop_at
+from .parallel import draw_all, parallel_target
+from .seeding import UNSEEDED_MIN, unseeded_fill
 
 #: ops whose result does not depend on what the written tensor held
 _OVERWRITES = frozenset({"normal_", "uniform_", "fill_", "zero_", "copy_", "random_",
                          "bernoulli_", "exponential_", "geometric_", "log_normal_", "cauchy_",
                          "eye", "normal", "zeros", "ones", "full", "rand", "randn"})
-#: frames of these files are machinery (dispatch, decorators), never "the call that wrote"
-_OWN_DIR = os.path.dirname(os.path.dirname(__file__))  # the weightinit package
-_TORCH_MACHINERY = ("/torch/_dynamo/", "/torch/_compile.py", "/torch/utils/_python_dispatch.py",
-                    "/torch/_ops.py", "/torch/utils/_contextlib.py", "/contextlib.py")
 _WRITTEN: dict[Any, tuple[tuple[int, ...], tuple[str, ...]]] = {}
 
 
@@ -93,107 +91,6 @@ def _storage_ptr(t: Tensor) -> int:
         return t.untyped_storage().data_ptr()
     except (RuntimeError, NotImplementedError):  # tensors without storage (subclasses)
         return 0
-
-
-def _scalar(v: Any) -> bool:
-    return v is None or isinstance(v, (bool, int, float, str))
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float) and math.isfinite(v):
-        return f"{v:g}"
-    return repr(v)
-
-
-_DEFAULTS: dict[Any, dict[str, Any]] = {}
-
-
-def _defaults(frame: Any) -> dict[str, Any]:
-    """Default argument values of the function running in ``frame`` (when it can be found)."""
-    code = frame.f_code
-    hit = _DEFAULTS.get(code)
-    if hit is None:
-        fn = frame.f_globals.get(code.co_name)
-        hit = {}
-        if getattr(fn, "__code__", None) is code:
-            hit = {n: p.default for n, p in inspect.signature(fn).parameters.items()
-                   if p.default is not inspect.Parameter.empty}
-        _DEFAULTS[code] = hit
-    return hit
-
-
-def call_text(frame: Any) -> str:
-    """``name(arg=value, ...)`` of the call running in ``frame``: its scalar arguments that
-    differ from their defaults (tensors and modules left out)."""
-    code = frame.f_code
-    names = code.co_varnames[:code.co_argcount + code.co_kwonlyargcount]
-    local = frame.f_locals
-    defaults = _defaults(frame)
-    parts = []
-    for n in names:
-        v = local.get(n)
-        if n == "self" or not _scalar(v) or (n in defaults and defaults[n] == v):
-            continue
-        if v is None and n not in defaults:
-            continue
-        parts.append(f"{n}={_fmt(v)}")
-    return f"{code.co_name}({', '.join(parts)})"
-
-
-def _op_text(func: Any, args: tuple) -> str:
-    scalars = [_fmt(a) for a in args[1:] if _scalar(a) and a is not None]
-    return f"{func.overloadpacket.__name__}({', '.join(scalars)})"
-
-
-def _machinery(filename: str, cache: dict[str, bool] = {}) -> bool:  # noqa: B006 - memo
-    hit = cache.get(filename)
-    if hit is None:
-        name = filename.replace("\\", "/")
-        hit = cache[filename] = filename.startswith(_OWN_DIR) or any(
-            m in name for m in _TORCH_MACHINERY)
-    return hit
-
-
-def attribute(func: Any, args: tuple) -> str | None:
-    """What wrote, seen from the Python stack: the call made from the innermost
-    user ``init_weights`` frame (through the user's own helpers in the same file
-    and ``nn.Module.apply``), as ``call(args) in Class.init_weights``."""
-    frame = sys._getframe(2)
-    chain: list[Any] = []
-    while frame is not None:
-        code = frame.f_code
-        if code.co_name == "init_weights" and not code.co_filename.startswith(_OWN_DIR):
-            owner = frame.f_locals.get(code.co_varnames[0]) if code.co_argcount else None
-            if isinstance(owner, nn.Module):
-                return f"{_describe(chain, code.co_filename, func, args)} in " \
-                       f"{type(owner).__name__}.init_weights"
-        if not _machinery(code.co_filename):
-            chain.append(frame)
-        if code in _STOP:
-            return None
-        frame = frame.f_back
-    return None
-
-
-def _describe(chain: list[Any], user_file: str, func: Any, args: tuple) -> str:
-    """The outermost library call below the user's frames, or the op itself."""
-    for frame in reversed(chain):  # outermost first
-        code = frame.f_code
-        if code.co_filename == user_file or code is _APPLY:
-            continue
-        return call_text(frame)
-    return _op_text(func, args)
-
-
-_APPLY = nn.Module.apply.__code__
-#: frames where the search for a user ``init_weights`` stops (the run itself)
-_STOP: set[Any] = set()
-
-
-def stop_at(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Mark ``fn`` as where a watched call starts: the stack above it is not user code."""
-    _STOP.add(fn.__code__)
-    return fn
 
 
 class Pending:
@@ -316,6 +213,34 @@ class Pending:
                     self.observed(t, text)
 
 
+_DRAWS = {torch.ops.aten.normal_.default: ("normal", (0.0, 1.0)),
+          torch.ops.aten.uniform_.default: ("uniform", (0.0, 1.0))}
+
+
+def _draw_in_pieces(func: Any, args: tuple, kwargs: dict) -> bool:
+    """User code's large ``normal_``/``uniform_`` from the global generator on a CPU tensor:
+    drawn in pieces on every core (:func:`~.seeding.fill_unseeded`, the distribution is
+    the same; ``torch.manual_seed`` still decides the values). False: not such a call."""
+    t = args[0]
+    if kwargs.get("generator") is not None or t.numel() < UNSEEDED_MIN \
+            or not parallel_target(t) or not t.is_contiguous() or not t.is_floating_point():
+        return False
+    kind, defaults = _DRAWS[func]
+    given = list(args[1:3]) + [None] * (3 - len(args))
+    names = ("mean", "std") if kind == "normal" else ("from", "to")
+    a, b = (kwargs.get(n, given[i] if given[i] is not None else defaults[i])
+            for i, n in enumerate(names))
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (a, b)) or (
+            kind == "normal" and b < 0) or (kind == "uniform" and not a <= b):
+        return False  # let torch raise its own error
+    fill = unseeded_fill(Elementwise(kind, (float(a), float(b))), t)
+    if fill is None:
+        return False
+    fill.count_write = False  # the in-place op's own version bump counts it, once
+    draw_all([fill])
+    return True
+
+
 class WriteWatch(TorchDispatchMode):
     """Routes every ATen op user code runs through :meth:`Pending.before_op` while active."""
 
@@ -333,6 +258,8 @@ class WriteWatch(TorchDispatchMode):
         kwargs = kwargs or {}
         if self.active and self.active[-1] and not func.is_view:
             self.pending.before_op(func, args, kwargs)
+            if func in _DRAWS and _draw_in_pieces(func, args, kwargs):
+                return args[0]
         return func(*args, **kwargs)
 
     @contextlib.contextmanager
@@ -375,5 +302,4 @@ def replaced(module: nn.Module, before: dict[tuple[int, str], tuple[Tensor, int]
     return out
 
 
-__all__ = ["Pending", "WriteWatch", "attribute", "call_text", "replaced", "slot_state",
-           "stop_at"]
+__all__ = ["Pending", "WriteWatch", "replaced", "slot_state", "stop_at"]

@@ -172,6 +172,7 @@ class Session:
         for tensor, _ in defaults:
             txn.before_write(tensor)
         replayed = strategy.replay_defaults(defaults) if defaults else set()
+        todo: list[tuple[Tensor, Any]] = []  # written together: fills share the threads
         with torch.no_grad():
             for w in writes:
                 tensor, op = w.tensor, w.op
@@ -188,15 +189,18 @@ class Session:
                                 txn.before_write(t)
                     else:
                         txn.before_write(tensor)
-                    strategy.write(tensor, op, self.name_of)
+                    todo.append((tensor, op))
                 entry = infos.get(id(op)) if op.kind is OpKind.RULE else None
                 if entry is None:
                     entry = Entry(op.kind, op.info, op.declared_in, op.rule)
                     if op.kind is OpKind.RULE:
                         infos[id(op)] = entry
                 self.entries[id(tensor)] = (tensor, entry)
-                if self.snapshots:
-                    self._refresh(tensor)
+            if todo:
+                strategy.write_many(todo, self.name_of)
+        if self.snapshots:
+            for w in writes:
+                self._refresh(w.tensor)
 
     def _refresh(self, tensor: Tensor) -> None:
         state = None

@@ -1,0 +1,127 @@
+"""Who wrote: the user call behind an op, read from the Python stack.
+
+While user code runs under the watch (:mod:`.pending`), each write it makes is
+named by the call made from the innermost user ``init_weights`` frame — through
+the user's own helpers in the same file and ``nn.Module.apply`` — with its
+scalar arguments that differ from their defaults:
+``trunc_normal_(std=0.02) in VisionTransformer.init_weights``. An op made
+directly in ``init_weights`` is named by the op: ``fill_(3) in Gate.init_weights``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import torch.nn as nn
+
+#: frames of these files are machinery (dispatch, decorators), never "the call that wrote"
+_OWN_DIR = os.path.dirname(os.path.dirname(__file__))  # the weightinit package
+_TORCH_MACHINERY = ("/torch/_dynamo/", "/torch/_compile.py", "/torch/utils/_python_dispatch.py",
+                    "/torch/_ops.py", "/torch/utils/_contextlib.py", "/contextlib.py")
+def _scalar(v: Any) -> bool:
+    return v is None or isinstance(v, (bool, int, float, str))
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float) and math.isfinite(v):
+        return f"{v:g}"
+    return repr(v)
+
+
+_DEFAULTS: dict[Any, dict[str, Any]] = {}
+
+
+def _defaults(frame: Any) -> dict[str, Any]:
+    """Default argument values of the function running in ``frame`` (when it can be found)."""
+    code = frame.f_code
+    hit = _DEFAULTS.get(code)
+    if hit is None:
+        fn = frame.f_globals.get(code.co_name)
+        hit = {}
+        if getattr(fn, "__code__", None) is code:
+            hit = {n: p.default for n, p in inspect.signature(fn).parameters.items()
+                   if p.default is not inspect.Parameter.empty}
+        _DEFAULTS[code] = hit
+    return hit
+
+
+def call_text(frame: Any) -> str:
+    """``name(arg=value, ...)`` of the call running in ``frame``: its scalar arguments that
+    differ from their defaults (tensors and modules left out)."""
+    code = frame.f_code
+    names = code.co_varnames[:code.co_argcount + code.co_kwonlyargcount]
+    local = frame.f_locals
+    defaults = _defaults(frame)
+    parts = []
+    for n in names:
+        v = local.get(n)
+        if n == "self" or not _scalar(v) or (n in defaults and defaults[n] == v):
+            continue
+        if v is None and n not in defaults:
+            continue
+        parts.append(f"{n}={_fmt(v)}")
+    return f"{code.co_name}({', '.join(parts)})"
+
+
+def _op_text(func: Any, args: tuple) -> str:
+    scalars = [_fmt(a) for a in args[1:] if _scalar(a) and a is not None]
+    return f"{func.overloadpacket.__name__}({', '.join(scalars)})"
+
+
+def _machinery(filename: str, cache: dict[str, bool] = {}) -> bool:  # noqa: B006 - memo
+    hit = cache.get(filename)
+    if hit is None:
+        name = filename.replace("\\", "/")
+        hit = cache[filename] = filename.startswith(_OWN_DIR) or any(
+            m in name for m in _TORCH_MACHINERY)
+    return hit
+
+
+def attribute(func: Any, args: tuple) -> str | None:
+    """What wrote, seen from the Python stack: the call made from the innermost
+    user ``init_weights`` frame (through the user's own helpers in the same file
+    and ``nn.Module.apply``), as ``call(args) in Class.init_weights``."""
+    frame = sys._getframe(2)
+    chain: list[Any] = []
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "init_weights" and not code.co_filename.startswith(_OWN_DIR):
+            owner = frame.f_locals.get(code.co_varnames[0]) if code.co_argcount else None
+            if isinstance(owner, nn.Module):
+                return f"{_describe(chain, code.co_filename, func, args)} in " \
+                       f"{type(owner).__name__}.init_weights"
+        if not _machinery(code.co_filename):
+            chain.append(frame)
+        if code in _STOP:
+            return None
+        frame = frame.f_back
+    return None
+
+
+def _describe(chain: list[Any], user_file: str, func: Any, args: tuple) -> str:
+    """The outermost library call below the user's frames, or the op itself."""
+    for frame in reversed(chain):  # outermost first
+        code = frame.f_code
+        if code.co_filename == user_file or code is _APPLY:
+            continue
+        return call_text(frame)
+    return _op_text(func, args)
+
+
+_APPLY = nn.Module.apply.__code__
+#: frames where the search for a user ``init_weights`` stops (the run itself)
+_STOP: set[Any] = set()
+
+
+def stop_at(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark ``fn`` as where a watched call starts: the stack above it is not user code."""
+    _STOP.add(fn.__code__)
+    return fn
+
+
+__all__ = ["attribute", "call_text", "stop_at"]
