@@ -13,7 +13,9 @@ exact record, undone on failure, seeded with ``seed=`` (or inside
 is materialized once. What it changes, class by class:
 
 * ``mmengine.model.BaseModule.init_weights`` becomes the planned one:
-  MMEngine's order and priority rules, its layer matching and record texts;
+  MMEngine's order and priority rules, its layer matching (a ``layer`` name
+  matches a module's class and its direct bases only, while installed) and
+  record texts;
 * every subclass's own (overriding) ``init_weights`` — those defined later
   included — stays the user code it is, but called from outside a run it
   opens the run, so ``super().init_weights()`` and the writes after it are
@@ -55,6 +57,7 @@ from .execution.session import ON_COMMIT
 from .planning import planned, register_node_type, unregister_node_type
 from .record import InitRecord
 from .rules import WEIGHT_INITIALIZERS
+from .rules.matching import LAYER_MATCHING
 
 __all__ = ["install", "installed", "is_installed", "uninstall"]
 
@@ -62,6 +65,10 @@ _BUILTIN_MODULE = "mmengine.model.weight_init"
 #: what install() replaced: (class, attribute, original value or _ABSENT)
 _saved: list[tuple[type, str, Any]] = []
 _ABSENT = object()
+
+
+class _MatchingSlot:
+    """Marks the saved layer-matching mode in ``_saved``."""
 
 
 @planned
@@ -163,6 +170,8 @@ def install(log_record: bool = True) -> None:
     for cls in _subclasses(base):
         _wrap(cls)
     register_node_type(base)
+    _saved.append((_MatchingSlot, "mode", LAYER_MATCHING[0]))
+    LAYER_MATCHING[0] = "bases"  # MMEngine's layer matching: the class and its direct bases
     WEIGHT_INITIALIZERS.add_lookup(_lookup)
     if log_record:
         ON_COMMIT.append(_log_record)
@@ -174,7 +183,9 @@ def uninstall() -> None:
         return
     while _saved:
         cls, attr, value = _saved.pop()
-        if value is _ABSENT:
+        if cls is _MatchingSlot:
+            LAYER_MATCHING[0] = value
+        elif value is _ABSENT:
             delattr(cls, attr)
         else:
             setattr(cls, attr, value)

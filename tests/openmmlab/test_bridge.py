@@ -189,3 +189,34 @@ def test_failure_in_mmengine_user_code_restores_the_model():
     for n, p in m.named_parameters():
         assert torch.equal(p, before[n]), n
     assert not m.is_init and wi.get_init_record(m) is None
+
+
+class ConvBase(nn.Conv2d):
+    pass
+
+
+class DeepConv(ConvBase):  # Conv2d is not a direct base: MMEngine's layer='Conv2d' skips it
+    pass
+
+
+class Layers(mm_model.BaseModule):
+    def __init__(self):
+        super().__init__(init_cfg=dict(type="Constant", layer="Conv2d", val=2.0))
+        self.near = ConvBase(2, 2, 1)
+        self.deep = DeepConv(2, 2, 1)
+
+
+def test_layer_matching_is_mmengines_under_the_bridge():
+    mm = Layers()
+    deep_before = mm.deep.weight.detach().clone()
+    mm.init_weights()
+    assert torch.all(mm.near.weight == 2.0) and torch.equal(mm.deep.weight, deep_before)
+    with wim.installed():
+        ours = Layers()
+        deep_before = ours.deep.weight.detach().clone()
+        ours.init_weights()
+    assert torch.all(ours.near.weight == 2.0) and torch.equal(ours.deep.weight, deep_before)
+    # weightinit's own rule (the whole inheritance chain) is back after uninstall
+    net = nn.Sequential(DeepConv(2, 2, 1))
+    wi.initialize(net, dict(type="Constant", layer="Conv2d", val=3.0))
+    assert torch.all(net[0].weight == 3.0)

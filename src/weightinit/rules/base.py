@@ -19,6 +19,7 @@ from torch import Tensor
 from .. import maths as F
 from ..errors import InitTypeError, InitValueError, ShapeError
 from .keys import canonical
+from .matching import class_names, layer_matches  # noqa: F401 - re-exported
 from .registry import registered_name
 
 #: Attributes that say where a rule applies, not what it writes.
@@ -38,20 +39,6 @@ def apply_rule(module: nn.Module, init: Any) -> Any:
     """Run ``init`` on ``module`` as a planned initialization: ``init(module)``."""
     return _RUNNER["run"](module, init)
 
-
-@functools.cache
-def class_names(cls: type) -> frozenset[str]:
-    """Names of ``cls`` and of every class it inherits from."""
-    return frozenset(c.__name__ for c in cls.__mro__)
-
-def layer_matches(module: nn.Module, layers: tuple[str, ...] | list[str]) -> bool:
-    """True if the module's class, or any class it inherits from, is named in ``layers``.
-
-    MMEngine looks at the class and its direct bases only; following the
-    whole inheritance chain also matches ``class MyConv(BaseConv(nn.Conv2d))``
-    against ``layer='Conv2d'``.
-    """
-    return not class_names(type(module)).isdisjoint(layers)
 
 #: instance attributes that target or bookkeep, never shown by :meth:`BaseInit.args`
 _NOT_ARGS = frozenset({"layer", "param", "wholemodule", "bias_prob", "bias"})
