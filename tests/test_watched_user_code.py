@@ -301,3 +301,37 @@ def test_large_user_draws_match_across_thread_counts():
     finally:
         torch.set_num_threads(old)
     assert torch.equal(out[0], out[1])
+
+
+class NumpyUser(wi.BaseModule):
+    """User code that leaves torch: reads and writes through NumPy views."""
+
+    fail = False
+
+    def __init__(self):
+        super().__init__(C(4.0, layer="Linear"))
+        self.src = nn.Linear(3, 3)
+        self.dst = nn.Linear(3, 3)
+
+    def init_weights(self):
+        super().init_weights()
+        seen = self.src.weight.detach().numpy().copy()  # must see the planned 4.0
+        view = self.dst.weight.detach().numpy()
+        view[:] = seen * 0.5                             # a write no ATen op shows
+        if self.fail:
+            raise RuntimeError("late failure")
+
+
+def test_numpy_views_see_planned_values_and_their_writes_are_recorded_and_undone():
+    m = NumpyUser()
+    m.init_weights()
+    assert torch.all(m.dst.weight == 2.0)
+    assert m.init_record["dst.weight"].info == "user-defined init_weights in NumpyUser"
+    assert m.init_record["src.weight"].info == "ConstantInit: val=4.0, bias=0.0"
+    bad = NumpyUser()
+    bad.fail = True
+    before = {n: p.detach().clone() for n, p in bad.named_parameters()}
+    with pytest.raises(RuntimeError, match="late failure"):
+        bad.init_weights()
+    for n, p in bad.named_parameters():
+        assert torch.equal(p, before[n]), n

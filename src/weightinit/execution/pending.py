@@ -31,6 +31,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 from torch import Tensor
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..maths.fills import Elementwise
@@ -38,6 +39,7 @@ from ..planning import Write
 from .attribution import attribute, stop_at
 from .parallel import draw_all, parallel_target
 from .seeding import UNSEEDED_MIN, unseeded_fill
+from .watch import TensorState
 
 #: ops whose result does not depend on what the written tensor held
 _OVERWRITES = frozenset({"normal_", "uniform_", "fill_", "zero_", "copy_", "random_",
@@ -109,6 +111,8 @@ class Pending:
         self.before_overwrite = before_overwrite
         #: tensor id -> storage pointer it was moved to that way (not a user re-pointing)
         self.moved: dict[int, int] = {}
+        #: tensors user code took as raw memory, as they were then (compared after the call)
+        self.raw: dict[int, TensorState] = {}
         self._index: dict[int, list[Tensor]] | None = None
 
     # -- the pending set ----------------------------------------------------------------------
@@ -170,6 +174,20 @@ class Pending:
             else:
                 self._index.pop(old, None)
             self._index.setdefault(new, []).append(t)
+
+    def raw_access(self, a: Tensor) -> None:
+        """``a``'s memory leaves for code no op shows: do its pending writes, keep a copy
+        and its digest (:attr:`raw`, compared after the call)."""
+        if a.device.type == "meta":
+            return
+        lo, hi = _span(a)
+        for t in self.index().get(_storage_ptr(a), ()):
+            t_lo, t_hi = _span(t)
+            if hi <= t_lo or t_hi <= lo:
+                continue
+            self.force(t)
+            self.before_write(t)
+            self.raw.setdefault(id(t), TensorState.of(t))
 
     def before_op(self, func: Any, args: tuple, kwargs: dict) -> None:
         """User code is about to run ``func``: do pending writes it reads, cancel the ones it
@@ -241,6 +259,31 @@ def _draw_in_pieces(func: Any, args: tuple, kwargs: dict) -> bool:
     return True
 
 
+#: reads of a tensor's memory no ATen op shows (NumPy views, Python lists, DLPack)
+_RAW_READS = frozenset({Tensor.numpy, Tensor.tolist, Tensor.__array__, Tensor.__dlpack__})
+
+
+class RawReads(TorchFunctionMode):
+    """While user code runs: a tensor handed out as raw memory (``.numpy()``,
+    ``np.asarray``, ``.tolist()``, DLPack) gets its pending write first, and is copied
+    for the transaction and compared after the call, since writes through it are unseen."""
+
+    def __init__(self, pending: Pending, active: list[bool]) -> None:
+        super().__init__()
+        self.pending = pending
+        self.active = active
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None):
+        if func in _RAW_READS and self.active and self.active[-1] and args \
+                and isinstance(args[0], Tensor):
+            self.active.append(False)  # the pending writes done here are the library's
+            try:
+                self.pending.raw_access(args[0])
+            finally:
+                self.active.pop()
+        return func(*args, **(kwargs or {}))
+
+
 class WriteWatch(TorchDispatchMode):
     """Routes every ATen op user code runs through :meth:`Pending.before_op` while active."""
 
@@ -268,7 +311,7 @@ class WriteWatch(TorchDispatchMode):
         self.active.append(active)
         try:
             if outermost and active:
-                with self:
+                with self, RawReads(self.pending, self.active):
                     yield
             else:
                 yield

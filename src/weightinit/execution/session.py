@@ -223,12 +223,17 @@ class Session:
         # one call writes these several tensors: not cancellable one by one, done first
         self.flush(self.pending.take(lambda w: w.op.group is not None))
         before = slot_state(module)
-        self.calls.append((entry, set()))
+        written: set[int] = set()
+        self.calls.append((entry, written))
         try:
             with self.watch.state(True):
                 self.strategy.run_user(call)
         finally:
             self.calls.pop()
+        raw, self.pending.raw = self.pending.raw, {}
+        for state in raw.values():  # handed out as raw memory: written if its bits changed
+            if id(state.tensor) not in written and state.changed(state.tensor):
+                self.entries[id(state.tensor)] = (state.tensor, entry)
         changed = replaced(module, before, self.pending.moved)
         if changed:  # replaced slots or `.data =`: written whole, without an op to see
             self.pending.reindex()
