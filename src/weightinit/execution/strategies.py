@@ -20,7 +20,9 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..capture.deferred import replay_all
+from ..maths import Elementwise
 from ..planning import DefaultFill, Op, OpKind, UserCall, has_sharded, is_sharded
+from . import batched
 from .parallel import PieceFill, draw_all, parallel_target
 from .seeding import (
     UNSEEDED_MIN,
@@ -63,19 +65,38 @@ class Plain:
         """:meth:`write` each ``(tensor, op)`` in order, to the same values, with the
         elementwise fills of CPU tensors drawn together: their pieces are shared out
         between the threads at once (small tensors and single-block seeded tensors
-        included), one hand-off for the lot. Other writes run in order, after the
-        pieces before them are drawn."""
+        included), one hand-off for the lot. Unseeded, a rule's elementwise fills of
+        tensors on other devices (GPU) are drawn a group at a time, a few kernels per
+        distinct distribution (:mod:`.batched`): the same distributions, other numbers
+        than one fill per tensor. Other writes run in order, after the pieces and groups
+        before them are drawn."""
         batch: list[PieceFill] = []
+        gathered = batched.Batches()  # unseeded fills off the CPU (:mod:`.batched`)
         for tensor, op in writes:
             fill = self.piece_fill(tensor, op, name_of) if tensor.numel() else None
             if fill is not None:
                 batch.append(fill)
                 continue
-            if not _rule_elementwise(tensor, op):  # may read what the batch writes
+            elem = self.batched_fill(tensor, op)
+            if elem is not None:
+                gathered.add(tensor, elem)
+                continue
+            if not _rule_elementwise(tensor, op):  # may read what the batches write
                 draw_all(batch)
                 batch = []
+                gathered.flush()
             self.write(tensor, op, name_of)
         draw_all(batch)
+        gathered.flush()
+
+    def batched_fill(self, tensor: Tensor, op: Op) -> Elementwise | None:
+        """The distribution :meth:`write_many` draws ``tensor`` from together with others
+        (:mod:`.batched`): a rule's unseeded elementwise fill of a non-empty
+        :func:`~.batched.batch_target` (off the CPU); ``None`` otherwise."""
+        if (self.seed is not None or op.kind is not OpKind.RULE or op.group is not None
+                or not tensor.numel() or not batched.batch_target(tensor)):
+            return None
+        return op.elementwise(tuple(tensor.shape))
 
     def piece_fill(self, tensor: Tensor, op: Op, name_of: NameOf) -> PieceFill | None:
         """The pieces :meth:`write` would draw for ``tensor``, when it draws it in pieces

@@ -33,6 +33,10 @@ _TRUNC2_STD = 0.87962566103423978
 # most elements several times; the inverse-CDF method is cheaper there.
 _MIN_ACCEPT_MASS = 0.3
 
+# the float32 spacing just below 1: the uniform draw of the inverse-CDF method off the GPU
+# stays this far inside (-1, 1)
+_ERFINV_EDGE = 2.0 ** -24
+
 @dataclass(frozen=True)
 class Elementwise:
     """A fill whose elements are independent draws of one distribution (or one constant).
@@ -135,16 +139,30 @@ def uniform_(tensor: Tensor, a: float = 0.0, b: float = 1.0,
     with torch.no_grad():
         return tensor.uniform_(a, b, generator=generator)
 
+def sync_free_trunc(device: torch.device) -> bool:
+    """Whether :func:`trunc_normal_` on ``device`` draws by the inverse-CDF method, which
+    reads nothing back to the host: on every device but the CPU (where the rejection
+    method's one host read is cheap, and its values are the library's reference)."""
+    return device.type != "cpu"
+
 def _trunc_normal_inverse_cdf(tensor: Tensor, mean: float, std: float, a: float, b: float,
                               generator: torch.Generator | None = None) -> None:
     # Map U(Φ(α), Φ(β)) through Φ⁻¹; exact in distribution but five passes.
     lower, upper = norm_cdf((a - mean) / std), norm_cdf((b - mean) / std)
     work = tensor if tensor.dtype in (torch.float32, torch.float64) else torch.empty_like(
         tensor, dtype=torch.float32)
-    work.uniform_(2 * lower - 1, 2 * upper - 1, generator=generator)
+    low, high = 2 * lower - 1, 2 * upper - 1
+    sync_free = sync_free_trunc(work.device)  # off the CPU (the CPU's values stay as they were)
+    if sync_free:
+        # keep erfinv finite: a draw of exactly -1 (a bound 10 std away and U's closed
+        # end) would clamp to that far bound; ±(1 - 2⁻²⁴) is already ±5.3 std
+        low = min(max(low, _ERFINV_EDGE - 1), 1 - _ERFINV_EDGE)
+        high = max(min(high, 1 - _ERFINV_EDGE), low)
+    work.uniform_(low, high, generator=generator)
     work.erfinv_()
     work.mul_(std * math.sqrt(2.0))
-    work.add_(mean)
+    if mean != 0.0 or not sync_free:
+        work.add_(mean)
     work.clamp_(min=a, max=b)
     if work is not tensor:
         tensor.copy_(work)
@@ -172,10 +190,27 @@ def trunc_normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0, a: float 
                   b: float = 2.0, generator: torch.Generator | None = None) -> Tensor:
     """Fill with N(mean, std²) truncated to the absolute bounds ``[a, b]``.
 
-    Exact: draws outside ``[a, b]`` are redrawn until inside (rejection
-    sampling), which costs one normal draw plus a min/max read for the usual
-    case of bounds a few std away; when less than 30 % of the mass lies in
-    ``[a, b]`` it switches to the inverse-CDF method.
+    Exact in distribution, by one of two methods:
+
+    * on the CPU, draws outside ``[a, b]`` are redrawn until inside
+      (rejection sampling), which costs one normal draw plus a min/max read
+      for the usual case of bounds a few std away; when less than 30 % of the
+      mass lies in ``[a, b]`` (or the tensor is not floating point) it
+      switches to the inverse-CDF method;
+    * on any other device (CUDA ...), always the inverse-CDF method: draw
+      U(2Φ(α)-1, 2Φ(β)-1), apply ``erfinv``, scale by std·√2, shift by
+      ``mean`` (skipped when it is 0), clamp to ``[a, b]`` (float32 work
+      buffer for lower precisions, then copied). One pass of a few
+      elementwise kernels and no host synchronization (no ``.item()``, no
+      ``nonzero``), so it can be queued with other work.
+
+    Values under the same seed therefore differ between CPU and CUDA, as
+    every random fill's values already do (torch's CPU and CUDA generators
+    are different algorithms): CUDA values are the inverse-CDF transform of
+    the CUDA generator's uniform draws (with ``seed=`` too: each block of a
+    seeded fill is drawn this way from its own CUDA generator, so any slice
+    still draws alone to the same values, but they are not the CPU's
+    rejection-sampled ones). The CPU's values are unchanged.
 
     Example::
 
@@ -204,7 +239,8 @@ def _check_trunc(mean: float, std: float, a: float, b: float, stacklevel: int = 
 def _trunc_draw(tensor: Tensor, mean: float, std: float, a: float, b: float,
                 generator: torch.Generator | None = None) -> None:
     mass = norm_cdf((b - mean) / std) - norm_cdf((a - mean) / std)
-    if mass < _MIN_ACCEPT_MASS or not tensor.is_floating_point():
+    if mass < _MIN_ACCEPT_MASS or not tensor.is_floating_point() or sync_free_trunc(
+            tensor.device):
         _trunc_normal_inverse_cdf(tensor, mean, std, a, b, generator)
     else:
         _trunc_normal_rejection(tensor, mean, std, a, b, generator)

@@ -1,0 +1,291 @@
+"""Batched unseeded fills off the CPU, and the truncated normal without host reads.
+
+The batched path and the inverse-CDF truncated normal are what a GPU runs;
+here their logic runs on the CPU, with the device decisions
+(:func:`weightinit.execution.batched.batch_target`,
+:func:`weightinit.maths.fills.sync_free_trunc`) replaced. The tests at the
+end need CUDA and are skipped without it.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import weightinit as wi
+from weightinit.execution import batched
+from weightinit.maths import Elementwise, fills
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+GENERATORS = ("normal_", "uniform_")
+
+
+class CountOps(TorchDispatchMode):
+    """Counts the aten ops run inside it, by overload packet name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+    def generations(self) -> int:
+        return sum(self.calls[name] for name in GENERATORS)
+
+
+@pytest.fixture
+def sync_free(monkeypatch):
+    """The truncated normal draws as on a GPU (inverse CDF), here on the CPU."""
+    monkeypatch.setattr(fills, "sync_free_trunc", lambda device: True)
+
+
+@pytest.fixture
+def batch_cpu(monkeypatch, sync_free):
+    """Unseeded elementwise fills of CPU tensors go through the batched path."""
+    monkeypatch.setattr(batched, "batch_target", lambda t: t.is_floating_point()
+                        and t.device.type == "cpu" and type(t) in (torch.Tensor, nn.Parameter))
+
+
+def _norm_cdf(x: float) -> float:
+    return 0.5 * (1 + math.erf(x / math.sqrt(2)))
+
+
+def trunc_moments(mean: float, std: float, a: float, b: float) -> tuple[float, float]:
+    al, be = (a - mean) / std, (b - mean) / std
+    z = _norm_cdf(be) - _norm_cdf(al)
+    pdf = lambda x: math.exp(-x * x / 2) / math.sqrt(2 * math.pi)  # noqa: E731
+    m = (pdf(al) - pdf(be)) / z
+    var = 1 + (al * pdf(al) - be * pdf(be)) / z - m * m
+    return mean + std * m, std * math.sqrt(var)
+
+
+def ks_trunc(x: torch.Tensor, mean: float, std: float, a: float, b: float) -> float:
+    """Kolmogorov-Smirnov distance of the sample ``x`` to the truncated normal."""
+    xs = x.double().flatten().sort().values
+    n = xs.numel()
+    cdf = lambda v: 0.5 * (1 + torch.erf((v - mean) / (std * math.sqrt(2))))  # noqa: E731
+    lo, hi = _norm_cdf((a - mean) / std), _norm_cdf((b - mean) / std)
+    f = (cdf(xs) - lo) / (hi - lo)
+    i = torch.arange(1, n + 1, dtype=torch.float64)
+    return max((i / n - f).max().item(), (f - (i - 1) / n).max().item())
+
+
+# -- truncated normal by the inverse CDF ---------------------------------------------------
+
+@pytest.mark.parametrize("mean,std,a,b", [(0.0, 1.0, -2.0, 2.0), (0.5, 2.0, -1.0, 4.0),
+                                          (0.0, 0.02, -2.0, 2.0), (1.0, 1.0, 1.5, 3.0)])
+def test_inverse_cdf_path_distribution(sync_free, mean, std, a, b):
+    torch.manual_seed(0)
+    x = torch.empty(400_000)
+    with CountOps() as ops:
+        wi.trunc_normal_(x, mean, std, a, b)
+    assert ops.calls["uniform_"] == 1 and ops.calls["normal_"] == 0
+    assert ops.calls["aminmax"] == 0 and ops.calls["nonzero"] == 0
+    assert ops.calls["_local_scalar_dense"] == 0  # no .item(): no host read
+    assert x.min().item() >= a and x.max().item() <= b
+    m, s = trunc_moments(mean, std, a, b)
+    assert abs(x.double().mean().item() - m) < 5 * s / math.sqrt(x.numel())
+    assert abs(x.double().std().item() / s - 1) < 0.01
+    assert ks_trunc(x, mean, std, a, b) < 1.63 / math.sqrt(x.numel())  # 1 % level
+    # far bounds (100 std): no value stuck at a bound
+    assert not torch.any(x == a) or mean - a < 3 * std
+
+
+def test_inverse_cdf_bf16_keeps_the_bounds(sync_free):
+    torch.manual_seed(1)
+    x = torch.empty(200_000, dtype=torch.bfloat16)
+    wi.trunc_normal_(x, 0.0, 1.0, -0.5, 0.7)
+    assert bool((x >= -0.5).all()) and bool((x <= 0.7).all())
+    assert abs(x.float().std().item() / trunc_moments(0.0, 1.0, -0.5, 0.7)[1] - 1) < 0.02
+
+
+def test_cpu_truncated_normal_is_unchanged():
+    assert not fills.sync_free_trunc(torch.device("cpu"))
+    assert fills.sync_free_trunc(torch.device("cuda"))
+    torch.manual_seed(3)
+    x = torch.empty(10_000)
+    with CountOps() as ops:
+        wi.trunc_normal_(x, 0.0, 1.0, -2.0, 2.0)
+    assert ops.calls["normal_"] >= 1 and ops.calls["uniform_"] == 0  # rejection, as before
+    torch.manual_seed(3)
+    ref = torch.empty(10_000).normal_()
+    inside = (ref >= -2) & (ref <= 2)
+    assert torch.equal(x[:100][inside[:100]], ref[:100][inside[:100]])
+
+
+# -- the batched path -----------------------------------------------------------------------
+
+def _tensors(shapes, dtype=torch.float32):
+    return [nn.Parameter(torch.full(s, float("nan"), dtype=dtype)) for s in shapes]
+
+
+@pytest.mark.parametrize("dist,moments", [
+    (Elementwise("normal", (0.5, 0.1)), (0.5, 0.1)),
+    (Elementwise("uniform", (-1.0, 3.0)), (1.0, 4 / math.sqrt(12))),
+    (Elementwise("trunc_normal", (0.0, 1.0, -2.0, 2.0)), trunc_moments(0.0, 1.0, -2.0, 2.0)),
+])
+def test_a_group_is_one_generation_call(batch_cpu, dist, moments):
+    torch.manual_seed(0)
+    ts = _tensors([(300, 200), (7,), (64, 3, 3, 3), (1000, 100)])
+    with CountOps() as ops:
+        batched.draw_group(dist, ts, torch.float32)
+    assert ops.generations() == 1
+    assert ops.calls["_foreach_copy_"] == 1
+    again = _tensors([(3, 2), (7,)])
+    batched.draw_group(dist, again, torch.float32)  # (a dispatch mode hides the bump)
+    assert [t._version for t in again] == [1, 1]
+    big = torch.cat([t.detach().flatten() for t in ts])
+    assert torch.isfinite(big).all()
+    mean, std = moments
+    assert abs(big.double().mean().item() - mean) < 5 * std / math.sqrt(big.numel())
+    assert abs(big.double().std().item() / std - 1) < 0.01
+    for t in ts[:1] + ts[2:]:  # each tensor on its own is a sample of the same law
+        assert abs(t.double().std().item() / std - 1) < 0.05
+    if dist.kind == "trunc_normal":
+        assert big.min() >= -2 and big.max() <= 2
+        assert ks_trunc(big, 0.0, 1.0, -2.0, 2.0) < 1.63 / math.sqrt(big.numel())
+
+
+def test_constants_are_exact_and_written_once(batch_cpu):
+    zeros, ones, neg = _tensors([(5, 4), (3,)]), _tensors([(2, 2), (9,)]), _tensors([(4,)] * 2)
+    with CountOps() as ops:
+        batched.draw_group(Elementwise("constant", (0.0,)), zeros, torch.float32)
+        batched.draw_group(Elementwise("constant", (1.0,)), ones, torch.float32)
+        batched.draw_group(Elementwise("constant", (-0.0,)), neg, torch.float32)
+    assert ops.generations() == 0 and ops.calls["_foreach_zero_"] == 1
+    assert all(torch.all(t == 0) for t in zeros) and all(torch.all(t == 1) for t in ones)
+    assert all(torch.all(torch.signbit(t)) for t in neg)
+    zeros, ones = _tensors([(5, 4), (3,)]), _tensors([(2, 2), (9,)])
+    batched.draw_group(Elementwise("constant", (0.0,)), zeros, torch.float32)
+    batched.draw_group(Elementwise("constant", (1.0,)), ones, torch.float32)
+    assert [t._version for t in zeros + ones] == [1] * 4
+
+
+def test_large_groups_split_and_large_tensors_draw_alone(batch_cpu, monkeypatch):
+    monkeypatch.setattr(batched, "MAX_BATCH_BYTES", 4 * 1000)
+    monkeypatch.setattr(batched, "DIRECT_MIN_BYTES", 4 * 5000)
+    ts = _tensors([(600,), (600,), (100,), (6000,), (10,)])
+    with CountOps() as ops:
+        batched.draw_group(Elementwise("normal", (0.0, 1.0)), ts, torch.float32)
+    # [600] alone (a one-tensor buffer is drawn in place), 6000 alone, [600, 100, 10]
+    assert ops.generations() == 3
+    assert all(torch.isfinite(t).all() for t in ts)
+
+
+class Many(nn.Module):
+    def __init__(self, n: int = 12, dim: int = 32) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(dim, dim) for _ in range(n))
+        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(n))
+
+
+RULES = [dict(type="Normal", layer="Linear", std=0.02, bias=0.0),
+         dict(type="Constant", layer="LayerNorm", val=1.0, bias=0.0)]
+
+
+def test_init_weights_batches_one_call_per_distribution(batch_cpu):
+    with wi.deferred():
+        m = Many()
+    with CountOps() as ops:
+        wi.initialize(m, RULES, device="cpu")
+    # one normal_ for the 12 Linear weights; the zeros and ones take no generation call
+    assert ops.generations() == 1
+    w = torch.cat([layer.weight.detach().flatten() for layer in m.layers])
+    assert abs(w.std().item() / 0.02 - 1) < 0.05
+    assert all(torch.all(layer.bias == 0) for layer in m.layers)
+    assert all(torch.all(n.weight == 1) and torch.all(n.bias == 0) for n in m.norms)
+    params = list(m.parameters())
+    assert len({p.untyped_storage().data_ptr() for p in params}) == len(params)  # own storage
+    with wi.deferred():
+        m = Many()
+    wi.initialize(m, RULES, device="cpu")
+    assert all(p._version == 1 for p in m.parameters())
+
+
+def test_eager_model_batched_and_not_seeded_runs(batch_cpu, monkeypatch):
+    m = Many(n=4)
+    wi.initialize(m, RULES)
+    assert all(abs(layer.weight.std().item() / 0.02 - 1) < 0.3 for layer in m.layers)
+    # seeded runs never batch: their values are the blockwise definition
+    a, b = Many(n=4), Many(n=4)
+    wi.initialize(a, RULES, seed=7)
+    monkeypatch.undo()
+    wi.initialize(b, RULES, seed=7)
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+
+
+def test_batch_target_default_leaves_the_cpu_alone():
+    assert not batched.batch_target(torch.empty(3))
+    assert not batched.batch_target(torch.empty(3, device="meta"))
+    torch.manual_seed(0)
+    a = Many(n=3)
+    wi.initialize(a, RULES)
+    torch.manual_seed(0)
+    b = Many(n=3)
+    with CountOps() as ops:
+        wi.initialize(b, RULES)
+    assert ops.generations() == 3  # one per Linear weight, as before
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+
+
+def test_bench_gpu_without_cuda_says_so():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py")],
+                          capture_output=True, text=True, timeout=120,
+                          env={"CUDA_VISIBLE_DEVICES": "", "PATH": ""})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "needs CUDA" in done.stdout
+
+
+# -- on a GPU -------------------------------------------------------------------------------
+
+@cuda
+def test_deferred_materialization_on_cuda_has_the_right_distributions():
+    torch.manual_seed(0)
+    with wi.deferred():
+        m = Many(n=16, dim=256)
+    wi.initialize(m, [dict(type="TruncNormal", layer="Linear", std=0.5, a=-1.0, b=1.0,
+                           bias=0.0), RULES[1]], device="cuda")
+    w = torch.cat([layer.weight.detach().flatten() for layer in m.layers]).cpu()
+    assert w.min() >= -1 and w.max() <= 1
+    assert ks_trunc(w, 0.0, 0.5, -1.0, 1.0) < 1.63 / math.sqrt(w.numel())
+    assert all(torch.all(n.weight == 1) for n in m.norms)
+    assert all(p._version == 1 for p in m.parameters())
+
+
+@cuda
+def test_trunc_normal_on_cuda_reads_nothing_back():
+    x = torch.empty(1 << 20, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        wi.trunc_normal_(x, 0.0, 0.02, -2.0, 2.0)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert float(x.abs().max()) < 0.2
+
+
+@cuda
+def test_cuda_kernel_count_is_a_few_per_rule():
+    from torch.profiler import ProfilerActivity, profile
+
+    with wi.deferred():
+        m = Many(n=48, dim=128)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        wi.initialize(m, RULES, device="cuda")
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    distinct = 3  # normal 0.02, constant 1, constant 0
+    assert len(kernels) <= distinct * 3 + 10, Counter(e.name for e in kernels)
