@@ -33,6 +33,10 @@ def small(name: str):
                                      intermediate_size=128, num_hidden_layers=2,
                                      num_attention_heads=4)
         return transformers.ViTModel, cfg
+    if name == "t5":  # builds its token embeddings, draws them, then ties them to `shared`
+        cfg = transformers.T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=2,
+                                    num_heads=4, decoder_start_token_id=0)
+        return transformers.T5ForConditionalGeneration, cfg
     cfg = transformers.GPT2Config(vocab_size=256, n_embd=64, n_layer=2, n_head=4, n_positions=64,
                                   bos_token_id=0, eos_token_id=0)
     return transformers.GPT2LMHeadModel, cfg
@@ -59,7 +63,7 @@ def test_deferred_model_keeps_the_models_own_init(name, seed):
         assert record[n].declared_in.startswith("model default (_init_weights of "), n
 
 
-@pytest.mark.parametrize("name", ["llama", "bert", "gpt2", "vit"])
+@pytest.mark.parametrize("name", ["llama", "bert", "gpt2", "vit", "t5"])
 def test_deferred_without_rules_equals_eager_under_the_same_torch_seed(name):
     cls, cfg = small(name)
     torch.manual_seed(0)

@@ -266,6 +266,10 @@ def _note_on_module(module: nn.Module, name: str, param: Any) -> None:
     construction = construction_of(param) if isinstance(param, Tensor) else None
     if construction is not None:
         module.__dict__.setdefault("_wi_constructions", {})[name] = construction
+        # every registration, also of tensors later replaced (tied weights): eager
+        # construction drew their values too, so replaying them keeps the generator in step
+        module.__dict__.setdefault("_wi_registered", []).append(
+            (construction, tuple(param.shape), param.dtype))
 
 
 def _install() -> None:

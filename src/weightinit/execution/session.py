@@ -129,6 +129,7 @@ class Session:
             m._is_init = True
         for m in self.root.modules():  # computed values must not outlive the run
             m.__dict__.pop("_wi_constructions", None)
+            m.__dict__.pop("_wi_registered", None)
         self.txn.release()
         record = self.record()
         record.log(logger)

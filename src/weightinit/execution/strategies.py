@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+import torch
 import torch.nn as nn
 from torch import Tensor
 
@@ -117,6 +118,9 @@ class Plain:
         Returns the ids of the tensors written; the others are written one by one.
         """
         items = [(op.construction, t) for t, op in writes if op.construction is not None]
+        for tensor, op in writes:  # tensors built then replaced: drawn, then dropped
+            items += [(c, torch.empty(shape, dtype=dtype, device=tensor.device))
+                      for c, shape, dtype in op.orphans]
         if items:
             replay_all(items, writes[0][1].mapping)
         return {id(t) for _, t in items}

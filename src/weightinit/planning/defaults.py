@@ -10,6 +10,7 @@ left as uninitialized memory: planning raises for it, naming it and the fix.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -151,7 +152,25 @@ def default_events(root: nn.Module, mapping: dict[int, Tensor], slots: Slots
                                     "no reset_parameters()"))
     # Replay in construction order: the random generator is then drawn in eager order.
     events.sort(key=lambda ev: ev.op.construction.first if ev.op.construction else -1)
+    orphans = _orphans(root, slots)
+    if orphans and events and events[0].op.construction is not None:
+        first = events[0]
+        events[0] = Write(first.tensor, dataclasses.replace(first.op, orphans=orphans))
     return events, undefined
+
+
+def _orphans(root: nn.Module, slots: Slots) -> tuple:
+    """Recorded constructions of tensors no slot holds any more (replaced after being
+    built and initialized, as tied embeddings are)."""
+    live = {id(c) for c in (construction_of(t) for *_, t in slots) if c is not None}
+    out, seen = [], set()
+    for m in root.modules():
+        for construction, shape, dtype in m.__dict__.get("_wi_registered", ()):
+            if id(construction) not in live and id(construction) not in seen \
+                    and construction.defined:
+                seen.add(id(construction))
+                out.append((construction, shape, dtype))
+    return tuple(out)
 
 
 def split_undefined(undefined: list[tuple[str, str]], events: list[Event], slots: Slots
