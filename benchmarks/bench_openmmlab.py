@@ -22,6 +22,7 @@ Run in the OpenMMLab environment (``make test`` sets up ``.venv-openmmlab``)::
 
     .venv-openmmlab/bin/python benchmarks/bench_openmmlab.py
     .venv-openmmlab/bin/python benchmarks/bench_openmmlab.py --models vit-b deit-s --repeats 5
+    .venv-openmmlab/bin/python benchmarks/bench_openmmlab.py --all --repeats 3   # all 34 models
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ install_standins()
 from mmengine.logging import MMLogger  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
-from test_real_models import CASES, build, localize_checkpoints  # noqa: E402
+from test_real_models import CASES, MORE_CASES, build, localize_checkpoints  # noqa: E402
 
 import weightinit.mmengine as wim  # noqa: E402
 
@@ -76,22 +77,29 @@ def floor(n: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=list(CASES), choices=list(CASES))
+    every = list(CASES) + list(MORE_CASES)
+    parser.add_argument("--models", nargs="+", default=list(CASES), choices=every,
+                        help="default: the 11 main models; --all adds the others")
+    parser.add_argument("--all", action="store_true", help="every model of the tests")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     args = parser.parse_args()
+    if args.all:
+        args.models = every
     MMLogger.get_current_instance().setLevel(logging.WARNING)
     logging.getLogger("weightinit").setLevel(logging.WARNING)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
+            files = Path(tmp) / name  # each model's own checkpoint files
+            files.mkdir()
             n = sum(p.numel() for p in build(name, 0).parameters())
             times: dict[str, list[float]] = {"mm": [], "wi": [], "floor": []}
-            timed(name, True, Path(tmp))  # warm-up (imports, caches, first allocations)
+            timed(name, True, files)  # warm-up (imports, caches, first allocations)
             for r in range(args.repeats):
                 order = [("mm", False), ("wi", True)]
                 for key, bridged in order if r % 2 == 0 else order[::-1]:
-                    times[key].append(timed(name, bridged, Path(tmp)))
+                    times[key].append(timed(name, bridged, files))
                 times["floor"].append(floor(n))
             med = {k: statistics.median(v) for k, v in times.items()}
             rows.append((name, n, med))

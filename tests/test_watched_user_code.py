@@ -335,3 +335,94 @@ def test_numpy_views_see_planned_values_and_their_writes_are_recorded_and_undone
         bad.init_weights()
     for n, p in bad.named_parameters():
         assert torch.equal(p, before[n]), n
+
+
+class Loader(wi.BaseModule):
+    """Loads a 'checkpoint' itself, as MMSegmentation's backbones do (load_state_dict)."""
+
+    fail = False
+
+    def __init__(self):
+        super().__init__(C(1.0, layer="Linear"))
+        self.a = nn.Linear(8, 8)
+        self.b = nn.Linear(8, 8)
+        self.state = None
+
+    def init_weights(self):
+        super().init_weights()
+        self.load_state_dict(self.state)
+        if self.fail:
+            raise RuntimeError("after the load")
+
+
+def _file_like_state(m: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: torch.randn(v.shape) for k, v in m.state_dict().items()}
+
+
+def test_whole_copy_from_a_fresh_source_and_rollback():
+    m = Loader()
+    m.state = _file_like_state(m)
+    expected = {k: v.clone() for k, v in m.state.items()}
+    before = versions(m)
+    m.init_weights()
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, expected[k]), k
+    assert all(n == 1 for n in written(m, before).values())
+    assert m.init_record["a.weight"].info.startswith("load_state_dict(")
+    bad = Loader()
+    bad.fail = True
+    bad.state = _file_like_state(bad)
+    params = dict(bad.named_parameters())
+    old = {n: p.detach().clone() for n, p in params.items()}
+    with pytest.raises(RuntimeError, match="after the load"):
+        bad.init_weights()
+    for n, p in bad.named_parameters():
+        assert p is params[n] and torch.equal(p, old[n]), n
+
+
+def test_copy_sources_that_are_shared_are_copied_not_taken():
+    m = Loader()
+    shared = torch.randn(8, 8)
+    m.state = {**_file_like_state(m), "a.weight": shared, "b.weight": shared}
+    other = Loader()  # another model's tensors: state_dict() hands out aliases of them
+    m.init_weights()
+    m.a.weight.data.add_(1.0)  # a and b got the same source: they must not share memory
+    assert torch.equal(m.b.weight, shared) and torch.equal(m.a.weight, shared + 1.0)
+    n = Loader()
+    n.state = other.state_dict()
+    n.init_weights()
+    with torch.no_grad():
+        n.a.weight.add_(1.0)
+    assert not torch.equal(n.a.weight, other.a.weight)  # no memory shared with `other`
+    view = torch.randn(8, 8)
+    alias = view.view(64)  # the source has a live view: copied, not taken
+    k = Loader()
+    k.state = {**_file_like_state(k), "a.weight": view}
+    k.init_weights()
+    alias.zero_()
+    assert not torch.all(k.a.weight == 0.0)
+
+
+class LoadThenTouch(wi.BaseModule):
+    """Writes after the load, to the source and to the parameter (through .data)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(8, 8)
+        self.state = None
+
+    def init_weights(self):
+        self.load_state_dict(self.state)
+        self.state["a.bias"].zero_()        # the source changes after the load
+        self.a.weight.data.mul_(2.0)        # the parameter changes after the load
+
+
+def test_writes_after_a_load_never_show_through_the_other_side():
+    m = LoadThenTouch()
+    m.state = {k: torch.randn(v.shape) + 5.0 for k, v in m.state_dict().items()}
+    loaded = {k: v.clone() for k, v in m.state.items()}
+    m.init_weights()
+    assert torch.equal(m.a.bias, loaded["a.bias"])          # not zeroed with its source
+    assert torch.equal(m.a.weight, loaded["a.weight"] * 2)
+    assert torch.equal(m.state["a.weight"], loaded["a.weight"])  # the source kept its values
+    assert torch.all(m.state["a.bias"] == 0.0)

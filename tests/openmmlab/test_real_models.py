@@ -46,10 +46,36 @@ CASES = {
     "upernet-swin": ("mmseg",
                      "swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py"),
 }
+#: more models, for breadth (run with the others; not benchmarked)
+MORE_CASES = {
+    "convnext-t": ("mmpretrain", "convnext/convnext-tiny_32xb128_in1k.py"),
+    "efficientnet-b0": ("mmpretrain", "efficientnet/efficientnet-b0_8xb32_in1k.py"),
+    "regnetx-1.6gf": ("mmpretrain", "regnet/regnetx-1.6gf_8xb128_in1k.py"),
+    "hrnet-w18": ("mmpretrain", "hrnet/hrnet-w18_4xb32_in1k.py"),
+    "mlp-mixer-b": ("mmpretrain", "mlp_mixer/mlp-mixer-base-p16_64xb64_in1k.py"),
+    "poolformer-m36": ("mmpretrain", "poolformer/poolformer-m36_32xb128_in1k.py"),
+    "mobilenet-v3-l": ("mmpretrain", "mobilenet_v3/mobilenet-v3-large_8xb128_in1k.py"),
+    "seresnet101": ("mmpretrain", "seresnet/seresnet101_8xb32_in1k.py"),
+    "davit-b": ("mmpretrain", "davit/davit-base_4xb256_in1k.py"),
+    "eva02-tiny": ("mmpretrain", "eva02/eva02-tiny-p14_headless.py"),
+    "faster-rcnn": ("mmdet", "faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py"),
+    "mask-rcnn": ("mmdet", "mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py"),
+    "cascade-rcnn": ("mmdet", "cascade_rcnn/cascade-rcnn_r50_fpn_1x_coco.py"),
+    "fcos": ("mmdet", "fcos/fcos_r101-caffe_fpn_gn-head-1x_coco.py"),
+    "yolox-s": ("mmdet", "yolox/yolox_s_8xb8-300e_coco.py"),
+    "rtmdet-s": ("mmdet", "rtmdet/rtmdet_s_8xb32-300e_coco.py"),
+    "mask2former": ("mmdet", "mask2former/mask2former_r50_8xb2-lsj-50e_coco.py"),
+    "dino": ("mmdet", "dino/dino-4scale_r50_8xb2-12e_coco.py"),
+    "conditional-detr": ("mmdet", "conditional_detr/conditional-detr_r50_8xb2-50e_coco.py"),
+    "pspnet": ("mmseg", "pspnet/pspnet_r50-d8_4xb4-160k_ade20k-512x512.py"),
+    "deeplabv3plus": ("mmseg", "deeplabv3plus/deeplabv3plus_r50-d8_4xb4-160k_ade20k-512x512.py"),
+    "segformer-b0": ("mmseg", "segformer/segformer_mit-b0_8xb2-160k_ade20k-512x512.py"),
+    "setr-mla": ("mmseg", "setr/setr_vit-l-mla_8xb1-160k_ade20k-512x512.py"),
+}
 
 
 def build(name: str, seed: int) -> nn.Module:
-    package, relative = CASES[name]
+    package, relative = {**CASES, **MORE_CASES}[name]
     register(package)
     registry = __import__(f"{package}.registry", fromlist=["MODELS"])
     cfg = Config.fromfile(config_path(package, relative))
@@ -121,7 +147,7 @@ def close_in_distribution(a: torch.Tensor, b: torch.Tensor, sample: int = 20000)
     return float((cdf_a - cdf_b).abs().max()) <= 2.5 * math.sqrt((n + m) / (n * m))
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", list(CASES) + list(MORE_CASES))
 def test_same_result_as_mmengine(name: str, tmp_path: Path) -> None:
     models = [build(name, seed=0) for _ in range(3)]
     covered = {frozenset(localize_checkpoints(m, tmp_path)) for m in models}.pop()

@@ -101,18 +101,22 @@ class Pending:
     def __init__(self, root: nn.Module, perform: Callable[[tuple[Write, ...]], None],
                  observed: Callable[[Tensor, str | None], None],
                  before_write: Callable[[Tensor], None],
-                 before_overwrite: Callable[[Tensor], bool]) -> None:
+                 before_overwrite: Callable[[Tensor, Tensor | None], str | None]) -> None:
         self.root = root
         self.writes: dict[int, Write] = {}
         self.perform = perform
         self.observed = observed
         self.before_write = before_write
-        #: True if it gave the tensor a fresh storage (the old one kept for undo)
+        #: "fresh"/"adopted" if it moved the tensor to another storage (the old one kept)
         self.before_overwrite = before_overwrite
         #: tensor id -> storage pointer it was moved to that way (not a user re-pointing)
         self.moved: dict[int, int] = {}
         #: tensors user code took as raw memory, as they were then (compared after the call)
         self.raw: dict[int, TensorState] = {}
+        #: storages copy_ sources gave to model tensors (see Transaction.before_overwrite),
+        #: and how a source takes its own copy back
+        self.adopted: dict[int, Any] = {}
+        self.release_source: Callable[[int], None] = lambda ptr: None
         self._index: dict[int, list[Tensor]] | None = None
 
     # -- the pending set ----------------------------------------------------------------------
@@ -189,9 +193,10 @@ class Pending:
             self.before_write(t)
             self.raw.setdefault(id(t), TensorState.of(t))
 
-    def before_op(self, func: Any, args: tuple, kwargs: dict) -> None:
+    def before_op(self, func: Any, args: tuple, kwargs: dict) -> bool:
         """User code is about to run ``func``: do pending writes it reads, cancel the ones it
-        overwrites, and report the model tensors it writes."""
+        overwrites, and report the model tensors it writes. True: the op is done already
+        (a whole ``copy_`` whose source storage the tensor took)."""
         index = self.index()
         hits = []
         for a in _tensors(args, kwargs):
@@ -200,12 +205,17 @@ class Pending:
                 if owners:
                     hits.append((a, owners))
         if not hits:
-            return
+            return False
         pos, kw = _written_args(func)
         written = [args[i] for i in pos if i < len(args)] + [kwargs[k] for k in kw if k in kwargs]
+        if self.adopted:  # a storage a copy_ source gave: the source takes its own copy first
+            for w in written:
+                if isinstance(w, Tensor) and _storage_ptr(w) in self.adopted:
+                    self.release_source(_storage_ptr(w))
         overwrite = func.overloadpacket.__name__ in _OVERWRITES
         text: str | None = None
         named = False
+        skip = False
         for a, owners in hits:
             is_written = any(a is w for w in written)
             lo, hi = _span(a)
@@ -217,8 +227,10 @@ class Pending:
                     self.cancel(t)
                     if a is t:
                         old = _storage_ptr(t)
-                        if self.before_overwrite(t):
+                        how = self.before_overwrite(t, _copy_source(func, args, index))
+                        if how is not None:
                             self._move(t, old)
+                        skip = skip or how == "adopted"
                     else:
                         self.before_write(t)
                 else:
@@ -229,6 +241,16 @@ class Pending:
                     if not named:
                         text, named = attribute(func, args), True
                     self.observed(t, text)
+        return skip
+
+
+def _copy_source(func: Any, args: tuple, index: dict[int, list[Tensor]]) -> Tensor | None:
+    """The source of a ``copy_`` that is not a tensor of the model (which it may then
+    give its storage to)."""
+    if func is not torch.ops.aten.copy_.default or len(args) < 2 \
+            or not isinstance(args[1], Tensor) or args[1].device.type == "meta":
+        return None
+    return None if _storage_ptr(args[1]) in index else args[1]
 
 
 _DRAWS = {torch.ops.aten.normal_.default: ("normal", (0.0, 1.0)),
@@ -300,7 +322,8 @@ class WriteWatch(TorchDispatchMode):
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None):
         kwargs = kwargs or {}
         if self.active and self.active[-1] and not func.is_view:
-            self.pending.before_op(func, args, kwargs)
+            if self.pending.before_op(func, args, kwargs):
+                return args[0]
             if func in _DRAWS and _draw_in_pieces(func, args, kwargs):
                 return args[0]
         return func(*args, **kwargs)

@@ -125,6 +125,7 @@ class Session:
         return self.commit(plan)
 
     def commit(self, plan: Plan) -> InitRecord:
+        self.txn.release_sources()  # copy_ sources still alive stop sharing their storage
         for m in plan.visited:
             m._is_init = True
         for m in self.root.modules():  # computed values must not outlive the run
@@ -248,8 +249,10 @@ class Session:
     def txn_before_write(self, tensor: Tensor) -> None:
         self.txn.before_write(tensor)  # copy on write: only what user code writes is kept
 
-    def txn_before_overwrite(self, tensor: Tensor) -> bool:
-        return self.txn.before_overwrite(tensor)  # a fresh storage: nothing copied
+    def txn_before_overwrite(self, tensor: Tensor, source: Tensor | None) -> str | None:
+        self.pending.adopted = self.txn.adopted  # (the run's transaction)
+        self.pending.release_source = self.txn.release_source
+        return self.txn.before_overwrite(tensor, source)  # a storage swap: nothing copied
 
     def _observed(self, tensor: Tensor, text: str | None) -> None:
         """User code wrote ``tensor`` (``text``: the call that did, when found)."""

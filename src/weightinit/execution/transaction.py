@@ -19,6 +19,9 @@ What a run changes, and how a failure undoes it:
 
 from __future__ import annotations
 
+import weakref
+from typing import Any
+
 import torch
 import torch.nn as nn
 from torch import Tensor
@@ -41,6 +44,10 @@ class Transaction:
         self._storages: dict[int, tuple[Tensor, Tensor]] = {}
         #: tensors given a fresh storage before being overwritten (the old one is kept)
         self._swapped: set[int] = set()
+        #: storage of a copy_ source handed to the tensor it was copied into -> the source:
+        #: it gets its own copy back before anything writes that storage, and at the end
+        #: if it is still alive, so sharing is never seen
+        self._adopted: dict[int, Any] = {}
 
     # -- logging what is about to change -------------------------------------------------------
     def keep_slots(self, modules: list[nn.Module] | None) -> None:
@@ -65,33 +72,59 @@ class Transaction:
             return
         self._values[key] = (tensor, data.detach().clone())
 
-    def before_overwrite(self, tensor: Tensor) -> bool:
+    def before_overwrite(self, tensor: Tensor, source: Tensor | None = None) -> str | None:
         """``tensor`` is about to be overwritten whole by user code: keep its storage aside
-        and give it a fresh one, instead of copying its values. Returns True if it did.
+        instead of copying its values, and give it a fresh one (``"fresh"``) — or, for a
+        whole ``copy_`` from a ``source`` nothing else holds (a tensor just read from a
+        checkpoint file), that source's own storage (``"adopted"``: the copy is not needed).
 
         Only for a tensor that is alone on a dense storage (no view or alias of it held
-        anywhere else); otherwise its values are copied (:meth:`before_write`).
+        anywhere else); otherwise its values are copied (:meth:`before_write`) and ``None``
+        is returned, as when nothing needs keeping.
         """
         key = id(tensor)
         if not self.keep_values or key in self._values or key in self._fresh \
                 or key in self._swapped or tensor.device.type == "meta":
-            return False
+            return None
         held = self._storages.get(key)
         refs = 3 if held is not None and held[1].data_ptr() == tensor.data_ptr() else 2
-        storage = tensor.untyped_storage()
-        try:
-            alone = torch._C._storage_Use_Count(storage._cdata) == refs
-        except (AttributeError, RuntimeError):  # private API gone: copy instead
-            alone = False
-        if not (alone and tensor.is_contiguous() and tensor.storage_offset() == 0
-                and storage.nbytes() == tensor.numel() * tensor.element_size()):
+        if not (_alone(tensor, refs) and tensor.is_contiguous() and _dense(tensor)):
             self.before_write(tensor)
-            return False
+            return None
         if held is None:
             self._storages[key] = (tensor, tensor.data)
-        tensor.data = torch.empty_like(tensor)
         self._swapped.add(key)
-        return True
+        if source is not None and self._adoptable(source, tensor):
+            self._adopted[source.untyped_storage().data_ptr()] = weakref.ref(source)
+            tensor.data = source
+            return "adopted"
+        tensor.data = torch.empty_like(tensor)
+        return "fresh"
+
+    def _adoptable(self, source: Tensor, tensor: Tensor) -> bool:
+        """A plain dense tensor of the same kind that nothing else views and that no other
+        tensor of this run took: handing its storage over changes nothing anyone can see."""
+        return (type(source) is Tensor and not source.requires_grad
+                and source.dtype == tensor.dtype and source.shape == tensor.shape
+                and source.device == tensor.device and source.is_contiguous()
+                and _dense(source) and _alone(source, 2)
+                and source.untyped_storage().data_ptr() not in self._adopted)
+
+    def release_source(self, ptr: int) -> None:
+        """The shared storage ``ptr`` is about to be written (or the run ends): the source
+        that gave it, if still alive, takes a copy of its own values."""
+        ref = self._adopted.pop(ptr, None)
+        source = ref() if ref is not None else None
+        if source is not None:
+            source.data = source.detach().clone()
+
+    def release_sources(self) -> None:
+        for ptr in list(self._adopted):
+            self.release_source(ptr)
+
+    @property
+    def adopted(self) -> dict[int, Any]:
+        return self._adopted
 
     def before_user_code(self, module: nn.Module, watched: bool = False) -> None:
         """User code may write, or replace, any tensor of ``module``'s subtree.
@@ -140,6 +173,7 @@ class Transaction:
         self._values.clear()
         self._storages.clear()
         self._swapped.clear()
+        self._adopted.clear()
         self._slots.clear()
         self._flags.clear()
 
@@ -147,3 +181,16 @@ class Transaction:
     def kept_bytes(self) -> int:
         """Memory held by copies of tensor values (what restoring costs)."""
         return sum(s.numel() * s.element_size() for _, s in self._values.values())
+
+
+def _alone(tensor: Tensor, refs: int) -> bool:
+    """No other tensor (view, alias) holds ``tensor``'s storage; ``refs`` counts ours."""
+    try:
+        return torch._C._storage_Use_Count(tensor.untyped_storage()._cdata) == refs
+    except (AttributeError, RuntimeError):  # private API gone: assume it is shared
+        return False
+
+
+def _dense(tensor: Tensor) -> bool:
+    return (tensor.storage_offset() == 0
+            and tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size())
