@@ -67,8 +67,8 @@ _saved: list[tuple[type, str, Any]] = []
 _ABSENT = object()
 
 
-class _MatchingSlot:
-    """Marks the saved layer-matching mode in ``_saved``."""
+#: the layer-matching mode before install() (restored by uninstall())
+_matching_before: list[str] = []
 
 
 @planned
@@ -170,7 +170,7 @@ def install(log_record: bool = True) -> None:
     for cls in _subclasses(base):
         _wrap(cls)
     register_node_type(base)
-    _saved.append((_MatchingSlot, "mode", LAYER_MATCHING[0]))
+    _matching_before[:] = [LAYER_MATCHING[0]]
     LAYER_MATCHING[0] = "bases"  # MMEngine's layer matching: the class and its direct bases
     WEIGHT_INITIALIZERS.add_lookup(_lookup)
     if log_record:
@@ -183,12 +183,12 @@ def uninstall() -> None:
         return
     while _saved:
         cls, attr, value = _saved.pop()
-        if cls is _MatchingSlot:
-            LAYER_MATCHING[0] = value
-        elif value is _ABSENT:
+        if value is _ABSENT:
             delattr(cls, attr)
         else:
             setattr(cls, attr, value)
+    if _matching_before:
+        LAYER_MATCHING[0] = _matching_before.pop()
     unregister_node_type(mm_model.BaseModule)
     WEIGHT_INITIALIZERS.remove_lookup(_lookup)
     if _log_record in ON_COMMIT:

@@ -107,6 +107,8 @@ class Session:
         """Execute the outermost plan; commit and return the record, or roll back and raise."""
         keep = plan.has_user_code or plan.reads_checkpoints
         self.txn = Transaction(keep_values=keep)
+        self.pending.adopted = self.txn.adopted  # storages copy_ sources give (see there)
+        self.pending.release_source = self.txn.release_source
         try:
             self.strategy = choose(self.root, self.seed)
             steps = plan.steps
@@ -250,8 +252,6 @@ class Session:
         self.txn.before_write(tensor)  # copy on write: only what user code writes is kept
 
     def txn_before_overwrite(self, tensor: Tensor, source: Tensor | None) -> str | None:
-        self.pending.adopted = self.txn.adopted  # (the run's transaction)
-        self.pending.release_source = self.txn.release_source
         return self.txn.before_overwrite(tensor, source)  # a storage swap: nothing copied
 
     def _observed(self, tensor: Tensor, text: str | None) -> None:
