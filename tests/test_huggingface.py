@@ -76,6 +76,32 @@ def test_deferred_without_rules_equals_eager_under_the_same_torch_seed(name):
         assert torch.equal(p, deferred.get_parameter(n)), n
 
 
+PARTIAL_RULES = [dict(type="Normal", layer="Linear", std=0.05),
+                 dict(type="Constant", layer="LayerNorm", val=1.5, bias=0.25)]
+
+
+@pytest.mark.parametrize("name", ["llama", "bert", "gpt2", "vit", "t5"])
+def test_deferred_with_partial_rules_equals_eager_with_the_same_rules(name):
+    # deferred(match_eager=True) draws the inits the rules overwrite into scratch, so
+    # what is drawn after them (the model's own init of the rest, the rules) matches
+    cls, cfg = small(name)
+    torch.manual_seed(0)
+    eager = cls(cfg)
+    wi.initialize(eager, PARTIAL_RULES)
+    after_eager = torch.rand(4)
+    torch.manual_seed(0)
+    with wi.deferred(match_eager=True):
+        deferred = cls(cfg)
+    record = wi.initialize(deferred, PARTIAL_RULES)
+    assert torch.equal(after_eager, torch.rand(4))
+    assert {r.kind for r in record.params.values()} == {"rule", "unchanged"}  # partial
+    for n, p in eager.named_parameters():
+        q = deferred.get_parameter(n)
+        assert torch.equal(p, q), n
+        if record[n].kind == "rule":  # the overwritten inits went to scratch
+            assert q._version == 1, n
+
+
 def test_a_rule_still_wins_over_the_models_init():
     cls, cfg = small("llama")
     with wi.deferred():

@@ -14,22 +14,14 @@ Inside ``with deferred():``
   BatchNorm statistics or rotary frequencies) is computed for real as usual.
 
 ``init_weights(device=..., dtype=...)`` / ``initialize(..., device=...)``
-then plan the rules, check that every parameter will have a defined value,
-allocate each tensor once on the target device and write it once: by its
-final rule, else by its replayed constructor init.
+then allocate each tensor once on the target device and write it once: by
+its final rule, else by its replayed constructor init (order and random
+numbers: :mod:`weightinit.execution.eager_order`).
 
-``deferred()`` nests and affects only the thread that entered it: another
-thread constructing a model at the same time builds it eagerly, as usual.
-The process-wide hooks it needs (``nn.Parameter.__new__``, the
-``torch.nn.init`` functions, a parameter-registration hook) are installed
-while any thread is inside a block, and behave exactly like the originals in
-threads that are not.
-
-Example::
-
-    >>> with weightinit.deferred():
-    ...     model = Net()                  # no parameter storage, no default init
-    >>> model.init_weights(device="cuda")  # allocate on the GPU, write each tensor once
+``deferred()`` nests and affects only the thread that entered it. The
+process-wide hooks it needs (``nn.Parameter.__new__``, the ``torch.nn.init``
+functions, a parameter-registration hook) are installed while any thread is
+inside a block, and behave exactly like the originals in other threads.
 """
 
 from __future__ import annotations
@@ -75,6 +67,8 @@ class Construction:
     first: int = -1  # sequence number of the first recorded write
     #: sequence number of each op, across all tensors (eager construction's draw order)
     order: list[int] = field(default_factory=list)
+    #: built under ``deferred(match_eager=True)``: unseeded runs draw as eager construction
+    match_eager: bool = field(default_factory=lambda: getattr(_STATE, "match_eager", False))
 
     def add(self, fn: Callable[..., Any], args: tuple, kwargs: dict, chain: tuple = ()) -> None:
         seq = next(_SEQUENCE)
@@ -87,6 +81,11 @@ class Construction:
     def defined(self) -> bool:
         """True if replaying the ops gives the tensor a value (it is not left as ``empty``)."""
         return self.broken is None and bool(self.ops)
+
+    def reads(self) -> list[Tensor]:
+        """The deferred tensors the recorded ops read (``copy_(other)``), as their owners."""
+        return [_owner(a) for _, args, kwargs, _ in self.ops for a in (*args, *kwargs.values())
+                if isinstance(a, Tensor) and a.device.type == "meta" and _owner(a) is not None]
 
     def describe(self) -> str:
         names = []
@@ -306,23 +305,33 @@ def _uninstall() -> None:
 
 
 @contextlib.contextmanager
-def deferred() -> Iterator[None]:
+def deferred(match_eager: bool = False) -> Iterator[None]:
     """Build models inside this block without parameter storage or default init.
 
     Any ``nn.Module`` works, BaseModule-based or not. Materialize with
     ``model.init_weights(device=..., dtype=...)`` or
     ``weightinit.initialize(model, init_cfg, device=..., dtype=...)``.
 
+    Unseeded, the constructor inits replay in eager construction's order, so
+    tensors that no rule overwrites get eager construction's numbers under the
+    same ``torch.manual_seed``. Inits of tensors a rule overwrites are not
+    drawn, so later draws differ; ``match_eager=True`` draws them into scratch
+    (each tensor is still written once), and then every value and the
+    generator's state afterwards equal eager construction + the same init.
+
     Blocks nest, and only the calling thread is affected: other threads keep
     building real tensors with the usual default init.
     """
+    outer = getattr(_STATE, "match_eager", False)
     depth = getattr(_STATE, "depth", 0)
     if depth:  # nested: the outermost entry of this thread already set everything up
         _STATE.depth = depth + 1
+        _STATE.match_eager = outer or match_eager
         try:
             yield
         finally:
             _STATE.depth = depth
+            _STATE.match_eager = outer
         return
     with _INSTALL_LOCK:
         if _INSTALLED["users"] == 0:
@@ -330,11 +339,13 @@ def deferred() -> Iterator[None]:
         _INSTALLED["users"] += 1
     try:
         _STATE.depth = 1
+        _STATE.match_eager = match_eager
         # TorchFunctionMode stacks are per thread, so the mode only sees this thread.
         with _DeferredMode():
             yield
     finally:
         _STATE.depth = 0
+        _STATE.match_eager = False
         with _INSTALL_LOCK:
             _INSTALLED["users"] -= 1
             if _INSTALLED["users"] == 0:

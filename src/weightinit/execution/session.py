@@ -28,6 +28,8 @@ from ..planning import CheckpointRead, DefaultFill, OpKind, Plan, PlanningCache,
 from ..planning.checkpoint_checks import report_nonfinite
 from ..planning.ops import model_init_owner
 from ..record import InitRecord, ParamRecord
+from . import eager_order
+from .eager_order import Prologue
 from .materialize import materialize, remap
 from .pending import Pending, WriteWatch, replaced, slot_state, stop_at
 from .strategies import Plain, Sharded, choose
@@ -116,6 +118,11 @@ class Session:
                 steps = remap(steps, materialize(plan, self.txn))
                 self._members = self._names = None
                 self.pending.reindex()
+                if self.strategy.seed is None:  # constructor inits first, as eager draws them
+                    prologue = eager_order.split(plan, steps)
+                    steps = prologue.steps
+                    if prologue.writes or prologue.scratch:
+                        self.flush(prologue.writes, prologue)
             self._undefined = tuple(n for n, _ in plan.undefined)
             self.execute(steps, plan)
             self.flush(self.pending.take())
@@ -167,7 +174,7 @@ class Session:
             else:
                 self.flush(step)
 
-    def flush(self, writes: tuple[Write, ...]) -> None:
+    def flush(self, writes: tuple[Write, ...], prologue: Prologue | None = None) -> None:
         done_groups: set[int] = set()
         infos: dict[int, Entry] = {}  # record texts are built once per op
         txn, strategy = self.txn, self.strategy
@@ -175,7 +182,8 @@ class Session:
                     and w.tensor.device.type != "meta"]
         for tensor, _ in defaults:
             txn.before_write(tensor)
-        replayed = strategy.replay_defaults(defaults) if defaults else set()
+        replayed = (strategy.replay_defaults(defaults, prologue) if defaults or prologue
+                    else set())
         todo: list[tuple[Tensor, Any]] = []  # written together: fills share the threads
         with torch.no_grad():
             for w in writes:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 
@@ -20,10 +21,13 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..capture.deferred import replay_all
+from ..capture.deferred import construction_of, replay, replay_all
 from ..maths import Elementwise
 from ..planning import DefaultFill, Op, OpKind, UserCall, has_sharded, is_sharded
+from ..planning.defaults import construction_elementwise
+from ..planning.ops import default_seed_key
 from . import batched
+from .eager_order import Prologue, scratch_items
 from .parallel import PieceFill, draw_all, parallel_target
 from .seeding import (
     UNSEEDED_MIN,
@@ -111,19 +115,23 @@ class Plain:
     def run_user(self, call: UserCall) -> None:
         call.run()
 
-    def replay_defaults(self, writes: list[tuple[Tensor, DefaultFill]]) -> set[int]:
+    def replay_defaults(self, writes: list[tuple[Tensor, DefaultFill]],
+                        prologue: Prologue | None = None) -> set[int]:
         """Replay recorded constructor inits together, in eager construction's global order
-        (so unseeded values equal eager ones under the same ``torch.manual_seed``).
+        (so unseeded values equal eager ones under the same ``torch.manual_seed``), with a
+        run's :class:`~.eager_order.Prologue` drawing its scratch constructions among them.
 
         Returns the ids of the tensors written; the others are written one by one.
         """
         items = [(op.construction, t) for t, op in writes if op.construction is not None]
-        for tensor, op in writes:  # tensors built then replaced: drawn, then dropped
-            items += [(c, torch.empty(shape, dtype=dtype, device=tensor.device))
-                      for c, shape, dtype in op.orphans]
+        written = {id(t) for _, t in items}
+        mapping = writes[0][1].mapping if writes else {}
+        if prologue is not None and prologue.scratch:
+            extra, mapping = scratch_items(prologue)
+            items += extra
         if items:
-            replay_all(items, writes[0][1].mapping)
-        return {id(t) for _, t in items}
+            replay_all(items, mapping)
+        return written
 
 
 class Seeded(Plain):
@@ -137,11 +145,34 @@ class Seeded(Plain):
             op.write(tensor)
             return
         seed = derive_seed(self.seed, name_of(tensor), op.seed_key)
+        if isinstance(op, DefaultFill) and op.construction is not None \
+                and op.construction.reads():
+            op = dataclasses.replace(op, mapping=self._sources(op, name_of))
         elem = op.elementwise(tuple(tensor.shape)) if op.group is None else None
         if elem is not None:
             fill_elementwise(elem, tensor, seed)
         else:
             run_seeded(seed, [tensor.device], lambda: op.write(tensor))
+
+    def _sources(self, op: DefaultFill, name_of: NameOf) -> dict[int, Tensor]:
+        """The mapping a default's recorded reads of other deferred tensors (``b.copy_(a)``)
+        follow: to each such tensor's own seeded default, drawn into scratch (a rule may
+        own the tensor itself, and it may not be written yet)."""
+        mapping = dict(op.mapping)
+        for owner in op.construction.reads():
+            source, real = construction_of(owner), op.mapping.get(id(owner))
+            if source is None or real is None or not source.defined:
+                continue
+            scratch = torch.empty_like(real)
+            seed = derive_seed(self.seed, name_of(real), default_seed_key(source))
+            dist = construction_elementwise(source, tuple(real.shape))
+            if dist is not None:
+                fill_elementwise(dist, scratch, seed)
+            else:
+                run_seeded(seed, [real.device],
+                           lambda c=source, t=scratch: replay(c, t, op.mapping))
+            mapping[id(owner)] = scratch
+        return mapping
 
     def piece_fill(self, tensor: Tensor, op: Op, name_of: NameOf) -> PieceFill | None:
         if not op.seed_key or op.group is not None or not parallel_target(tensor):
@@ -151,7 +182,8 @@ class Seeded(Plain):
             return None
         return seeded_fill(elem, tensor, derive_seed(self.seed, name_of(tensor), op.seed_key))
 
-    def replay_defaults(self, writes: list[tuple[Tensor, DefaultFill]]) -> set[int]:
+    def replay_defaults(self, writes: list[tuple[Tensor, DefaultFill]],
+                        prologue: Prologue | None = None) -> set[int]:
         return set()  # seeded: each tensor is drawn from its own generator
 
     def run_user(self, call: UserCall) -> None:

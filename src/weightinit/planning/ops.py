@@ -164,6 +164,11 @@ class CheckpointRead:
             self.report.nonfinite.append(self.key)
 
 
+def default_seed_key(construction: Construction) -> str:
+    """The seed key of a tensor's replayed constructor init (seeded runs draw it by this)."""
+    return "default|" + construction_key(construction)
+
+
 @dataclass(frozen=True, eq=False)
 class DefaultFill:
     """A deferred tensor's PyTorch default: its replayed constructor init, or
@@ -195,7 +200,7 @@ class DefaultFill:
     def seed_key(self) -> str:
         if self.construction is None:
             return "default|reset_parameters"
-        return "default|" + construction_key(self.construction)
+        return default_seed_key(self.construction)
 
     @property
     def info(self) -> str:

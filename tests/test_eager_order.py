@@ -1,0 +1,185 @@
+"""Unseeded deferred runs draw as eager construction does (``execution/eager_order.py``).
+
+Eager construction draws every constructor init before any ``init_weights``
+code runs. A deferred model replays those inits first, in the recorded global
+order; under ``deferred(match_eager=True)`` it also draws the inits of the
+tensors a rule then overwrites (into scratch), so every value and the
+generator's state afterwards equal eager construction + the same init.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+import weightinit as wi
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+import models  # noqa: E402
+
+
+class Head(wi.BaseModule):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def init_weights(self):
+        super().init_weights()
+        nn.init.normal_(self.fc.weight, std=0.5)  # draws after every constructor init
+
+
+class Net(wi.BaseModule):
+    def __init__(self, init_cfg=None):
+        super().__init__(init_cfg)
+        self.a = nn.Linear(8, 8)
+        self.head = Head()
+        self.b = nn.Linear(8, 8)
+
+
+def eager_then_deferred(build, init, match_eager=False):
+    """(eager model, deferred model, next draw after each) under torch seed 0."""
+    torch.manual_seed(0)
+    eager = build()
+    init(eager)
+    after_eager = torch.rand(8)
+    torch.manual_seed(0)
+    with wi.deferred(match_eager=match_eager):
+        lazy = build()
+    init(lazy)
+    return eager, lazy, after_eager, torch.rand(8)
+
+
+def differing(a: nn.Module, b: nn.Module) -> list[str]:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    return [k for k in sa if not torch.equal(sa[k], sb[k])]
+
+
+def test_user_code_draws_after_every_replayed_default():
+    # before: the defaults were replayed after user code had drawn, so every tensor differed
+    eager, lazy, after_eager, after_lazy = eager_then_deferred(Net, lambda m: m.init_weights())
+    assert differing(eager, lazy) == []
+    assert torch.equal(after_eager, after_lazy)
+
+
+@pytest.mark.parametrize("build", [models.resnet50, models.vit_b16,
+                                   lambda: models.transformer(depth=3, dim=64),
+                                   lambda: models.llama(size="tiny", tie_embeddings=True)],
+                         ids=["resnet50", "vit_b16", "transformer", "llama"])
+def test_match_eager_equals_eager_construction_and_the_same_rules(build):
+    eager, lazy, after_eager, after_lazy = eager_then_deferred(
+        build, lambda m: m.init_weights(), match_eager=True)
+    assert differing(eager, lazy) == []
+    assert torch.equal(after_eager, after_lazy)  # the generator is where eager left it
+    for name, p in lazy.named_parameters():
+        assert p._version == 1, name  # rule-covered inits went to scratch, not the tensor
+
+
+def test_without_match_eager_rule_covered_inits_are_not_drawn():
+    rule = dict(type="Constant", layer="Linear", val=0.25, bias=0.0)
+    # Linear(8, 8) then Embedding: eager draws the Linear's kaiming init before the
+    # embedding's normal_; deferred skips it, so the embedding gets other numbers
+    build = lambda: nn.Sequential(nn.Linear(8, 8), nn.Embedding(16, 8))  # noqa: E731
+    init = lambda m: wi.initialize(m, rule)  # noqa: E731
+    eager, lazy, after_eager, after_lazy = eager_then_deferred(build, init)
+    assert differing(eager, lazy) == ["1.weight"]
+    torch.manual_seed(0)
+    assert torch.equal(lazy[1].weight, torch.empty(16, 8).normal_())  # first draw of the seed
+    eager, lazy, after_eager, after_lazy = eager_then_deferred(build, init, match_eager=True)
+    assert differing(eager, lazy) == []
+    assert torch.equal(after_eager, after_lazy)
+    assert lazy[0].weight._version == 1
+
+
+class Copies(nn.Module):
+    """A constructor that initializes one parameter from another."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Parameter(torch.empty(32, 32))
+        nn.init.normal_(self.a)
+        self.b = nn.Parameter(torch.empty(32, 32))
+        self.b.data.copy_(self.a)
+        self.c = nn.Parameter(torch.empty(32))
+        nn.init.uniform_(self.c)
+
+
+RULE_ON_A = dict(type="Constant", val=0.5, param="a")
+
+
+@pytest.mark.parametrize("match_eager", [False, True])
+def test_a_default_that_reads_a_rule_covered_tensor_reads_its_constructed_value(match_eager):
+    # before: `a` was not drawn (a rule owns it), so `b` copied uninitialized memory
+    eager, lazy, _, _ = eager_then_deferred(Copies, lambda m: wi.initialize(m, RULE_ON_A),
+                                            match_eager=match_eager)
+    assert torch.all(lazy.a == 0.5)
+    assert torch.equal(lazy.b, eager.b)
+    assert torch.equal(lazy.c, eager.c)
+    assert lazy.b._version == 1
+
+
+def test_seeded_default_that_reads_a_rule_covered_tensor_reads_its_seeded_default():
+    with wi.deferred():
+        plain = Copies()
+    wi.initialize(plain, [], seed=5)
+    with wi.deferred():
+        covered = Copies()
+    wi.initialize(covered, RULE_ON_A, seed=5)
+    assert torch.all(covered.a == 0.5)
+    assert torch.equal(covered.b, plain.a)  # what `a` is under seed 5 when nothing covers it
+    assert torch.equal(covered.c, plain.c)
+
+
+def test_match_eager_is_ignored_when_seeded():
+    rule = dict(type="Normal", layer="Linear", std=0.1)
+    values = []
+    for torch_seed, flag in [(0, True), (1, False)]:
+        torch.manual_seed(torch_seed)
+        with wi.deferred(match_eager=flag):
+            m = nn.Sequential(nn.Linear(8, 8), nn.Embedding(16, 8))
+        wi.initialize(m, rule, seed=3)
+        values.append(m.state_dict())
+    assert all(torch.equal(values[0][k], values[1][k]) for k in values[0])
+
+
+def test_nested_block_marks_only_what_it_builds():
+    with wi.deferred():
+        outer = nn.Linear(4, 4)
+        with wi.deferred(match_eager=True):
+            inner = nn.Linear(4, 4)
+        after = nn.Linear(4, 4)
+    flags = [m.weight._wi_construction.match_eager for m in (outer, inner, after)]
+    assert flags == [False, True, False]
+
+
+def test_match_eager_retry_after_a_failure_equals_eager():
+    class Fails(wi.BaseModule):
+        calls = 0
+
+        def __init__(self):
+            super().__init__(init_cfg=dict(type="Normal", layer="Linear", std=0.1))
+            self.a = nn.Linear(8, 8)
+            self.e = nn.Embedding(16, 8)
+
+        def init_weights(self):
+            super().init_weights()
+            Fails.calls += 1
+            if Fails.calls == 2:
+                raise RuntimeError("user code fails once")
+
+    torch.manual_seed(0)
+    eager = Fails()
+    eager.init_weights()
+    torch.manual_seed(0)
+    with wi.deferred(match_eager=True):
+        lazy = Fails()
+    with pytest.raises(RuntimeError, match="fails once"):
+        lazy.init_weights()
+    assert all(p.is_meta for p in lazy.parameters())
+    torch.manual_seed(0)
+    lazy.init_weights()
+    assert differing(eager, lazy) == []
