@@ -21,6 +21,10 @@ construction to after initialization:
   every parameter once.
 * **floor** (``(c)``): ``torch.empty(n).normal_()`` for the model's ``n``
   parameter elements, allocation included.
+* **match_eager** (with ``--match-eager``): as deferred, built under
+  ``weightinit.deferred(match_eager=True)``, which also draws the constructor
+  inits of the tensors rules overwrite (into scratch), as eager construction
+  does, so unseeded values equal eager ones.
 
 Every single measurement runs in a fresh Python process (this script,
 re-run with a hidden ``--worker`` flag), so each one starts from the same
@@ -178,11 +182,11 @@ def make_measurement(kind: str, eager: str, build: Callable[[SimpleNamespace], n
             return out
         return floor
 
-    if kind == "deferred":
+    if kind in ("deferred", "match_eager"):
         kit = weightinit_kit()
 
         def deferred() -> Any:
-            with weightinit.deferred():
+            with weightinit.deferred(match_eager=kind == "match_eager"):
                 model = build(kit)
             if cuda or dtype is not None:
                 model.init_weights(device=device, dtype=dtype)
@@ -354,10 +358,11 @@ def bench_model(key: str, models: ModuleType, args: argparse.Namespace,
     dtype = DTYPES[args.dtype] if args.dtype else None
     numel, nbytes = model_size(models, spec, dtype, args.tiny)
     repeats = args.repeats_large if numel > LARGE_PARAMS else args.repeats
-    series = {kind: Series() for kind in KINDS}
+    kinds = KINDS + ("match_eager",) if args.match_eager else KINDS
+    series = {kind: Series() for kind in kinds}
     for r in range(repeats):
-        shift = r % len(KINDS)
-        for kind in KINDS[shift:] + KINDS[:shift]:
+        shift = r % len(kinds)
+        for kind in kinds[shift:] + kinds[:shift]:
             s = series[kind]
             if s.error is not None:
                 continue  # failed once (e.g. does not fit): don't try again
@@ -424,7 +429,14 @@ def result_rows(results: Sequence[ModelResult], cuda: bool, eager_label: str
                fmt_ratio(peak_e, r.param_bytes)]
         if cuda:
             row += [fmt_ratio(d.host, r.param_bytes), fmt_ratio(e.host, r.param_bytes)]
+        x = r.series.get("match_eager")
+        if x is not None:
+            row += [cell_ms(x), fmt_ratio(x.time, d.time), fmt_ratio(x.time, e.time),
+                    fmt_ratio(x.gpu if cuda else x.host, r.param_bytes)]
         rows.append(row)
+    if any("match_eager" in r.series for r in results):
+        headers += ["match_eager ms", "match_eager/deferred", f"match_eager/{short}",
+                    "match_eager peak/param"]
     return headers, rows
 
 
@@ -448,6 +460,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="torch intra-op threads in every worker (default: torch's default)")
     parser.add_argument("--timeout", type=float, default=900,
                         help="seconds before one measurement is given up (default: 900)")
+    parser.add_argument("--match-eager", action="store_true",
+                        help="also measure deferred(match_eager=True), which draws the inits "
+                             "of rule-covered tensors into scratch as eager construction does")
     parser.add_argument("--tiny", action="store_true",
                         help="measure the small warm-up configurations (a smoke run)")
     parser.add_argument("--markdown", action="store_true",

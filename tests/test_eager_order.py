@@ -59,11 +59,21 @@ def differing(a: nn.Module, b: nn.Module) -> list[str]:
     return [k for k in sa if not torch.equal(sa[k], sb[k])]
 
 
-def test_user_code_draws_after_every_replayed_default():
-    # before: the defaults were replayed after user code had drawn, so every tensor differed
-    eager, lazy, after_eager, after_lazy = eager_then_deferred(Net, lambda m: m.init_weights())
+def test_user_code_draws_after_the_replayed_defaults_it_cannot_reach():
+    # before: `a` was replayed after user code had drawn, so it differed too
+    eager, lazy, _, _ = eager_then_deferred(Net, lambda m: m.init_weights())
+    # head.fc.weight's init is not drawn (user code overwrites it whole: written once),
+    # so the draws after it (head.fc.bias, b) get other numbers
+    assert differing(eager, lazy) == ["head.fc.weight", "head.fc.bias", "b.weight", "b.bias"]
+    assert lazy.head.fc.weight._version == 1
+
+
+def test_match_eager_with_user_code_equals_eager():
+    eager, lazy, after_eager, after_lazy = eager_then_deferred(
+        Net, lambda m: m.init_weights(), match_eager=True)
     assert differing(eager, lazy) == []
     assert torch.equal(after_eager, after_lazy)
+    assert lazy.head.fc.weight._version == 2  # its init, then user code, as eagerly
 
 
 @pytest.mark.parametrize("build", [models.resnet50, models.vit_b16,
@@ -183,3 +193,27 @@ def test_match_eager_retry_after_a_failure_equals_eager():
     torch.manual_seed(0)
     lazy.init_weights()
     assert differing(eager, lazy) == []
+
+
+class Base(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.Linear(8, 24)  # drawn, then replaced by the subclass
+        self.extra = nn.Linear(8, 8)  # drawn, then dropped
+        self.out = nn.Linear(8, 8)
+
+
+class Rebuilt(Base):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.Linear(8, 16, bias=False)
+        self.extra = None
+
+
+@pytest.mark.parametrize("match_eager", [False, True])
+def test_children_built_then_replaced_or_dropped_are_drawn_as_eagerly(match_eager):
+    # before: the replaced child's draws were skipped, so `attn` and `out` differed
+    eager, lazy, after_eager, after_lazy = eager_then_deferred(
+        Rebuilt, lambda m: wi.initialize(m, []), match_eager=match_eager)
+    assert differing(eager, lazy) == []
+    assert torch.equal(after_eager, after_lazy)

@@ -167,6 +167,27 @@ def test_deferred_real_model_equals_eager(name: str, tmp_path: Path):
             assert p._version == 1, (n, p._version)
 
 
+@pytest.mark.parametrize("name", ["deit-s", "beit", "resnet50"])
+def test_match_eager_real_model_equals_the_eager_one_value_for_value(name: str, tmp_path: Path):
+    # eager: construction draws every default, then init_weights (rules, user code) draws;
+    # deferred(match_eager=True) draws the same numbers in the same order
+    with wim.installed():
+        eager = build(name, 0)
+        localize_checkpoints(eager, tmp_path)
+        eager.init_weights()
+        after_eager = torch.rand(4)
+        with wi.deferred(match_eager=True):
+            lazy = build(name, 0)
+        localize_checkpoints(lazy, tmp_path)
+        lazy.init_weights()
+        assert torch.equal(after_eager, torch.rand(4))
+    a, b = dict(eager.named_parameters()), dict(lazy.named_parameters())
+    assert a.keys() == b.keys()
+    record = wi.get_init_record(lazy)
+    for n, p in b.items():
+        assert torch.equal(p, a[n]), (n, record[n].info)
+
+
 class Broken(mm_model.BaseModule):
     def __init__(self):
         super().__init__(init_cfg=dict(type="Constant", layer="Linear", val=3.0))

@@ -84,8 +84,8 @@ class Construction:
 
     def reads(self) -> list[Tensor]:
         """The deferred tensors the recorded ops read (``copy_(other)``), as their owners."""
-        return [_owner(a) for _, args, kwargs, _ in self.ops for a in (*args, *kwargs.values())
-                if isinstance(a, Tensor) and a.device.type == "meta" and _owner(a) is not None]
+        return [owner_of(a) for _, args, kwargs, _ in self.ops for a in (*args, *kwargs.values())
+                if isinstance(a, Tensor) and a.device.type == "meta" and owner_of(a) is not None]
 
     def describe(self) -> str:
         names = []
@@ -101,7 +101,7 @@ def construction_of(t: Tensor) -> Construction | None:
     return getattr(t, "_wi_construction", None)
 
 
-def _owner(t: Any) -> Tensor | None:
+def owner_of(t: Any) -> Tensor | None:
     """The deferred tensor that ``t`` is, or was derived from (alias, view, expression)."""
     if not isinstance(t, Tensor):
         return None
@@ -111,7 +111,7 @@ def _owner(t: Any) -> Tensor | None:
     return path[0] if path is not None else None
 
 
-def _chain(t: Tensor) -> tuple:
+def chain_of(t: Tensor) -> tuple:
     path = getattr(t, "_wi_path", None)
     return path[1] if path is not None and construction_of(t) is None else ()
 
@@ -141,16 +141,16 @@ def _is_inplace(func: Any) -> bool:
 
 def _record(tensor: Tensor, func: Callable[..., Any], args: tuple, kwargs: dict) -> None:
     """Record the in-place write ``func(tensor, *args[1:], **kwargs)`` on its owner."""
-    target = _owner(tensor)
+    target = owner_of(tensor)
     construction = construction_of(target) if target is not None else None
     if construction is None:
         return
     for a in list(args[1:]) + list(kwargs.values()):
-        if isinstance(a, Tensor) and a.device.type == "meta" and _owner(a) is None:
+        if isinstance(a, Tensor) and a.device.type == "meta" and owner_of(a) is None:
             construction.broken = (f"its constructor writes it with {func.__name__} from a value "
                                    "computed on the meta device")
             return
-    construction.add(func, args[1:], dict(kwargs), _chain(tensor))
+    construction.add(func, args[1:], dict(kwargs), chain_of(tensor))
 
 
 class _DeferredMode(TorchFunctionMode):
@@ -170,7 +170,7 @@ class _DeferredMode(TorchFunctionMode):
             # torch.nn.init functions dispatch here with the tensor as a keyword
             kwargs = dict(kwargs)
             args = (kwargs.pop("tensor"),)
-        target = _owner(args[0]) if args else None
+        target = owner_of(args[0]) if args else None
         if target is None:
             return func(*args, **kwargs)
         module = getattr(func, "__module__", "") or ""
@@ -181,9 +181,9 @@ class _DeferredMode(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         attr = getattr(getattr(func, "__self__", None), "__name__", None)
         if (name == "__get__" and attr in _ALIAS_ATTRS) or name in _ALIAS_FUNCS:
-            _derive(out, target, _chain(args[0]))
+            _derive(out, target, chain_of(args[0]))
         elif name != "__get__":
-            _derive(out, target, (*_chain(args[0]), (func, args[1:], kwargs)))
+            _derive(out, target, (*chain_of(args[0]), (func, args[1:], kwargs)))
         return out
 
 
@@ -202,7 +202,7 @@ def _recording(fn: Callable[..., Any]) -> Callable[..., Any]:
     # __torch_function__; wrap them so a call on a deferred tensor is recorded.
     @functools.wraps(fn)
     def wrapper(tensor: Any, *args: Any, **kwargs: Any) -> Any:
-        if not _active() or _owner(tensor) is None:
+        if not _active() or owner_of(tensor) is None:
             return fn(tensor, *args, **kwargs)
         _record(tensor, fn, (tensor, *args), kwargs)
         return tensor
@@ -217,7 +217,7 @@ def _recording_inner(inner: Callable[..., Any], outer: Callable[..., Any]) -> Ca
     @functools.wraps(inner)
     def wrapper(tensor: Any, mean: float, std: float, a: float, b: float,
                 generator: Any = None) -> Any:
-        if not _active() or _owner(tensor) is None:
+        if not _active() or owner_of(tensor) is None:
             return inner(tensor, mean, std, a, b, generator=generator)
         _record(tensor, outer, (tensor,), dict(mean=mean, std=std, a=a, b=b,
                                                 generator=generator))
@@ -240,8 +240,8 @@ def _deferred_parameter_new(original: Callable[..., Any]) -> Callable[..., Any]:
         if data is None or not isinstance(data, Tensor) or type(data) not in (Tensor, nn.Parameter):
             return original(cls, data, requires_grad)
         construction = construction_of(data)
-        if construction is None and not _chain(data):
-            owner = _owner(data)
+        if construction is None and not chain_of(data):
+            owner = owner_of(data)
             construction = construction_of(owner) if owner is not None else None
         if construction is None and data.device.type == "meta":
             return original(cls, data, requires_grad)  # a plain meta tensor: nothing known
@@ -271,6 +271,18 @@ def _note_on_module(module: nn.Module, name: str, param: Any) -> None:
             (construction, tuple(param.shape), param.dtype))
 
 
+def _note_child(module: nn.Module, name: str, child: Any) -> None:
+    # Module registration hook: a child built and then replaced or dropped (a subclass's
+    # constructor rebuilding a layer its parent class built) drew its init in eager
+    # construction too; its parent keeps its registrations, so replaying them keeps the
+    # random generator in step.
+    old = module._modules.get(name) if _active() else None
+    if old is not None and old is not child:
+        kept = module.__dict__.setdefault("_wi_registered", [])
+        for m in old.modules():
+            kept.extend(m.__dict__.get("_wi_registered", ()))
+
+
 def _install() -> None:
     """Install the process-wide patches, remembering what was there (lock held)."""
     saved_new = nn.Parameter.__dict__["__new__"]
@@ -285,15 +297,19 @@ def _install() -> None:
             patched_init[inner] = _recording_inner(saved_init[inner], saved_init[outer])
     for name, fn in patched_init.items():
         setattr(nn.init, name, fn)
-    register = getattr(nn.modules.module, "register_module_parameter_registration_hook", None)
+    hooks = []
+    for register, hook in (("register_module_parameter_registration_hook", _note_on_module),
+                           ("register_module_module_registration_hook", _note_child)):
+        register = getattr(nn.modules.module, register, None)
+        if register is not None:
+            hooks.append(register(hook))
     _INSTALLED.update(new=(saved_new, patched_new), init=(saved_init, patched_init),
-                      handle=register(_note_on_module) if register is not None else None)
+                      handles=hooks)
 
 
 def _uninstall() -> None:
     """Put back what :func:`_install` replaced (lock held); a patch made since is kept."""
-    handle = _INSTALLED.pop("handle")
-    if handle is not None:
+    for handle in _INSTALLED.pop("handles"):
         handle.remove()
     saved_new, patched_new = _INSTALLED.pop("new")
     if nn.Parameter.__dict__.get("__new__") is patched_new:
@@ -313,11 +329,11 @@ def deferred(match_eager: bool = False) -> Iterator[None]:
     ``weightinit.initialize(model, init_cfg, device=..., dtype=...)``.
 
     Unseeded, the constructor inits replay in eager construction's order, so
-    tensors that no rule overwrites get eager construction's numbers under the
-    same ``torch.manual_seed``. Inits of tensors a rule overwrites are not
-    drawn, so later draws differ; ``match_eager=True`` draws them into scratch
-    (each tensor is still written once), and then every value and the
-    generator's state afterwards equal eager construction + the same init.
+    with no rules and no user ``init_weights`` code a deferred model equals
+    the eager one under the same ``torch.manual_seed``. Inits that a rule or
+    user code overwrites are not drawn, so later draws differ;
+    ``match_eager=True`` draws them too (rule-covered ones into scratch), and
+    then every value and the generator's state equal eager + the same init.
 
     Blocks nest, and only the calling thread is affected: other threads keep
     building real tensors with the usual default init.
@@ -354,46 +370,7 @@ def deferred(match_eager: bool = False) -> Iterator[None]:
 
 def note_call(func: Callable[..., Any], tensor: Tensor, *args: Any, **kwargs: Any) -> bool:
     """Record ``func(tensor, ...)`` if ``tensor`` is deferred; True if it was recorded."""
-    if _owner(tensor) is None:
+    if owner_of(tensor) is None:
         return False
     _record(tensor, func, (tensor, *args), kwargs)
     return True
-
-
-def _follow(base: Tensor, chain: tuple) -> Any:
-    for fn, args, kwargs in chain:
-        base = fn(base, *args, **kwargs)
-    return base
-
-
-def _run_op(op: tuple, tensor: Tensor, mapping: dict[int, Tensor]) -> None:
-    def real(a: Any) -> Any:
-        if isinstance(a, Tensor) and a.device.type == "meta":
-            return _follow(mapping[id(_owner(a))], _chain(a))
-        return a
-
-    fn, args, kwargs, chain = op
-    fn(_follow(tensor, chain), *[real(a) for a in args],
-       **{k: real(v) for k, v in kwargs.items()})
-
-
-def replay(construction: Construction, tensor: Tensor, mapping: dict[int, Tensor]) -> None:
-    """Run the recorded constructor writes on real storage, in their original order."""
-    with torch.no_grad():
-        for op in construction.ops:
-            _run_op(op, tensor, mapping)
-
-
-def replay_all(items: list[tuple[Construction, Tensor]], mapping: dict[int, Tensor]) -> None:
-    """Replay several tensors' recorded writes interleaved in their original global order.
-
-    Eager construction draws from the random generator op by op across tensors
-    (a model's own init often rewrites every weight after all modules are
-    built); replaying in that order draws the same numbers, so a deferred model
-    equals the eager one built under the same ``torch.manual_seed``.
-    """
-    ops = sorted((seq, i, j) for i, (c, _) in enumerate(items) for j, seq in enumerate(c.order))
-    with torch.no_grad():
-        for _, i, j in ops:
-            construction, tensor = items[i]
-            _run_op(construction.ops[j], tensor, mapping)

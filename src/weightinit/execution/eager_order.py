@@ -5,15 +5,20 @@ code runs. A deferred model's run therefore starts with a prologue that
 replays, in the global order they were recorded in:
 
 * the inits of the tensors whose default is their last planned write (no
-  rule covers them), written into the tensors: user code that runs later
-  sees them, and draws after them, as it would after eager construction
-  (a tensor such code then overwrites whole is written twice, as eagerly;
-  with ``seed=`` nothing needs this order and such a write is spared);
+  rule covers them) and that no user code can reach, written into the
+  tensors: user ``init_weights`` code draws after them, as it does after
+  eager construction;
 * the inits of tensors built and then replaced (tied embeddings), drawn into
   scratch memory and dropped;
 * under ``deferred(match_eager=True)``, also the inits of tensors a rule
   overwrites, into scratch, so what is drawn after them meets the generator
-  where eager construction left it.
+  where eager construction left it, and the defaults of tensors under user
+  code, written into them (what user code, or a plan it makes, writes
+  there afterwards writes them again, as after eager construction).
+
+Without ``match_eager`` the defaults under user code stay pending, so one
+that user code overwrites whole, or its ``super().init_weights()`` plans a
+rule for, is never drawn: such runs draw other numbers than eager ones.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ..capture.deferred import Construction, construction_of
-from ..planning import DefaultFill, Plan, UserCall, Write
+from ..planning import DefaultFill, Plan, UserCall, Write, subtree_tensors
 
 Scratch = tuple[Construction, tuple[int, ...], torch.dtype, torch.device]
 
@@ -57,6 +62,11 @@ def split(plan: Plan, steps: list) -> Prologue:
     if not defaults:
         return Prologue(steps=steps)
     exact = any(ev.op.construction.match_eager for ev in defaults)
+    user: set[int] = set()  # tensors user code may write (or a plan it makes, nested)
+    if not exact:
+        for step in steps:
+            if isinstance(step, UserCall):
+                user.update(id(t) for t in subtree_tensors(step.module))
     final = {id(ev.op) for ev in defaults if last[id(ev.tensor)] is ev.op}
     first: list[Write] = []
     rest: list = []
@@ -66,7 +76,7 @@ def split(plan: Plan, steps: list) -> Prologue:
             continue
         keep = []
         for w in step:
-            if id(w.op) in final and w.tensor.device.type != "meta":
+            if id(w.op) in final and id(w.tensor) not in user and w.tensor.device.type != "meta":
                 first.append(w)
             else:
                 keep.append(w)

@@ -21,7 +21,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..capture.deferred import construction_of, replay, replay_all
+from ..capture.deferred import construction_of
+from ..capture.replay import replay, replay_all
 from ..maths import Elementwise
 from ..planning import DefaultFill, Op, OpKind, UserCall, has_sharded, is_sharded
 from ..planning.defaults import construction_elementwise

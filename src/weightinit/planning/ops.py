@@ -27,7 +27,8 @@ from typing import Any
 import torch.nn as nn
 from torch import Tensor
 
-from ..capture.deferred import Construction, replay
+from ..capture.deferred import Construction
+from ..capture.replay import replay
 from ..checkpoint.loader import CheckpointState, LoadReport
 from ..maths import Elementwise
 from ..rules import BaseInit, PretrainedInit, reset_method_of
