@@ -217,3 +217,71 @@ def test_children_built_then_replaced_or_dropped_are_drawn_as_eagerly(match_eage
         Rebuilt, lambda m: wi.initialize(m, []), match_eager=match_eager)
     assert differing(eager, lazy) == []
     assert torch.equal(after_eager, after_lazy)
+
+
+class Throwaway(nn.Module):
+    """Builds a layer it never attaches (mmseg's FCNHead with num_convs=0 does)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seg = nn.Conv2d(8, 4, 1)
+        layers = [nn.Conv2d(8, 8, 1)]
+        nn.init.normal_(layers[0].weight, std=0.01)
+        self.convs = nn.Identity()
+        self.out = nn.Linear(8, 8)
+
+
+class AssignsData(nn.Module):
+    """Assigns ``.data`` in its constructor (mmcv's deformable attention does)."""
+
+    def __init__(self):
+        super().__init__()
+        self.offsets = nn.Linear(8, 8)
+        nn.init.constant_(self.offsets.weight, 0.0)
+        self.offsets.bias.data = torch.arange(8.0)
+        self.offsets.bias.data.mul_(2)
+        self.out = nn.Linear(8, 8)
+
+
+@pytest.mark.parametrize("build", [Throwaway, AssignsData])
+@pytest.mark.parametrize("match_eager", [False, True])
+def test_layers_never_attached_and_data_assignments_replay_as_eagerly(build, match_eager):
+    # before: the never-attached conv's draws were skipped (`out` differed), and assigning
+    # `.data` of a deferred parameter raised "incompatible tensor type"
+    eager, lazy, after_eager, after_lazy = eager_then_deferred(
+        build, lambda m: wi.initialize(m, []), match_eager=match_eager)
+    assert differing(eager, lazy) == []
+    assert torch.equal(after_eager, after_lazy)
+
+
+def test_data_of_another_shape_leaves_the_parameter_undefined():
+    class Reshapes(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.empty(4))
+            self.w.data = torch.zeros(2, 2)
+
+    with wi.deferred():
+        m = Reshapes()
+    with pytest.raises(wi.UndefinedParameterError,
+                       match=r"w .*assigns \.data a tensor of shape \(2, 2\)"):
+        wi.initialize(m, [])
+    assert m.w.is_meta
+
+
+def test_a_model_dropped_earlier_in_the_block_was_drawn_first_as_eagerly():
+    torch.manual_seed(0)
+    nn.Linear(8, 8)  # built and dropped
+    eager = nn.Linear(8, 8)
+    torch.manual_seed(0)
+    with wi.deferred():
+        nn.Linear(8, 8)
+        lazy = nn.Linear(8, 8)
+        kept = nn.Linear(8, 8)  # alive, not materialized: not ours to draw
+    wi.initialize(lazy, [])
+    assert differing(eager, lazy) == []
+    assert kept.weight.is_meta
+    torch.manual_seed(5)
+    wi.initialize(kept, [])  # the dropped one was drawn by `lazy`'s run: not again
+    torch.manual_seed(5)
+    assert differing(nn.Linear(8, 8), kept) == []

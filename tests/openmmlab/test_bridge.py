@@ -167,7 +167,7 @@ def test_deferred_real_model_equals_eager(name: str, tmp_path: Path):
             assert p._version == 1, (n, p._version)
 
 
-@pytest.mark.parametrize("name", ["deit-s", "beit", "resnet50"])
+@pytest.mark.parametrize("name", ["deit-s", "beit", "resnet50", "setr-mla"])
 def test_match_eager_real_model_equals_the_eager_one_value_for_value(name: str, tmp_path: Path):
     # eager: construction draws every default, then init_weights (rules, user code) draws;
     # deferred(match_eager=True) draws the same numbers in the same order

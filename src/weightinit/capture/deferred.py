@@ -31,6 +31,7 @@ import functools
 import itertools
 import operator
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +70,20 @@ class Construction:
     order: list[int] = field(default_factory=list)
     #: built under ``deferred(match_eager=True)``: unseeded runs draw as eager construction
     match_eager: bool = field(default_factory=lambda: getattr(_STATE, "match_eager", False))
+    shape: tuple[int, ...] = ()
+    dtype: torch.dtype | None = None
+    #: every construction of the same outermost block, in creation order (this one too)
+    block: list | None = field(default_factory=lambda: getattr(_STATE, "block", None),
+                               repr=False)
+    created: int = field(default_factory=lambda: next(_SEQUENCE))
+    #: a run has replayed it (or dropped it in favour of a rule) and committed
+    materialized: bool = False
+    #: weak references to the tensors it describes
+    refs: list = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.block is not None:
+            self.block.append(self)
 
     def add(self, fn: Callable[..., Any], args: tuple, kwargs: dict, chain: tuple = ()) -> None:
         seq = next(_SEQUENCE)
@@ -81,6 +96,11 @@ class Construction:
     def defined(self) -> bool:
         """True if replaying the ops gives the tensor a value (it is not left as ``empty``)."""
         return self.broken is None and bool(self.ops)
+
+    @property
+    def alive(self) -> bool:
+        """Some tensor it describes still exists (held by a model, or by anyone)."""
+        return any(r() is not None for r in self.refs)
 
     def reads(self) -> list[Tensor]:
         """The deferred tensors the recorded ops read (``copy_(other)``), as their owners."""
@@ -129,6 +149,7 @@ def _derive(out: Any, owner: Tensor, chain: tuple) -> None:
 
 def _mark(t: Tensor, construction: Construction) -> Tensor:
     t._wi_construction = construction  # type: ignore[attr-defined]
+    construction.refs.append(weakref.ref(t))
     return t
 
 
@@ -165,7 +186,8 @@ class _DeferredMode(TorchFunctionMode):
                     else torch.get_default_device() if hasattr(torch, "get_default_device") \
                     else torch.device("cpu")
             out = func(*args, device="meta", **out_kwargs)
-            return _mark(out, Construction(torch.device(device)))
+            return _mark(out, Construction(torch.device(device), shape=tuple(out.shape),
+                                           dtype=out.dtype))
         if not args and isinstance(kwargs.get("tensor"), Tensor):
             # torch.nn.init functions dispatch here with the tensor as a keyword
             kwargs = dict(kwargs)
@@ -177,14 +199,28 @@ class _DeferredMode(TorchFunctionMode):
         if module == "torch.nn.init" or _is_inplace(func):
             _record(args[0], func, args, kwargs)
             return args[0]
-        out = func(*args, **kwargs)
         name = getattr(func, "__name__", "")
         attr = getattr(getattr(func, "__self__", None), "__name__", None)
+        if name == "__set__" and attr in _ALIAS_ATTRS and len(args) == 2 and \
+                isinstance(args[1], Tensor) and args[1].device.type != "meta":
+            _set_data(args[0], args[1].detach())  # ``param.data = value``
+            return None
+        out = func(*args, **kwargs)
         if (name == "__get__" and attr in _ALIAS_ATTRS) or name in _ALIAS_FUNCS:
             _derive(out, target, chain_of(args[0]))
         elif name != "__get__":
             _derive(out, target, (*chain_of(args[0]), (func, args[1:], kwargs)))
         return out
+
+
+def _set_data(tensor: Tensor, value: Tensor) -> None:
+    """``tensor.data = value`` on a deferred tensor: a whole overwrite, recorded."""
+    construction = construction_of(owner_of(tensor))
+    if tuple(value.shape) == tuple(tensor.shape) and value.dtype == tensor.dtype:
+        _record(tensor, Tensor.copy_, (tensor, value), {})
+    elif construction is not None:
+        construction.broken = ("its constructor assigns .data a tensor of shape "
+                               f"{tuple(value.shape)} and dtype {value.dtype}")
 
 
 _INIT_FUNCS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_",
@@ -248,7 +284,8 @@ def _deferred_parameter_new(original: Callable[..., Any]) -> Callable[..., Any]:
         if construction is None:
             # Built from a computed value: keep it, to copy in if no rule covers it.
             value = data.detach()
-            construction = Construction(value.device)
+            construction = Construction(value.device, shape=tuple(value.shape),
+                                        dtype=value.dtype)
             construction.add(Tensor.copy_, (value,), {})
             data = torch.empty_like(value, device="meta")
         param = original(cls, data, requires_grad)
@@ -265,22 +302,6 @@ def _note_on_module(module: nn.Module, name: str, param: Any) -> None:
     construction = construction_of(param) if isinstance(param, Tensor) else None
     if construction is not None:
         module.__dict__.setdefault("_wi_constructions", {})[name] = construction
-        # every registration, also of tensors later replaced (tied weights): eager
-        # construction drew their values too, so replaying them keeps the generator in step
-        module.__dict__.setdefault("_wi_registered", []).append(
-            (construction, tuple(param.shape), param.dtype))
-
-
-def _note_child(module: nn.Module, name: str, child: Any) -> None:
-    # Module registration hook: a child built and then replaced or dropped (a subclass's
-    # constructor rebuilding a layer its parent class built) drew its init in eager
-    # construction too; its parent keeps its registrations, so replaying them keeps the
-    # random generator in step.
-    old = module._modules.get(name) if _active() else None
-    if old is not None and old is not child:
-        kept = module.__dict__.setdefault("_wi_registered", [])
-        for m in old.modules():
-            kept.extend(m.__dict__.get("_wi_registered", ()))
 
 
 def _install() -> None:
@@ -297,19 +318,15 @@ def _install() -> None:
             patched_init[inner] = _recording_inner(saved_init[inner], saved_init[outer])
     for name, fn in patched_init.items():
         setattr(nn.init, name, fn)
-    hooks = []
-    for register, hook in (("register_module_parameter_registration_hook", _note_on_module),
-                           ("register_module_module_registration_hook", _note_child)):
-        register = getattr(nn.modules.module, register, None)
-        if register is not None:
-            hooks.append(register(hook))
+    register = getattr(nn.modules.module, "register_module_parameter_registration_hook", None)
     _INSTALLED.update(new=(saved_new, patched_new), init=(saved_init, patched_init),
-                      handles=hooks)
+                      handle=register(_note_on_module) if register is not None else None)
 
 
 def _uninstall() -> None:
     """Put back what :func:`_install` replaced (lock held); a patch made since is kept."""
-    for handle in _INSTALLED.pop("handles"):
+    handle = _INSTALLED.pop("handle")
+    if handle is not None:
         handle.remove()
     saved_new, patched_new = _INSTALLED.pop("new")
     if nn.Parameter.__dict__.get("__new__") is patched_new:
@@ -356,12 +373,14 @@ def deferred(match_eager: bool = False) -> Iterator[None]:
     try:
         _STATE.depth = 1
         _STATE.match_eager = match_eager
+        _STATE.block = []
         # TorchFunctionMode stacks are per thread, so the mode only sees this thread.
         with _DeferredMode():
             yield
     finally:
         _STATE.depth = 0
         _STATE.match_eager = False
+        _STATE.block = None
         with _INSTALL_LOCK:
             _INSTALLED["users"] -= 1
             if _INSTALLED["users"] == 0:

@@ -139,7 +139,11 @@ class Session:
             m._is_init = True
         for m in self.root.modules():  # computed values must not outlive the run
             m.__dict__.pop("_wi_constructions", None)
-            m.__dict__.pop("_wi_registered", None)
+        for ev in plan.events:  # replayed or superseded: no later run draws them as orphans
+            if isinstance(ev, Write) and isinstance(ev.op, DefaultFill):
+                for c in [ev.op.construction, *(o for o, _, _ in ev.op.orphans)]:
+                    if c is not None:
+                        c.materialized = True
         self.txn.release()
         record = self.record()
         record.log(logger)

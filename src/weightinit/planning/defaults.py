@@ -11,6 +11,7 @@ left as uninitialized memory: planning raises for it, naming it and the fix.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import math
 from collections.abc import Callable
 from typing import Any
@@ -131,11 +132,7 @@ def default_events(root: nn.Module, mapping: dict[int, Tensor], slots: Slots
         if t.device.type != "meta" or id(t) in seen:
             continue
         seen.add(id(t))
-        construction = construction_of(t)
-        if construction is None and is_sharded(t):
-            # Sharding (fully_shard, distribute_module) replaced the parameter object;
-            # deferred() also noted the construction on the module under its name.
-            construction = module.__dict__.get("_wi_constructions", {}).get(attr)
+        construction = _construction(module, attr, t)
         if construction is not None and construction.defined:
             dist = construction_elementwise(construction, tuple(t.shape))
             events.append(Write(t, DefaultFill(module, root_name, construction, mapping, dist,
@@ -160,17 +157,32 @@ def default_events(root: nn.Module, mapping: dict[int, Tensor], slots: Slots
 
 
 def _orphans(root: nn.Module, slots: Slots) -> tuple:
-    """Recorded constructions of tensors no slot holds any more (replaced after being
-    built and initialized, as tied embeddings are)."""
-    live = {id(c) for c in (construction_of(t) for *_, t in slots) if c is not None}
-    out, seen = [], set()
-    for m in root.modules():
-        for construction, shape, dtype in m.__dict__.get("_wi_registered", ()):
-            if id(construction) not in live and id(construction) not in seen \
-                    and construction.defined:
-                seen.add(id(construction))
-                out.append((construction, shape, dtype))
-    return tuple(out)
+    """(construction, shape, dtype) of the tensors built in the model's ``deferred()``
+    block that no longer exist: replaced after being initialized (tied embeddings), in
+    children built and then replaced, dropped or never attached. Eager construction drew
+    their inits too."""
+    live = [c for c in (_construction(m, attr, t) for _, m, _, attr, t in slots)
+            if c is not None]
+    if not live:
+        return ()
+    ids = {id(c) for c in live}
+    blocks = {id(c.block): c.block for c in live if c.block is not None}
+    # a tensor still alive elsewhere belongs to another model (or to someone's variable);
+    # one of a model built earlier in the block and dropped was drawn before ours eagerly
+    others = [c for block in blocks.values() for c in block
+              if id(c) not in ids and c.defined and not c.materialized]
+    if any(c.alive for c in others):
+        gc.collect()  # tensors dropped in reference cycles are not gone yet
+    return tuple((c, c.shape, c.dtype) for c in others if not c.alive)
+
+
+def _construction(module: nn.Module, attr: str, t: Tensor) -> Construction | None:
+    construction = construction_of(t)
+    if construction is None and is_sharded(t):
+        # Sharding (fully_shard, distribute_module) replaced the parameter object;
+        # deferred() also noted the construction on the module under its name.
+        construction = module.__dict__.get("_wi_constructions", {}).get(attr)
+    return construction
 
 
 def split_undefined(undefined: list[tuple[str, str]], events: list[Event], slots: Slots
