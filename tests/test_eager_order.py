@@ -285,3 +285,18 @@ def test_a_model_dropped_earlier_in_the_block_was_drawn_first_as_eagerly():
     wi.initialize(kept, [])  # the dropped one was drawn by `lazy`'s run: not again
     torch.manual_seed(5)
     assert differing(nn.Linear(8, 8), kept) == []
+
+
+def test_materialized_constructions_do_not_outlive_the_run():
+    import gc
+    import weakref
+
+    with wi.deferred():
+        m = nn.Linear(8, 8)
+        m.extra = nn.Parameter(torch.full((1000,), 2.0))  # a computed value kept to copy in
+        other = nn.Linear(4, 4)  # same block, still deferred: keeps the block alive
+    value = weakref.ref(m.extra._wi_construction.ops[0][1][0])
+    wi.initialize(m, [])
+    gc.collect()
+    assert value() is None
+    assert other.weight.is_meta and len(other.weight._wi_construction.block) == 2

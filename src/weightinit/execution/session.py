@@ -139,11 +139,16 @@ class Session:
             m._is_init = True
         for m in self.root.modules():  # computed values must not outlive the run
             m.__dict__.pop("_wi_constructions", None)
+        blocks = {}
         for ev in plan.events:  # replayed or superseded: no later run draws them as orphans
             if isinstance(ev, Write) and isinstance(ev.op, DefaultFill):
                 for c in [ev.op.construction, *(o for o, _, _ in ev.op.orphans)]:
                     if c is not None:
                         c.materialized = True
+                        if c.block is not None:
+                            blocks[id(c.block)] = c.block
+        for block in blocks.values():  # and their recorded values are not kept alive
+            block[:] = [c for c in block if not c.materialized and (c.defined or c.alive)]
         self.txn.release()
         record = self.record()
         record.log(logger)
