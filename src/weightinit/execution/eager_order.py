@@ -85,15 +85,15 @@ def split(plan: Plan, steps: list) -> Prologue:
     # a construction another one reads (``b.copy_(a)``) is replayed even when a rule covers
     # its tensor: the reader needs its value
     read = {id(construction_of(o)): o for c in [ev.op.construction for ev in defaults]
-            + [c for ev in defaults for c, *_ in ev.op.orphans] for o in c.reads()}
+            + [c for ev in defaults for c in ev.op.orphans] for o in c.reads()}
     scratch = []
     seen: set[int] = set()
     for ev in defaults:
         op = ev.op
-        for c, shape, dtype in op.orphans:
+        for c in op.orphans:
             if id(c) not in seen:
                 seen.add(id(c))
-                scratch.append((c, shape, dtype, _device(op, ev.tensor)))
+                scratch.append((c, c.shape, c.dtype, _device(op, ev.tensor)))
         covered = id(op) not in final
         if covered and (exact or id(op.construction) in read) and \
                 id(op.construction) not in seen:

@@ -142,7 +142,7 @@ class Session:
         blocks = {}
         for ev in plan.events:  # replayed or superseded: no later run draws them as orphans
             if isinstance(ev, Write) and isinstance(ev.op, DefaultFill):
-                for c in [ev.op.construction, *(o for o, _, _ in ev.op.orphans)]:
+                for c in [ev.op.construction, *ev.op.orphans]:
                     if c is not None:
                         c.materialized = True
                         if c.block is not None:

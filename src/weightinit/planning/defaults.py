@@ -156,8 +156,8 @@ def default_events(root: nn.Module, mapping: dict[int, Tensor], slots: Slots
     return events, undefined
 
 
-def _orphans(root: nn.Module, slots: Slots) -> tuple:
-    """(construction, shape, dtype) of the tensors built in the model's ``deferred()``
+def _orphans(root: nn.Module, slots: Slots) -> tuple[Construction, ...]:
+    """The constructions of the tensors built in the model's ``deferred()``
     block that no longer exist: replaced after being initialized (tied embeddings), in
     children built and then replaced, dropped or never attached. Eager construction drew
     their inits too."""
@@ -173,7 +173,7 @@ def _orphans(root: nn.Module, slots: Slots) -> tuple:
               if id(c) not in ids and c.defined and not c.materialized]
     if any(c.alive for c in others):
         gc.collect()  # tensors dropped in reference cycles are not gone yet
-    return tuple((c, c.shape, c.dtype) for c in others if not c.alive)
+    return tuple(c for c in others if not c.alive)
 
 
 def _construction(module: nn.Module, attr: str, t: Tensor) -> Construction | None:

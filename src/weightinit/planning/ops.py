@@ -184,9 +184,9 @@ class DefaultFill:
     dist: Elementwise | None = None
     #: the model class whose own init (Hugging Face ``_init_weights``) the record names
     model_init: str | None = None
-    #: (construction, shape, dtype) of tensors built and then replaced (tied weights):
+    #: constructions of tensors that no longer exist (replaced, dropped, never attached):
     #: an unseeded replay draws them into scratch, as eager construction drew them
-    orphans: tuple = ()
+    orphans: tuple[Construction, ...] = ()
 
     kind = OpKind.DEFAULT
     rule = None
