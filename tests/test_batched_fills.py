@@ -21,7 +21,7 @@ import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import weightinit as wi
-from weightinit.execution import batched
+from weightinit.execution import batched, strategies
 from weightinit.maths import Elementwise, fills
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,9 +54,11 @@ def sync_free(monkeypatch):
 
 @pytest.fixture
 def batch_cpu(monkeypatch, sync_free):
-    """Unseeded elementwise fills of CPU tensors go through the batched path."""
+    """Unseeded elementwise fills of CPU tensors go through the batched path, and none is
+    drawn in pieces on the CPU threads (as on a GPU)."""
     monkeypatch.setattr(batched, "batch_target", lambda t: t.is_floating_point()
                         and t.device.type == "cpu" and type(t) in (torch.Tensor, nn.Parameter))
+    monkeypatch.setattr(strategies, "parallel_target", lambda t: False)
 
 
 def _norm_cdf(x: float) -> float:
@@ -241,6 +243,100 @@ def test_batch_target_default_leaves_the_cpu_alone():
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
 
 
+# -- constant defaults: one fill for all, no copy of a recorded value ---------------------------
+
+@pytest.mark.parametrize("value,expected", [
+    (torch.ones(5), 1.0),
+    (torch.full((3, 4), -0.0), -0.0),
+    (torch.full((2, 3), 0.25, dtype=torch.bfloat16), 0.25),
+    (torch.full((6,), 1e-3, dtype=torch.float64), 1e-3),
+    (torch.ones(4, 3).t(), 1.0),  # not contiguous
+    (torch.tensor([0.0, -0.0]), None),  # equal, but not bit for bit
+    (torch.tensor([1.0, 1.0, 2.0]), None),
+    (torch.full((3,), float("nan")), None),
+    (torch.full((3,), float("inf")), None),
+    (torch.ones(3, dtype=torch.long), None),
+    (torch.ones(3, dtype=torch.complex64), None),
+    (torch.empty(0), None),
+    (torch.ones(3, device="meta"), None),
+])
+def test_uniform_value(value, expected):
+    from weightinit.planning.defaults import uniform_value
+
+    dist = uniform_value(value)
+    if expected is None:
+        assert dist is None
+    else:
+        assert dist == Elementwise("constant", (expected,))
+        assert math.copysign(1.0, dist.args[0]) == math.copysign(1.0, expected)
+
+
+class Norms(nn.Module):
+    """Defaults of every kind: ``torch.ones``/``torch.zeros`` values, ``init.ones_``/``zeros_``
+    (LayerNorm), kaiming draws (Linear), and a value that is not one constant."""
+
+    def __init__(self, n: int = 6, dim: int = 16) -> None:
+        super().__init__()
+        self.cls = nn.Parameter(torch.zeros(1, dim))
+        self.linears = nn.ModuleList(nn.Linear(dim, dim) for _ in range(n))
+        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(n))
+        self.scales = nn.ParameterList(nn.Parameter(torch.ones(dim)) for _ in range(n))
+        self.signed = nn.Parameter(torch.tensor([0.0, -0.0, 0.0]))
+        self.register_buffer("ramp", torch.arange(4.0))
+
+
+def _no_rules_materialized(seed: int | None = None):
+    with wi.deferred():
+        m = Norms()
+    with CountOps() as ops:
+        wi.initialize(m, [], device="cpu", seed=seed)
+    return m, ops
+
+
+def test_constant_defaults_are_filled_together_and_equal_eager(batch_cpu):
+    torch.manual_seed(5)
+    eager = Norms()
+    torch.manual_seed(5)
+    m, ops = _no_rules_materialized()
+    for (name, a), b in zip(eager.state_dict().items(), m.state_dict().values()):
+        assert torch.equal(a, b) and torch.equal(a.signbit(), b.signbit()), name
+    # six Linear weights and biases are drawn one by one, in construction order, as eagerly;
+    # the 1 + 6 + 6 zero tensors and 6 + 6 one tensors take two multi-tensor writes and one fill;
+    # only the value that is not one constant is copied (the arange buffer stays as built)
+    assert ops.calls["uniform_"] == 12
+    assert ops.calls["_foreach_zero_"] == 1 and ops.calls["_foreach_copy_"] == 1
+    assert ops.calls["fill_"] == 1 and ops.calls["copy_"] == 1
+    with wi.deferred():
+        m = Norms()
+    wi.initialize(m, [], device="cpu")  # (a dispatch mode hides the version bumps)
+    assert {n: p._version for n, p in m.named_parameters()} == {
+        n: 1 for n, _ in m.named_parameters()}
+    ptrs = {t.untyped_storage().data_ptr() for t in m.state_dict().values()}
+    assert len(ptrs) == len(m.state_dict())  # each tensor its own storage
+
+
+def test_seeded_constant_defaults_are_batched_with_the_same_values(batch_cpu, monkeypatch):
+    m, ops = _no_rules_materialized(seed=3)
+    assert ops.calls["_foreach_zero_"] == 1 and ops.calls["copy_"] == 1
+    monkeypatch.undo()  # neither batched nor inverse-CDF: the per-tensor definition
+    ref, ref_ops = _no_rules_materialized(seed=3)
+    assert ref_ops.calls["_foreach_zero_"] == 0 and ref_ops.calls["copy_"] == 1
+    for (name, a), b in zip(ref.state_dict().items(), m.state_dict().values()):
+        assert torch.equal(a, b) and torch.equal(a.signbit(), b.signbit()), name
+
+
+def test_seeded_rule_constants_are_batched_and_random_fills_are_not(batch_cpu):
+    with wi.deferred():
+        m = Many(n=5)
+    with CountOps() as ops:
+        wi.initialize(m, RULES, device="cpu", seed=11)
+    assert ops.calls["_foreach_zero_"] == 1  # 5 Linear biases and 5 LayerNorm biases
+    assert ops.calls["normal_"] >= 5  # each seeded weight from its own generator
+    ref = Many(n=5)
+    wi.initialize(ref, RULES, seed=11)
+    assert all(torch.equal(a, b) for a, b in zip(ref.parameters(), m.parameters()))
+
+
 def test_bench_gpu_without_cuda_says_so():
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py")],
                           capture_output=True, text=True, timeout=120,
@@ -275,6 +371,20 @@ def test_trunc_normal_on_cuda_reads_nothing_back():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert float(x.abs().max()) < 0.2
+
+
+@cuda
+def test_materialization_on_cuda_reads_nothing_back_nor_copies_constants():
+    with wi.deferred():
+        m = Norms(n=8, dim=256)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        wi.initialize(m, RULES[:1], device="cuda")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(torch.all(p == 1) for p in m.scales)
+    assert all(torch.all(n.weight == 1) and torch.all(n.bias == 0) for n in m.norms)
 
 
 @cuda

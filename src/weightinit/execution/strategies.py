@@ -87,7 +87,7 @@ class Plain:
             if elem is not None:
                 gathered.add(tensor, elem)
                 continue
-            if not _rule_elementwise(tensor, op):  # may read what the batches write
+            if not _elementwise(tensor, op):  # may read what the batches write
                 draw_all(batch)
                 batch = []
                 gathered.flush()
@@ -97,12 +97,16 @@ class Plain:
 
     def batched_fill(self, tensor: Tensor, op: Op) -> Elementwise | None:
         """The distribution :meth:`write_many` draws ``tensor`` from together with others
-        (:mod:`.batched`): a rule's unseeded elementwise fill of a non-empty
-        :func:`~.batched.batch_target` (off the CPU); ``None`` otherwise."""
-        if (self.seed is not None or op.kind is not OpKind.RULE or op.group is not None
+        (:mod:`.batched`), for a non-empty :func:`~.batched.batch_target` (off the CPU):
+        a rule's unseeded elementwise fill, or any constant fill (seeded or not, rule or
+        default: its values are the same whoever writes them); ``None`` otherwise."""
+        if (op.kind not in (OpKind.RULE, OpKind.DEFAULT) or op.group is not None
                 or not tensor.numel() or not batched.batch_target(tensor)):
             return None
-        return op.elementwise(tuple(tensor.shape))
+        elem = op.elementwise(tuple(tensor.shape))
+        if elem is None or (elem.random and (self.seed is not None or op.kind is not OpKind.RULE)):
+            return None
+        return elem
 
     def piece_fill(self, tensor: Tensor, op: Op, name_of: NameOf) -> PieceFill | None:
         """The pieces :meth:`write` would draw for ``tensor``, when it draws it in pieces
@@ -122,10 +126,24 @@ class Plain:
         (so unseeded values equal eager ones under the same ``torch.manual_seed``), with a
         run's :class:`~.eager_order.Prologue` drawing its scratch constructions among them.
 
+        Constant defaults off the CPU (norm weights, zero biases, ``torch.ones`` values)
+        draw nothing from the generators: they are filled first, a few kernels for all
+        (:mod:`.batched`), and the others replay in order.
+
         Returns the ids of the tensors written; the others are written one by one.
         """
-        items = [(op.construction, t) for t, op in writes if op.construction is not None]
-        written = {id(t) for _, t in items}
+        items = []
+        constants = batched.Batches()
+        for t, op in writes:
+            if op.construction is None:
+                continue
+            if op.dist is not None and not op.dist.random and t.numel() and \
+                    batched.batch_target(t):
+                constants.add(t, op.dist)
+            else:
+                items.append((op.construction, t))
+        written = {id(t) for _, t in items} | constants.ids
+        constants.flush()
         mapping = writes[0][1].mapping if writes else {}
         if prologue is not None and prologue.scratch:
             extra, mapping = scratch_items(prologue)
@@ -207,9 +225,10 @@ class Sharded(Seeded):
         return None if is_sharded(tensor) else super().piece_fill(tensor, op, name_of)
 
 
-def _rule_elementwise(tensor: Tensor, op: Op) -> bool:
-    """A rule's own elementwise fill: it writes ``tensor`` alone and reads nothing."""
-    return (op.kind is OpKind.RULE and op.group is None
+def _elementwise(tensor: Tensor, op: Op) -> bool:
+    """A rule's or a default's elementwise fill: it writes ``tensor`` alone and reads
+    nothing."""
+    return (op.kind in (OpKind.RULE, OpKind.DEFAULT) and op.group is None
             and op.elementwise(tuple(tensor.shape)) is not None)
 
 

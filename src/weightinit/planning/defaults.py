@@ -16,6 +16,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import torch
 import torch.nn as nn
 from torch import Tensor
 
@@ -88,12 +89,16 @@ def construction_elementwise(construction: Construction, shape: tuple[int, ...]
     """One recorded whole-tensor fill from ``torch.nn.init`` (or ``normal_``, ``fill_`` ...)
     with plain arguments, as an :class:`~weightinit.maths.Elementwise`; else ``None``.
 
-    Multi-step inits (``Embedding``'s padding row), writes through views,
-    computed values and explicit generators are replayed as recorded.
+    A computed value whose elements are all equal (``Parameter(torch.ones(d))``) is
+    that constant (:func:`uniform_value`). Multi-step inits (``Embedding``'s padding
+    row), writes through views, other computed values and explicit generators are
+    replayed as recorded.
     """
     if len(construction.ops) != 1:
         return None
     fn, args, kwargs, chain = construction.ops[0]
+    if fn is Tensor.copy_ and not chain and not kwargs and len(args) == 1:
+        return uniform_value(args[0])
     if chain or "generator" in kwargs or any(
             not isinstance(a, (int, float, str)) or isinstance(a, bool)
             for a in (*args, *kwargs.values())):
@@ -118,6 +123,29 @@ def construction_elementwise(construction: Construction, shape: tuple[int, ...]
     if any(not math.isfinite(float(v)) for v in dist.args):
         return None
     return dist
+
+
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def uniform_value(value: Any) -> Elementwise | None:
+    """A recorded value (``Parameter(torch.ones(d))``) whose elements are all the same finite
+    float, bit for bit, as a constant fill (no host-to-device copy on a GPU); else ``None``.
+
+    Only floating-point values on the CPU are read (one pass); a constant's float is
+    exact, and filling a tensor of any floating dtype with it rounds as copying would.
+    """
+    if not isinstance(value, Tensor) or value.device.type != "cpu" or \
+            not value.is_floating_point() or value.is_complex() or not value.numel():
+        return None
+    flat = value.detach().reshape(-1)
+    first = float(flat[0])
+    if not math.isfinite(first):
+        return None
+    bits = flat.view(_BITS[flat.element_size()])
+    if not bool((bits == bits[0]).all()):
+        return None  # (0.0 and -0.0 differ here, as their copies would)
+    return Elementwise("constant", (first,))
 
 
 def default_events(root: nn.Module, mapping: dict[int, Tensor], slots: Slots
