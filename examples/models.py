@@ -295,8 +295,13 @@ def resnet50(kit: Any = None, num_classes: int = 1000) -> nn.Module:
     return c.ImageClassifier(backbone, c.LinearHead(backbone.out_channels, num_classes))
 
 
-def vit_b16(kit: Any = None, num_classes: int = 1000, depth: int = 12) -> nn.Module:
-    """ViT-B/16 at 224x224 (86.6 M parameters)."""
+def vit_b16(kit: Any = None, num_classes: int = 1000, depth: int = 12,
+            width: int | None = None) -> nn.Module:
+    """ViT-B/16 at 224x224 (86.6 M parameters); ``width`` builds the same modules at that
+    width (4 heads, 32x32 images, 10 classes), for measuring per-tensor costs."""
+    if width is not None:
+        return _kit_classes(kit).VisionTransformer(img_size=32, dim=width, depth=depth,
+                                                   heads=4, num_classes=10)
     return _kit_classes(kit).VisionTransformer(depth=depth, num_classes=num_classes)
 
 
@@ -314,8 +319,14 @@ LLAMA_SIZES = {
 }
 
 
-def llama(kit: Any = None, size: str = "1b", tie_embeddings: bool = False) -> nn.Module:
-    """A Llama-style decoder; ``size`` is a key of :data:`LLAMA_SIZES` (1b: 1.2 B parameters)."""
+def llama(kit: Any = None, size: str = "1b", tie_embeddings: bool = False,
+          width: int | None = None) -> nn.Module:
+    """A Llama-style decoder; ``size`` is a key of :data:`LLAMA_SIZES` (1b: 1.2 B parameters).
+
+    ``width`` builds the same modules with that vocabulary, model and MLP width (a
+    multiple of the heads), for measuring per-tensor costs."""
     vocab, dim, layers, heads, kv_heads, hidden = LLAMA_SIZES[size]
+    if width is not None:
+        vocab = dim = hidden = width
     return _kit_classes(kit).LlamaDecoder(vocab, dim, layers, heads, kv_heads, hidden,
                                           tie_embeddings)

@@ -261,7 +261,7 @@ def test_batch_target_default_leaves_the_cpu_alone():
     (torch.ones(3, device="meta"), None),
 ])
 def test_uniform_value(value, expected):
-    from weightinit.planning.defaults import uniform_value
+    from weightinit.planning.recorded import uniform_value
 
     dist = uniform_value(value)
     if expected is None:
@@ -343,6 +343,21 @@ def test_bench_gpu_without_cuda_says_so():
                           env={"CUDA_VISIBLE_DEVICES": "", "PATH": ""})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "needs CUDA" in done.stdout
+
+
+def test_bench_gpu_host_mode_runs_anywhere_and_counts_kernels():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--host",
+                           "--markdown", "--repeats", "1", "--models", "llama_1b", "vit_b16"],
+                          capture_output=True, text=True, timeout=300,
+                          env={"CUDA_VISIBLE_DEVICES": "", "PATH": ""})
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split(" | ") for line in done.stdout.splitlines()
+            if line.startswith("| Llama") or line.startswith("| ViT")]
+    assert len(rows) == 2
+    for row in rows:
+        tensors, kernels, per_tensor = int(row[2]), int(row[5]), int(row[7].rstrip(" |"))
+        assert per_tensor == tensors  # one write each, nothing written twice
+        assert kernels <= tensors // 4  # a few kernels per distribution (and buffer moves)
 
 
 # -- on a GPU -------------------------------------------------------------------------------

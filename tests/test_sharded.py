@@ -267,7 +267,7 @@ def test_subclass_that_changes_the_fill_is_not_drawn_blockwise():
 
 def test_single_call_constructor_defaults_are_elementwise():
     from weightinit.capture.deferred import construction_of
-    from weightinit.planning.defaults import construction_elementwise
+    from weightinit.planning.recorded import construction_elementwise
 
     with wi.deferred():
         net = nn.ModuleDict(dict(fc=nn.Linear(8, 4), conv=nn.Conv2d(2, 4, 3),

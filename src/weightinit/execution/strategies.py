@@ -25,8 +25,8 @@ from ..capture.deferred import construction_of
 from ..capture.replay import replay, replay_all
 from ..maths import Elementwise
 from ..planning import DefaultFill, Op, OpKind, UserCall, has_sharded, is_sharded
-from ..planning.defaults import construction_elementwise
 from ..planning.ops import default_seed_key
+from ..planning.recorded import construction_elementwise
 from . import batched
 from .eager_order import Prologue, scratch_items
 from .parallel import PieceFill, draw_all, parallel_target

@@ -8,7 +8,7 @@ priority order, with every input already validated.
 
 from .build import Request, build_plan, check_target
 from .checkpoints import state_tensors
-from .defaults import construction_elementwise, needs_materialization, slots_of
+from .defaults import needs_materialization, slots_of
 from .layout import has_sharded, is_sharded, local_region
 from .nodes import (
     PLANNED,
@@ -32,6 +32,7 @@ from .ops import (
     class_name,
 )
 from .plan import Plan, PlanEntry, Step, Write, schedule, subtree_tensors
+from .recorded import construction_elementwise
 from .tree import PlanningCache
 
 __all__ = [

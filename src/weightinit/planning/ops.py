@@ -21,6 +21,7 @@ to run that write; the ops never look at the strategy.
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ from ..maths import Elementwise
 from ..rules import BaseInit, PretrainedInit, reset_method_of
 from ..rules.keys import canonical, construction_key
 from .checkpoint_checks import is_finite
+from .recorded import construction_elementwise
 
 
 def model_init_owner(root: nn.Module) -> str | None:
@@ -180,8 +182,8 @@ class DefaultFill:
     construction: Construction | None = field(repr=False)
     #: old tensor id -> allocated tensor, filled in by materialization (replay follows it)
     mapping: dict[int, Tensor] = field(repr=False)
-    #: the per-element distribution of a one-step recorded init, when it is one
-    dist: Elementwise | None = None
+    #: the tensor's shape (the fans of a recorded ``kaiming_uniform_``)
+    shape: tuple[int, ...] = ()
     #: the model class whose own init (Hugging Face ``_init_weights``) the record names
     model_init: str | None = None
     #: constructions of tensors that no longer exist (replaced, dropped, never attached):
@@ -214,6 +216,14 @@ class DefaultFill:
                 return f"model default (_init_weights of {self.model_init})"
             return f"PyTorch default (constructor: {self.construction.describe()})"
         return f"PyTorch default (reset_parameters of {class_name(self.module)})"
+
+    @functools.cached_property
+    def dist(self) -> Elementwise | None:
+        """The per-element distribution of a one-step recorded init, when it is one
+        (worked out when first asked: most defaults are dropped for a rule's write)."""
+        if self.construction is None:
+            return None
+        return construction_elementwise(self.construction, self.shape)
 
     def elementwise(self, shape: tuple[int, ...]) -> Elementwise | None:
         return self.dist
