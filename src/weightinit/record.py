@@ -99,8 +99,8 @@ class InitRecord:
 
     def log(self, logger: logging.Logger) -> None:
         """Summary at INFO, one line per parameter at DEBUG."""
-        total = sum(r.numel for r in self.params.values())
         if logger.isEnabledFor(logging.INFO):
+            total = sum(r.numel for r in self.params.values())
             logger.info("initialized %s: %d parameters, %d elements", self.root,
                         len(self.params), total)
             for kind, info, n, elems in self.summary():

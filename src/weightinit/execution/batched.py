@@ -122,13 +122,8 @@ def _draw_chunk(dist: Any, tensors: list[Tensor], total: int) -> None:
     first = tensors[0]
     flat = torch.empty(total, dtype=first.dtype, device=first.device)
     dist.draw_(flat)
-    sources = []
-    offset = 0
-    for t in tensors:
-        n = t.numel()
-        sources.append(flat[offset:offset + n].view(t.shape))
-        offset += n
-    torch._foreach_copy_(tensors, sources)
+    pieces = flat.split([t.numel() for t in tensors])
+    torch._foreach_copy_(tensors, [p.view(t.shape) for p, t in zip(pieces, tensors)])
 
 
 __all__ = ["DIRECT_MIN_BYTES", "MAX_BATCH_BYTES", "Batches", "batch_target", "draw_group"]

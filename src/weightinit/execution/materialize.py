@@ -79,7 +79,7 @@ def materialize(plan: Plan, txn: Transaction) -> dict[int, Tensor]:
         sharded = next((t for t in list(root.parameters()) if is_sharded(t)), None)
         # unsharded buffers go where the shards go
         device = mesh_device(sharded) if sharded is not None else torch.device("cpu")
-    slots = slots_of(root)
+    slots = plan.slots or slots_of(root)
     txn.keep_slots([m for _, m, _, _, _ in slots])
     adopt = adoptable(plan.events, device, plan.dtype)
     mapping: dict[int, Tensor] = {}
@@ -99,8 +99,11 @@ def materialize(plan: Plan, txn: Transaction) -> dict[int, Tensor]:
             "free memory or choose another device/dtype.") from err
     if any(is_sharded(t) for t in mapping.values()):
         refresh_fsdp(root)  # FSDP2 takes the new shards (re-padded, as after to_empty)
-    for ev in plan.events:  # default writes replay through the mapping
-        if isinstance(ev, Write) and isinstance(ev.op, DefaultFill):
+    updated: set[int] = set()  # default writes replay through the mapping (one, shared)
+    for ev in plan.events:
+        if isinstance(ev, Write) and isinstance(ev.op, DefaultFill) and \
+                id(ev.op.mapping) not in updated:
+            updated.add(id(ev.op.mapping))
             ev.op.mapping.update(mapping)
     return mapping
 

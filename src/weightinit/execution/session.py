@@ -185,7 +185,7 @@ class Session:
 
     def flush(self, writes: tuple[Write, ...], prologue: Prologue | None = None) -> None:
         done_groups: set[int] = set()
-        infos: dict[int, Entry] = {}  # record texts are built once per op
+        infos: dict[tuple, Entry] = {}  # record texts are built once per rule and place
         txn, strategy = self.txn, self.strategy
         defaults = [(w.tensor, w.op) for w in writes if isinstance(w.op, DefaultFill)
                     and w.tensor.device.type != "meta"]
@@ -211,11 +211,12 @@ class Session:
                     else:
                         txn.before_write(tensor)
                     todo.append((tensor, op))
-                entry = infos.get(id(op)) if op.kind is OpKind.RULE else None
+                key = (id(op.rule), op.where) if op.kind is OpKind.RULE else None
+                entry = infos.get(key) if key is not None else None
                 if entry is None:
                     entry = Entry(op.kind, op.info, op.declared_in, op.rule)
-                    if op.kind is OpKind.RULE:
-                        infos[id(op)] = entry
+                    if key is not None:
+                        infos[key] = entry
                 self.entries[id(tensor)] = (tensor, entry)
             if todo:
                 strategy.write_many(todo, self.name_of)

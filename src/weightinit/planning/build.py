@@ -105,6 +105,7 @@ def build_plan(cache: PlanningCache, request: Request) -> Plan:
         walker.plan_rules(target, request.rules)
     events: list[Any] = list(walker.events)
     undefined: list[tuple[str, str]] = []
+    slots: list = []
     if request.outermost:
         refuse_sharded_stages(events)
     if materialize:
@@ -128,4 +129,4 @@ def build_plan(cache: PlanningCache, request: Request) -> Plan:
         reasons = dict(missing)
         undefined = bad + [(n, reasons[n]) for n in left_to_user]
     return Plan(type(root).__name__, root, tuple(events), tuple(walker.visited),
-                tuple(walker.loads), tuple(undefined), materialize, device, dtype)
+                tuple(walker.loads), tuple(undefined), materialize, device, dtype, tuple(slots))

@@ -43,7 +43,10 @@ def is_sharded(t: Any) -> bool:
 
 
 def has_sharded(root: nn.Module) -> bool:
-    return any(is_sharded(t) for t in list(root.parameters()) + list(root.buffers()))
+    types = dtensor_types()
+    if types is None:  # no DTensor can exist yet: nothing to walk
+        return False
+    return any(isinstance(t, types[0]) for t in (*root.parameters(), *root.buffers()))
 
 
 def local_region(t: Tensor, name: str = "") -> tuple[tuple[int, ...], tuple[int, ...]]:

@@ -122,6 +122,9 @@ class Plan:
     materialize: bool = False
     device: torch.device | None = None
     dtype: torch.dtype | None = None
+    #: the model's slots as planned (``slots_of``), when it is to be materialized: no user
+    #: code runs between planning and allocation, so allocation walks these
+    slots: tuple = field(default=(), repr=False)
 
     @functools.cached_property
     def steps(self) -> list[Step]:

@@ -112,13 +112,11 @@ def uniform_value(value: Any) -> Elementwise | None:
             not value.is_floating_point() or value.is_complex() or not value.numel():
         return None
     flat = value.detach().reshape(-1)
-    first = float(flat[0])
-    if not math.isfinite(first):
-        return None
-    bits = flat.view(_BITS[flat.element_size()])
-    if not bool((bits == bits[0]).all()):
+    lo, hi = torch.aminmax(flat.view(_BITS[flat.element_size()]))
+    if lo.item() != hi.item():
         return None  # (0.0 and -0.0 differ here, as their copies would)
-    return Elementwise("constant", (first,))
+    first = float(flat[0])
+    return Elementwise("constant", (first,)) if math.isfinite(first) else None
 
 
 __all__ = ["construction_elementwise", "uniform_value"]

@@ -43,7 +43,7 @@ from ..rules import (
     PretrainedInit,
     Rule,
     class_names,
-    is_model_wrapper,
+    model_wrapper_classes,
     module_label,
 )
 from ..rules.parse import parse_init_cfg
@@ -98,6 +98,7 @@ class Walker:
         self.visited: list[nn.Module] = []
         self._visited: set[int] = set()
         self.loads: list[LoadReport] = []
+        self._wrappers = model_wrapper_classes()  # (a planning pass runs no registration)
 
     def rules_of(self, module: nn.Module) -> tuple[Rule, ...]:
         hit = self.cache.rules.get(id(module))
@@ -118,7 +119,7 @@ class Walker:
                 self.apply_rule(module, rule)
         for child in module.children():
             target = child
-            if is_model_wrapper(target) and not hasattr(target, "init_weights"):
+            if not hasattr(target, "init_weights") and isinstance(target, self._wrappers):
                 target = target.module
             if not hasattr(target, "init_weights"):
                 if not self.validate_only:
@@ -158,6 +159,8 @@ class Walker:
                          "strict=True raises it now)")
 
     def _warn_unreached(self, container: nn.Module) -> None:
+        if not container._modules and not is_node(container):  # a leaf (Linear, ...)
+            return
         for m in container.modules():
             if is_node(m) and m.init_cfg and not m.is_init:
                 if self.strict:  # a bad config there raises its own, more precise error first

@@ -49,6 +49,7 @@ from .registry import (
     Registry,
     build_from_cfg,
     is_model_wrapper,
+    model_wrapper_classes,
 )
 from .structured import (
     DefaultInit,
@@ -66,5 +67,6 @@ __all__ = [
     "TFTruncNormalInit", "TruncNormalInit", "UniformInit", "VarianceScalingInit",
     "WEIGHT_INITIALIZERS", "XavierInit", "ZeroInitResidualInit", "ZerosInit", "apply_rule",
     "build_from_cfg", "build_initializer", "class_names", "install_runner", "is_model_wrapper",
+    "model_wrapper_classes",
     "is_pretrained_cfg", "layer_matches", "module_label", "parse_init_cfg", "reset_method_of",
 ]

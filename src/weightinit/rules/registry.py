@@ -193,7 +193,11 @@ def registered_name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def model_wrapper_classes() -> tuple[type, ...]:
+    """The registered model wrapper classes, as they are now."""
+    return tuple(c for c in MODEL_WRAPPERS.module_dict.values() if inspect.isclass(c))
+
+
 def is_model_wrapper(module: nn.Module) -> bool:
     """True if ``module`` is an instance of a registered model wrapper class."""
-    wrappers = tuple(c for c in MODEL_WRAPPERS.module_dict.values() if inspect.isclass(c))
-    return isinstance(module, wrappers)
+    return isinstance(module, model_wrapper_classes())
