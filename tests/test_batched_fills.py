@@ -337,6 +337,20 @@ def test_seeded_rule_constants_are_batched_and_random_fills_are_not(batch_cpu):
     assert all(torch.equal(a, b) for a, b in zip(ref.parameters(), m.parameters()))
 
 
+def test_a_tensor_queued_in_a_batch_and_written_again_ends_with_the_last_write(batch_cpu):
+    from weightinit.planning import Role, RuleFill
+    from weightinit.rules import build_initializer
+
+    layer = nn.Linear(8, 8)
+    const = RuleFill(build_initializer(dict(type="Constant", val=3.0), "a"), Role.WEIGHT, layer, "a")
+    draw = RuleFill(build_initializer(dict(type="Normal", std=1.0), "b"), Role.WEIGHT, layer, "b")
+    t = torch.zeros(64, 8)
+    strategies.Seeded(5).write_many([(t, const), (t, draw)], lambda _: "w")
+    assert not torch.any(t == 3.0) and abs(t.std().item() - 1) < 0.2  # the draw came last
+    strategies.Seeded(5).write_many([(t, draw), (t, const)], lambda _: "w")
+    assert torch.all(t == 3.0)
+
+
 def test_bench_gpu_without_cuda_says_so():
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py")],
                           capture_output=True, text=True, timeout=120,

@@ -71,10 +71,10 @@ class Plain:
         """:meth:`write` each ``(tensor, op)`` in order, to the same values, with the
         elementwise fills of CPU tensors drawn together: their pieces are shared out
         between the threads at once (small tensors and single-block seeded tensors
-        included), one hand-off for the lot. Unseeded, a rule's elementwise fills of
-        tensors on other devices (GPU) are drawn a group at a time, a few kernels per
-        distinct distribution (:mod:`.batched`): the same distributions, other numbers
-        than one fill per tensor. Other writes run in order, after the pieces and groups
+        included), one hand-off for the lot. On other devices (GPU), a rule's unseeded
+        elementwise fills, and every constant fill, are drawn a group at a time, a few
+        kernels per distinct distribution (:mod:`.batched`): the same distributions, other
+        numbers than one fill per tensor (constants: the same values). Other writes run in order, after the pieces and groups
         before them are drawn."""
         batch: list[PieceFill] = []
         gathered = batched.Batches()  # unseeded fills off the CPU (:mod:`.batched`)
@@ -87,7 +87,8 @@ class Plain:
             if elem is not None:
                 gathered.add(tensor, elem)
                 continue
-            if not _elementwise(tensor, op):  # may read what the batches write
+            if not _elementwise(tensor, op) or id(tensor) in gathered.ids:
+                # it may read what the batches write (or write a tensor queued there)
                 draw_all(batch)
                 batch = []
                 gathered.flush()
