@@ -259,6 +259,9 @@ def test_batch_target_default_leaves_the_cpu_alone():
     (torch.ones(3, dtype=torch.complex64), None),
     (torch.empty(0), None),
     (torch.ones(3, device="meta"), None),
+    (torch.full((100, 100), 0.5), 0.5),  # large: ends checked first, then all
+    (torch.arange(10_000.0), None),
+    (torch.cat([torch.ones(5000), torch.zeros(1), torch.ones(5000)]), None),
 ])
 def test_uniform_value(value, expected):
     from weightinit.planning.recorded import uniform_value
@@ -275,14 +278,15 @@ class Norms(nn.Module):
     """Defaults of every kind: ``torch.ones``/``torch.zeros`` values, ``init.ones_``/``zeros_``
     (LayerNorm), kaiming draws (Linear), and a value that is not one constant."""
 
-    def __init__(self, n: int = 6, dim: int = 16) -> None:
+    def __init__(self, n: int = 6, dim: int = 16, host_values: bool = True) -> None:
         super().__init__()
         self.cls = nn.Parameter(torch.zeros(1, dim))
         self.linears = nn.ModuleList(nn.Linear(dim, dim) for _ in range(n))
         self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(n))
         self.scales = nn.ParameterList(nn.Parameter(torch.ones(dim)) for _ in range(n))
-        self.signed = nn.Parameter(torch.tensor([0.0, -0.0, 0.0]))
-        self.register_buffer("ramp", torch.arange(4.0))
+        if host_values:  # values only a copy from host memory can give
+            self.signed = nn.Parameter(torch.tensor([0.0, -0.0, 0.0]))
+            self.register_buffer("ramp", torch.arange(4.0))
 
 
 def _no_rules_materialized(seed: int | None = None):
@@ -405,7 +409,7 @@ def test_trunc_normal_on_cuda_reads_nothing_back():
 @cuda
 def test_materialization_on_cuda_reads_nothing_back_nor_copies_constants():
     with wi.deferred():
-        m = Norms(n=8, dim=256)
+        m = Norms(n=8, dim=256, host_values=False)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:

@@ -112,7 +112,10 @@ def uniform_value(value: Any) -> Elementwise | None:
             not value.is_floating_point() or value.is_complex() or not value.numel():
         return None
     flat = value.detach().reshape(-1)
-    lo, hi = torch.aminmax(flat.view(_BITS[flat.element_size()]))
+    bits = flat.view(_BITS[flat.element_size()])
+    if bits.numel() > 4096 and bits[0].item() != bits[-1].item():
+        return None  # (a large table of other values: no pass over it)
+    lo, hi = torch.aminmax(bits)
     if lo.item() != hi.item():
         return None  # (0.0 and -0.0 differ here, as their copies would)
     first = float(flat[0])
