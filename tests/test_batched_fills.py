@@ -9,6 +9,7 @@ end need CUDA and are skipped without it.
 
 from __future__ import annotations
 
+import copy
 import math
 import subprocess
 import sys
@@ -159,6 +160,70 @@ def test_a_group_is_one_generation_call(batch_cpu, dist, moments):
     if dist.kind == "trunc_normal":
         assert big.min() >= -2 and big.max() <= 2
         assert ks_trunc(big, 0.0, 1.0, -2.0, 2.0) < 1.63 / math.sqrt(big.numel())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind,args", [
+    ("normal", [(0.0, 0.02), (0.5, 1.0), (-2.0, 0.1), (0.0, 0.0)]),
+    ("uniform", [(-1.0, 1.0), (0.0, 0.5), (3.0, 3.25), (-0.01, 0.01)]),
+    ("trunc_normal", [(0.0, 1.0, -2.0, 2.0), (0.0, 0.02, -0.04, 0.04), (1.0, 0.5, 0.5, 3.0),
+                      (0.0, 1.0, 1.5, 4.0)]),
+])
+def test_one_kind_of_many_distributions_is_one_generation_call(batch_cpu, kind, args, dtype):
+    torch.manual_seed(0)
+    dists = [Elementwise(kind, a) for a in args]
+    ts = _tensors([(200, 250), (50_000,), (100, 500), (40, 40, 30)], dtype)
+    with CountOps() as ops:
+        batched.draw_items(list(zip(ts, dists)), dtype)
+    assert ops.generations() == 1 and ops.calls["_foreach_copy_"] == 1
+    assert ops.calls["erfinv_"] == (1 if kind == "trunc_normal" else 0)
+    tol = 0.02 if dtype == torch.float32 else 0.03
+    for t, d in zip(ts, dists):  # each tensor is a sample of its own law
+        x = t.detach().double().flatten()
+        if kind == "normal":
+            mean, std = d.args
+        elif kind == "uniform":
+            mean, std = (d.args[0] + d.args[1]) / 2, (d.args[1] - d.args[0]) / math.sqrt(12)
+            assert t.min() >= d.args[0] and t.max() <= d.args[1]  # (bounds in t's dtype)
+        else:
+            mean, std = trunc_moments(*d.args)
+            assert t.min() >= d.args[2] and t.max() <= d.args[3]
+            if dtype == torch.float32:
+                assert ks_trunc(x, *d.args) < 1.63 / math.sqrt(x.numel())
+        if std == 0:
+            assert torch.all(x == mean)
+            continue
+        assert abs(x.mean().item() - mean) < 5 * std / math.sqrt(x.numel()) + abs(mean) * 4e-3
+        assert abs(x.std().item() / std - 1) < tol
+
+
+def test_zero_and_negative_zero_constants_are_not_merged(batch_cpu):
+    zeros, negs = _tensors([(4,), (5,)]), _tensors([(3,), (6,)])
+    pending = batched.Batches()
+    for t in zeros:
+        pending.add(t, Elementwise("constant", (0.0,)))
+    for t in negs:
+        pending.add(t, Elementwise("constant", (-0.0,)))
+    pending.flush()
+    assert not any(torch.signbit(t).any() for t in zeros)
+    assert all(torch.signbit(t).all() for t in negs)
+
+
+def test_a_cnn_with_a_fan_per_shape_takes_one_generation_call(batch_cpu):
+    convs = nn.Sequential(*[nn.Conv2d(c, 2 * c, k) for c, k in
+                            [(3, 7), (6, 3), (12, 1), (24, 3), (48, 1), (96, 3)]])
+    rules = [dict(type="Kaiming", layer="Conv2d", mode="fan_out", nonlinearity="relu",
+                  bias=0.0)]
+    with wi.deferred():
+        m = copy.deepcopy(convs)
+    with CountOps() as ops:
+        wi.initialize(m, rules, device="cpu")
+    assert ops.generations() == 1  # six fans, six stds: one draw, scaled per tensor
+    for conv in m:
+        fan_out = conv.weight.shape[0] * conv.weight[0, 0].numel()
+        expected = math.sqrt(2.0 / fan_out)
+        assert abs(conv.weight.std().item() / expected - 1) < 0.15
+        assert torch.all(conv.bias == 0)
 
 
 def test_constants_are_exact_and_written_once(batch_cpu):

@@ -1,29 +1,38 @@
-"""Unseeded elementwise fills of many tensors on an accelerator, drawn a few kernels at a time.
+"""Elementwise fills of many tensors on an accelerator, drawn a few kernels at a time.
 
 On a GPU, one ``normal_`` per tensor costs a kernel launch and Python
 bookkeeping each, which for the small tensors of a model (norms, biases,
-narrow projections) is far more than drawing their numbers. An unseeded run
-(:class:`~.strategies.Plain`) therefore gathers the pending rule writes
-whose per-element distribution is the same (same
-:class:`~weightinit.maths.Elementwise` kind and arguments), on the same
-device and dtype, and draws them together:
+narrow projections) is far more than drawing their numbers. A run
+(:class:`~.strategies.Plain`) therefore gathers the pending unseeded rule
+fills, and every constant fill (seeded or not, rule or default: the values
+are the same), on the same device and dtype, by kind of
+:class:`~weightinit.maths.Elementwise`, and draws them together:
 
-* random fills: one flat buffer of the group's elements, drawn by one
-  generation call (``normal_``, ``uniform_``, or the truncated normal's
-  inverse-CDF method, which reads nothing back to the host), then copied
+* random fills of one kind (normal, uniform or truncated normal): one flat
+  buffer of the group's elements, drawn by one generation call, then copied
   into every tensor by ``torch._foreach_copy_`` (a few multi-tensor
-  kernels). The buffer holds at most :data:`MAX_BATCH_BYTES`; a larger
-  group is drawn in several buffers;
-* constants: ``torch._foreach_zero_`` for zeros, else one buffer filled
-  with the value and copied the same way;
+  kernels). When the group's tensors all have one distribution the buffer
+  is drawn from it (``normal_(mean, std)``, ``uniform_(a, b)``, or the
+  truncated normal's inverse-CDF method, which reads nothing back to the
+  host); otherwise (a Kaiming rule's std differs with each shape's fan) it
+  is drawn standard (N(0, 1), U(0, 1)) in float32 or wider and each piece
+  is scaled and shifted to its own distribution by ``torch._foreach_*``
+  ops, the truncated normal mapping each piece's uniform draws to its own
+  range before one ``erfinv_`` and clamping each to its own bounds. The
+  buffer holds at most :data:`MAX_BATCH_BYTES`; a larger group is drawn in
+  several buffers;
+* constants, by value: ``torch._foreach_zero_`` for zeros, else one buffer
+  filled with the value and copied the same way;
 * a tensor of at least :data:`DIRECT_MIN_BYTES` is drawn on its own (one
   generation call, no copy): its launch is cheap next to its bytes, and
   the copy would cost two more passes over them.
 
-Each tensor keeps its own storage; each is written once (its version
-counter moves by one). The values are draws of the same distribution as
-one fill per tensor, from the same generator, but not the same numbers:
-seeded runs never come here (their values are defined block by block).
+Each tensor keeps its own storage (an ordinary parameter to optimizers,
+``state_dict``, FSDP2 and ``torch.compile``, not a view of a shared one);
+each is written once (its version counter moves by one). The values are
+draws of the same distribution as one fill per tensor, from the same
+generator, but not the same numbers: seeded random fills never come here
+(their values are defined block by block).
 
 Which tensors are batched is decided by :func:`batch_target` (every plain,
 floating-point tensor off the CPU): tests replace it to run the batched path
@@ -38,6 +47,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 from torch import Tensor
+
+from ..maths import Elementwise
+from ..maths.fills import erfinv_range
 
 #: the most bytes one batch's buffers hold (the target dtype, plus the float32 work buffer
 #: of a truncated normal in a lower precision); larger groups are split
@@ -57,73 +69,116 @@ def batch_target(tensor: Tensor) -> bool:
             and type(tensor) in (Tensor, nn.Parameter))
 
 
-def _element_bytes(dist: Any, dtype: torch.dtype) -> int:
+def _element_bytes(kind: str, dtype: torch.dtype) -> int:
     size = torch.empty(0, dtype=dtype).element_size()
-    if dist.kind == "trunc_normal" and dtype not in _FULL:
-        size += 4  # the inverse-CDF method's float32 work buffer
+    if kind != "constant" and dtype not in _FULL:
+        size += 4  # the float32 work buffer of scaled draws and of the inverse-CDF method
     return size
+
+
+#: a queued write: the tensor and its distribution
+Item = tuple[Tensor, Elementwise]
 
 
 class Batches:
     """The pending batched writes of one :meth:`~.strategies.Plain.write_many` call,
-    grouped by (distribution, device, dtype); :meth:`flush` draws them."""
+    grouped by device, dtype and kind of distribution (constants: by value);
+    :meth:`flush` draws them."""
 
     def __init__(self) -> None:
-        self.groups: dict[tuple[Any, torch.device, torch.dtype], list[Tensor]] = {}
+        self.groups: dict[tuple[Any, torch.device, torch.dtype], list[Item]] = {}
         self.ids: set[int] = set()
 
-    def add(self, tensor: Tensor, dist: Any) -> None:
+    def add(self, tensor: Tensor, dist: Elementwise) -> None:
         """Queue ``tensor`` (non-empty, :func:`batch_target`) to be filled with ``dist``;
         checks (and warns about) ``dist`` now, as its fill would."""
         if id(tensor) in self.ids:  # written again: the earlier write goes first
             self.flush()
         dist.check()
-        self.groups.setdefault((dist, tensor.device, tensor.dtype), []).append(tensor)
+        # constants by value (0.0 and -0.0 apart: they compare equal)
+        key = dist.kind if dist.random else (dist.args[0], math.copysign(1.0, dist.args[0]))
+        self.groups.setdefault((key, tensor.device, tensor.dtype), []).append((tensor, dist))
         self.ids.add(id(tensor))
 
     def flush(self) -> None:
         """Draw every queued group, in the order the groups were first queued."""
         groups, self.groups, self.ids = self.groups, {}, set()
-        for (dist, _, dtype), tensors in groups.items():
-            draw_group(dist, tensors, dtype)
+        for (_, _, dtype), items in groups.items():
+            draw_items(items, dtype)
 
 
-def draw_group(dist: Any, tensors: list[Tensor], dtype: torch.dtype) -> None:
+def draw_group(dist: Elementwise, tensors: list[Tensor], dtype: torch.dtype) -> None:
     """Fill every tensor of ``tensors`` (same device, ``dtype``) with ``dist``."""
+    draw_items([(t, dist) for t in tensors], dtype)
+
+
+def draw_items(items: list[Item], dtype: torch.dtype) -> None:
+    """Fill each tensor with its distribution: all on one device, of ``dtype``, and of one
+    kind (normal, uniform, truncated normal, or one constant)."""
     with torch.no_grad():
-        _draw_group(dist, tensors, dtype)
+        _draw_items(items, dtype)
 
 
-def _draw_group(dist: Any, tensors: list[Tensor], dtype: torch.dtype) -> None:
+def _draw_items(items: list[Item], dtype: torch.dtype) -> None:
+    dist = items[0][1]
     if not dist.random and dist.args[0] == 0 and math.copysign(1.0, dist.args[0]) > 0:
-        torch._foreach_zero_(tensors)
+        torch._foreach_zero_([t for t, _ in items])
         return
-    size = _element_bytes(dist, dtype)
-    chunk: list[Tensor] = []
+    size = _element_bytes(dist.kind, dtype)
+    chunk: list[Item] = []
     total = 0
-    for t in tensors:
+    for t, d in items:
         n = t.numel()
         if n * t.element_size() >= DIRECT_MIN_BYTES:
-            dist.draw_(t)
+            d.draw_(t)
             continue
         if chunk and (total + n) * size > MAX_BATCH_BYTES:
-            _draw_chunk(dist, chunk, total)
+            _draw_chunk(chunk, total)
             chunk, total = [], 0
-        chunk.append(t)
+        chunk.append((t, d))
         total += n
     if chunk:
-        _draw_chunk(dist, chunk, total)
+        _draw_chunk(chunk, total)
 
 
-def _draw_chunk(dist: Any, tensors: list[Tensor], total: int) -> None:
-    if len(tensors) == 1:
-        dist.draw_(tensors[0])
+def _draw_chunk(items: list[Item], total: int) -> None:
+    first, dist = items[0]
+    if len(items) == 1:
+        dist.draw_(first)
         return
-    first = tensors[0]
-    flat = torch.empty(total, dtype=first.dtype, device=first.device)
-    dist.draw_(flat)
-    pieces = flat.split([t.numel() for t in tensors])
-    torch._foreach_copy_(tensors, [p.view(t.shape) for p, t in zip(pieces, tensors)])
+    tensors = [t for t, _ in items]
+    dists = [d for _, d in items]
+    same = all(d == dist for d in dists)
+    work = first.dtype if same or first.dtype in _FULL else torch.float32
+    flat = torch.empty(total, dtype=work, device=first.device)
+    pieces = [p.view(t.shape) for p, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
+    if same:  # one distribution: drawn as such
+        dist.draw_(flat)
+    else:  # one kind: standard draws, then each piece's own scale and shift
+        _scaled(dist.kind, flat, pieces, dists)
+    torch._foreach_copy_(tensors, pieces)
 
 
-__all__ = ["DIRECT_MIN_BYTES", "MAX_BATCH_BYTES", "Batches", "batch_target", "draw_group"]
+def _scaled(kind: str, flat: Tensor, pieces: list[Tensor], dists: list[Elementwise]) -> None:
+    if kind == "normal":  # mean + std·z
+        flat.normal_()
+        torch._foreach_mul_(pieces, [d.args[1] for d in dists])
+        torch._foreach_add_(pieces, [d.args[0] for d in dists])
+    elif kind == "uniform":  # low + (high - low)·u
+        flat.uniform_()
+        torch._foreach_mul_(pieces, [d.args[1] - d.args[0] for d in dists])
+        torch._foreach_add_(pieces, [d.args[0] for d in dists])
+    else:  # the truncated normal's inverse-CDF method, each piece on its own range
+        ranges = [erfinv_range(*d.args, sync_free=True) for d in dists]
+        flat.uniform_()
+        torch._foreach_mul_(pieces, [high - low for low, high in ranges])
+        torch._foreach_add_(pieces, [low for low, _ in ranges])
+        flat.erfinv_()
+        torch._foreach_mul_(pieces, [d.args[1] * math.sqrt(2.0) for d in dists])
+        torch._foreach_add_(pieces, [d.args[0] for d in dists])
+        torch._foreach_clamp_min_(pieces, [d.args[2] for d in dists])
+        torch._foreach_clamp_max_(pieces, [d.args[3] for d in dists])
+
+
+__all__ = ["DIRECT_MIN_BYTES", "MAX_BATCH_BYTES", "Batches", "batch_target", "draw_group",
+           "draw_items"]

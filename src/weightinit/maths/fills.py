@@ -145,19 +145,26 @@ def sync_free_trunc(device: torch.device) -> bool:
     method's one host read is cheap, and its values are the library's reference)."""
     return device.type != "cpu"
 
-def _trunc_normal_inverse_cdf(tensor: Tensor, mean: float, std: float, a: float, b: float,
-                              generator: torch.Generator | None = None) -> None:
-    # Map U(Φ(α), Φ(β)) through Φ⁻¹; exact in distribution but five passes.
-    lower, upper = norm_cdf((a - mean) / std), norm_cdf((b - mean) / std)
-    work = tensor if tensor.dtype in (torch.float32, torch.float64) else torch.empty_like(
-        tensor, dtype=torch.float32)
-    low, high = 2 * lower - 1, 2 * upper - 1
-    sync_free = sync_free_trunc(work.device)  # off the CPU (the CPU's values stay as they were)
+def erfinv_range(mean: float, std: float, a: float, b: float, sync_free: bool
+                 ) -> tuple[float, float]:
+    """The range ``(low, high)`` whose uniform draws ``erfinv`` maps onto N(mean, std²)
+    truncated to ``[a, b]`` (times std·√2, plus mean); kept inside ±(1 - 2⁻²⁴) off the CPU."""
+    low = 2 * norm_cdf((a - mean) / std) - 1
+    high = 2 * norm_cdf((b - mean) / std) - 1
     if sync_free:
         # keep erfinv finite: a draw of exactly -1 (a bound 10 std away and U's closed
         # end) would clamp to that far bound; ±(1 - 2⁻²⁴) is already ±5.3 std
         low = min(max(low, _ERFINV_EDGE - 1), 1 - _ERFINV_EDGE)
         high = max(min(high, 1 - _ERFINV_EDGE), low)
+    return low, high
+
+def _trunc_normal_inverse_cdf(tensor: Tensor, mean: float, std: float, a: float, b: float,
+                              generator: torch.Generator | None = None) -> None:
+    # Map U(Φ(α), Φ(β)) through Φ⁻¹; exact in distribution but five passes.
+    work = tensor if tensor.dtype in (torch.float32, torch.float64) else torch.empty_like(
+        tensor, dtype=torch.float32)
+    sync_free = sync_free_trunc(work.device)  # off the CPU (the CPU's values stay as they were)
+    low, high = erfinv_range(mean, std, a, b, sync_free)
     work.uniform_(low, high, generator=generator)
     work.erfinv_()
     work.mul_(std * math.sqrt(2.0))
