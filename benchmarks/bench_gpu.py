@@ -236,20 +236,24 @@ class WriteOps(TorchDispatchMode):
 @contextlib.contextmanager
 def gpu_choices(batched_fills: bool) -> Iterator[None]:
     """Run the CPU as a GPU run would: no fill drawn in pieces on CPU threads, and (with
-    ``batched_fills``) the batched fills and the inverse-CDF truncated normal."""
+    ``batched_fills``) the batched fills, host tensors converted to the target dtype as
+    if moved to a device (together), and the inverse-CDF truncated normal."""
     from weightinit.execution import batched, strategies
     from weightinit.maths import fills
 
-    saved = batched.batch_target, fills.sync_free_trunc, strategies.parallel_target
+    saved = (batched.batch_target, batched.move_target, fills.sync_free_trunc,
+             strategies.parallel_target)
     strategies.parallel_target = lambda t: False
     if batched_fills:
         batched.batch_target = lambda t: (t.is_floating_point()
                                           and type(t) in (torch.Tensor, torch.nn.Parameter))
+        batched.move_target = lambda t, device: type(t) in (torch.Tensor, torch.nn.Parameter)
         fills.sync_free_trunc = lambda device: True
     try:
         yield
     finally:
-        batched.batch_target, fills.sync_free_trunc, strategies.parallel_target = saved
+        (batched.batch_target, batched.move_target, fills.sync_free_trunc,
+         strategies.parallel_target) = saved
 
 
 def host_bench(key: str, repeats: int) -> dict[str, object]:

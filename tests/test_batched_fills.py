@@ -420,6 +420,72 @@ def test_a_tensor_queued_in_a_batch_and_written_again_ends_with_the_last_write(b
     assert torch.all(t == 3.0)
 
 
+# -- host tensors moved to the device: one copy for all --------------------------------------
+
+def _sources():
+    return [torch.zeros(7), torch.ones(3, 4), torch.full((5,), -0.0), torch.tensor(0),
+            torch.arange(6.0).view(2, 3), torch.linspace(0, 1, 9, dtype=torch.float64),
+            torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last),
+            torch.tensor([True, False]), torch.randn(300)]
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_move_all_gives_the_values_of_to(dtype):
+    srcs = _sources()
+    want = [s.to(dtype) if dtype is not None and s.is_floating_point() else s for s in srcs]
+    dsts = [torch.empty_like(w) for w in want]
+    with CountOps() as ops:
+        batched.move_all(list(zip(srcs, dsts)))
+    for s, w, d in zip(srcs, want, dsts):
+        assert d.dtype == w.dtype and d.stride() == w.stride(), s
+        assert torch.equal(d, w) and torch.equal(d.signbit(), w.signbit()) if \
+            d.is_floating_point() else torch.equal(d, w)
+    # the three constant tensors are filled (one zero_ for 0.0, fills for 1 and -0.0); the
+    # three float32 sources are packed into one buffer (one cat, no copy each); a (source,
+    # destination) dtype pair with one tensor (float64, int64, bool) is a copy of its own
+    assert ops.calls["_foreach_zero_"] == 1 and ops.calls["fill_"] == 2
+    assert ops.calls["cat"] == 1 and ops.calls["copy_"] == 3 and ops.calls["_to_copy"] == 0
+
+
+def test_move_all_copies_large_sources_on_their_own(monkeypatch):
+    monkeypatch.setattr(batched, "DIRECT_MIN_BYTES", 400)
+    srcs = [torch.randn(200), torch.randn(10), torch.randn(20), torch.zeros(500)]
+    dsts = [torch.empty_like(t) for t in srcs]
+    with CountOps() as ops:
+        batched.move_all(list(zip(srcs, dsts)))
+    assert all(torch.equal(a, b) for a, b in zip(srcs, dsts))
+    assert ops.calls["copy_"] == 1 and ops.calls["cat"] == 1  # the 200, then 10 + 20 together
+    assert ops.calls["_foreach_zero_"] == 1  # 500 zeros: a fill, however large
+
+
+class WithStats(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.bn = nn.BatchNorm2d(8)
+        self.register_buffer("freqs", torch.linspace(0.1, 1.0, 8))
+
+
+def test_materialization_moves_host_tensors_together(monkeypatch):
+    rules = [dict(type="Kaiming", layer="Conv2d"), dict(type="Constant", layer="BatchNorm2d",
+                                                       val=1.0, bias=0.0)]
+    ref = WithStats()
+    wi.initialize(ref, rules, seed=2, dtype=torch.float64)
+    monkeypatch.setattr(batched, "move_target", lambda t, device: t.device.type == "cpu")
+    m = WithStats()
+    with CountOps() as ops:
+        wi.initialize(m, rules, seed=2, dtype=torch.float64)
+    for (name, a), b in zip(ref.state_dict().items(), m.state_dict().values()):
+        assert a.dtype == b.dtype and torch.equal(a, b), name
+    # the BatchNorm statistics and its weight and bias are constants: filled; freqs and the
+    # conv's weight and bias are packed into one float32 buffer, converted by one
+    # multi-tensor copy into their float64 tensors (the other: the ones, BatchNorm's
+    # weight and running_var, from one filled buffer)
+    assert ops.calls["cat"] == 1 and ops.calls["_foreach_copy_"] == 2
+    assert ops.calls["_to_copy"] == 0 and ops.calls["copy_"] == 0
+    assert all(isinstance(p, nn.Parameter) and p.requires_grad for p in m.parameters())
+
+
 def test_bench_gpu_without_cuda_says_so():
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py")],
                           capture_output=True, text=True, timeout=120,
@@ -483,6 +549,19 @@ def test_materialization_on_cuda_reads_nothing_back_nor_copies_constants():
         torch.cuda.set_sync_debug_mode("default")
     assert all(torch.all(p == 1) for p in m.scales)
     assert all(torch.all(n.weight == 1) and torch.all(n.bias == 0) for n in m.norms)
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_host_tensors_moved_to_cuda_keep_their_values(dtype):
+    torch.manual_seed(0)
+    m = WithStats()
+    m.bn.running_mean.normal_()
+    want = {k: v.to("cuda", dtype if dtype is not None and v.is_floating_point() else v.dtype)
+            for k, v in m.state_dict().items()}
+    wi.initialize(m, [], device="cuda", dtype=dtype)
+    got = m.state_dict()
+    assert all(got[k].dtype == v.dtype and torch.equal(got[k], v) for k, v in want.items())
 
 
 @cuda

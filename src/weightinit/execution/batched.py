@@ -50,6 +50,7 @@ from torch import Tensor
 
 from ..maths import Elementwise
 from ..maths.fills import erfinv_range
+from ..planning.recorded import uniform_value
 
 #: the most bytes one batch's buffers hold (the target dtype, plus the float32 work buffer
 #: of a truncated normal in a lower precision); larger groups are split
@@ -180,5 +181,65 @@ def _scaled(kind: str, flat: Tensor, pieces: list[Tensor], dists: list[Elementwi
         torch._foreach_clamp_max_(pieces, [d.args[3] for d in dists])
 
 
+def move_target(tensor: Tensor, device: torch.device) -> bool:
+    """Whether moving ``tensor`` to ``device`` goes through :func:`move_all`: a plain host
+    tensor bound for a device other than the CPU and ``meta``."""
+    return (tensor.device.type == "cpu" and device.type not in ("cpu", "meta")
+            and type(tensor) in (Tensor, nn.Parameter))
+
+
+def move_all(pairs: list[tuple[Tensor, Tensor]]) -> None:
+    """Copy each host tensor into its freshly allocated destination on the device, a few
+    kernels and one host-to-device copy per dtype for all, not one copy (and one wait on
+    pageable memory) each.
+
+    A floating-point source whose elements are one constant (BatchNorm's running
+    statistics, ``torch.ones`` scales) is filled on the device, copying nothing; other
+    small sources of one (source, destination) dtype pair are packed into one host
+    buffer, copied once, and split into their tensors (``torch._foreach_copy_``,
+    which converts the dtype on the device); a source of at
+    least :data:`DIRECT_MIN_BYTES` is copied on its own. The values are those of
+    ``source.to(device, dtype)``.
+    """
+    constants = Batches()
+    packed: dict[tuple[torch.dtype, torch.dtype], list[tuple[Tensor, Tensor]]] = {}
+    with torch.no_grad():
+        for src, dst in pairs:
+            if not src.numel():
+                continue
+            dist = uniform_value(src) if dst.is_floating_point() else None
+            if dist is not None:
+                constants.add(dst, dist)
+            elif src.numel() * max(src.element_size(), dst.element_size()) >= DIRECT_MIN_BYTES:
+                dst.copy_(src)
+            else:
+                packed.setdefault((src.dtype, dst.dtype), []).append((src, dst))
+        constants.flush()
+        for items in packed.values():
+            chunk: list[tuple[Tensor, Tensor]] = []
+            total = 0
+            for src, dst in items:
+                size = max(src.element_size(), dst.element_size())
+                if chunk and (total + src.numel()) * size > MAX_BATCH_BYTES:
+                    _move_chunk(chunk)
+                    chunk, total = [], 0
+                chunk.append((src, dst))
+                total += src.numel()
+            _move_chunk(chunk)
+
+
+def _move_chunk(chunk: list[tuple[Tensor, Tensor]]) -> None:
+    """One packed host buffer (the sources' dtype), one copy to the device, and one
+    multi-tensor copy (converting to the destinations' dtype there)."""
+    if len(chunk) == 1:
+        chunk[0][1].copy_(chunk[0][0])
+        return
+    host = torch.cat([src.detach().reshape(-1) for src, _ in chunk])
+    dsts = [dst for _, dst in chunk]
+    flat = host.to(dsts[0].device)
+    pieces = flat.split([d.numel() for d in dsts])
+    torch._foreach_copy_(dsts, [p.view(d.shape) for p, d in zip(pieces, dsts)])
+
+
 __all__ = ["DIRECT_MIN_BYTES", "MAX_BATCH_BYTES", "Batches", "batch_target", "draw_group",
-           "draw_items"]
+           "draw_items", "move_all", "move_target"]

@@ -27,6 +27,7 @@ from ..planning import (
     subtree_tensors,
 )
 from ..planning.layout import is_sharded, mesh_device
+from . import batched
 from .sharding import allocate_like, refresh_fsdp
 from .transaction import Transaction
 
@@ -83,15 +84,17 @@ def materialize(plan: Plan, txn: Transaction) -> dict[int, Tensor]:
     txn.keep_slots([m for _, m, _, _, _ in slots])
     adopt = adoptable(plan.events, device, plan.dtype)
     mapping: dict[int, Tensor] = {}
+    moves: list[tuple[Tensor, Tensor]] = []  # host tensors bound for the device, copied together
     try:
         for _, module, kind, attr, t in slots:
             new = mapping.get(id(t))
             if new is None:
-                new = mapping[id(t)] = _allocate(t, kind, device, plan.dtype, adopt)
+                new = mapping[id(t)] = _allocate(t, kind, device, plan.dtype, adopt, moves)
                 if new is not t:
                     txn.allocated(new)
             if new is not t:
                 (module._parameters if kind == "param" else module._buffers)[attr] = new
+        batched.move_all(moves)
     except (RuntimeError, TypeError) as err:
         raise MaterializeError(
             f"cannot allocate {type(root).__name__} on device={str(device)!r} "
@@ -109,7 +112,7 @@ def materialize(plan: Plan, txn: Transaction) -> dict[int, Tensor]:
 
 
 def _allocate(t: Tensor, kind: str, device: torch.device, dtype: torch.dtype | None,
-              adopt: dict[int, Tensor]) -> Tensor:
+              adopt: dict[int, Tensor], moves: list[tuple[Tensor, Tensor]]) -> Tensor:
     target_dtype = dtype if dtype is not None and t.is_floating_point() else t.dtype
     if id(t) in adopt:
         data = adopt[id(t)]
@@ -120,10 +123,13 @@ def _allocate(t: Tensor, kind: str, device: torch.device, dtype: torch.dtype | N
                 else allocate_like(t, target_dtype))
     elif t.device.type == "meta":
         data = torch.empty(t.shape, dtype=target_dtype, device=device)
-    elif t.device != device or t.dtype != target_dtype:
-        data = t.detach().to(device=device, dtype=target_dtype)
-    else:
+    elif t.device == device and t.dtype == target_dtype:
         return t
+    elif batched.move_target(t, device):  # its values are copied with the others'
+        data = torch.empty_like(t, dtype=target_dtype, device=device)
+        moves.append((t, data))
+    else:
+        data = t.detach().to(device=device, dtype=target_dtype)
     return nn.Parameter(data, requires_grad=t.requires_grad) if kind == "param" else data
 
 
