@@ -197,6 +197,16 @@ def test_one_kind_of_many_distributions_is_one_generation_call(batch_cpu, kind, 
         assert abs(x.std().item() / std - 1) < tol
 
 
+def test_two_distributions_of_a_kind_are_drawn_apart(batch_cpu):
+    ts = _tensors([(100, 100), (50, 50), (100, 100), (30,)])
+    dists = [Elementwise("normal", (0.0, 0.02)), Elementwise("normal", (0.0, 0.5))] * 2
+    with CountOps() as ops:
+        batched.draw_items(list(zip(ts, dists)), torch.float32)
+    assert ops.generations() == 2 and ops.calls["_foreach_mul_"] == 0
+    assert ops.calls["_foreach_copy_"] == 2
+    assert abs(ts[0].std().item() / 0.02 - 1) < 0.05 and abs(ts[1].std().item() / 0.5 - 1) < 0.05
+
+
 def test_zero_and_negative_zero_constants_are_not_merged(batch_cpu):
     zeros, negs = _tensors([(4,), (5,)]), _tensors([(3,), (6,)])
     pending = batched.Batches()

@@ -59,6 +59,10 @@ MAX_BATCH_BYTES = 32 << 20
 #: tensors of at least this many bytes are drawn by their own generation call
 DIRECT_MIN_BYTES = 4 << 20
 
+#: a kind with at most this many distinct distributions in a group is drawn one
+#: distribution at a time (as many kernels as the scaled draw, fewer passes)
+SEPARATE_MAX = 2
+
 _FULL = (torch.float32, torch.float64)
 
 
@@ -125,6 +129,14 @@ def _draw_items(items: list[Item], dtype: torch.dtype) -> None:
     if not dist.random and dist.args[0] == 0 and math.copysign(1.0, dist.args[0]) > 0:
         torch._foreach_zero_([t for t, _ in items])
         return
+    if dist.random:
+        by_dist: dict[Elementwise, list[Item]] = {}
+        for item in items:
+            by_dist.setdefault(item[1], []).append(item)
+        if 1 < len(by_dist) <= SEPARATE_MAX:  # a draw and a copy each: no scaling passes
+            for group in by_dist.values():
+                _draw_items(group, dtype)
+            return
     size = _element_bytes(dist.kind, dtype)
     chunk: list[Item] = []
     total = 0
