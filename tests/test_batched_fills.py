@@ -457,6 +457,16 @@ def test_move_all_gives_the_values_of_to(dtype):
     assert ops.calls["cat"] == 1 and ops.calls["copy_"] == 3 and ops.calls["_to_copy"] == 0
 
 
+def test_only_dense_host_tensors_bound_for_a_device_are_moved_together():
+    cuda_dev, cpu, meta = torch.device("cuda"), torch.device("cpu"), torch.device("meta")
+    dense = torch.zeros(3)
+    assert batched.move_target(dense, cuda_dev) and batched.move_target(nn.Parameter(dense),
+                                                                        cuda_dev)
+    assert not batched.move_target(dense, cpu) and not batched.move_target(dense, meta)
+    assert not batched.move_target(torch.zeros(3).to_sparse(), cuda_dev)
+    assert not batched.batch_target(torch.zeros(3).to_sparse())
+
+
 def test_move_all_copies_large_sources_on_their_own(monkeypatch):
     monkeypatch.setattr(batched, "DIRECT_MIN_BYTES", 400)
     srcs = [torch.randn(200), torch.randn(10), torch.randn(20), torch.zeros(500)]

@@ -71,7 +71,7 @@ def batch_target(tensor: Tensor) -> bool:
     (no subclass such as DTensor or a fake tensor), floating-point tensor on a device
     other than the CPU and ``meta``."""
     return (tensor.device.type not in ("cpu", "meta") and tensor.is_floating_point()
-            and type(tensor) in (Tensor, nn.Parameter))
+            and type(tensor) in (Tensor, nn.Parameter) and tensor.layout == torch.strided)
 
 
 def _element_bytes(kind: str, dtype: torch.dtype) -> int:
@@ -194,10 +194,11 @@ def _scaled(kind: str, flat: Tensor, pieces: list[Tensor], dists: list[Elementwi
 
 
 def move_target(tensor: Tensor, device: torch.device) -> bool:
-    """Whether moving ``tensor`` to ``device`` goes through :func:`move_all`: a plain host
-    tensor bound for a device other than the CPU and ``meta``."""
+    """Whether moving ``tensor`` to ``device`` goes through :func:`move_all`: a plain, dense
+    (strided, not quantized) host tensor bound for a device other than the CPU and ``meta``."""
     return (tensor.device.type == "cpu" and device.type not in ("cpu", "meta")
-            and type(tensor) in (Tensor, nn.Parameter))
+            and type(tensor) in (Tensor, nn.Parameter) and tensor.layout == torch.strided
+            and not tensor.is_quantized)
 
 
 def move_all(pairs: list[tuple[Tensor, Tensor]]) -> None:
