@@ -487,23 +487,66 @@ class WithStats(nn.Module):
 
 
 def test_materialization_moves_host_tensors_together(monkeypatch):
-    rules = [dict(type="Kaiming", layer="Conv2d"), dict(type="Constant", layer="BatchNorm2d",
-                                                       val=1.0, bias=0.0)]
-    ref = WithStats()
+    rules = [dict(type="Constant", layer="BatchNorm2d", val=2.0, bias=0.0)]
+    base = WithStats()
+    ref, m = copy.deepcopy(base), copy.deepcopy(base)
     wi.initialize(ref, rules, seed=2, dtype=torch.float64)
     monkeypatch.setattr(batched, "move_target", lambda t, device: t.device.type == "cpu")
-    m = WithStats()
     with CountOps() as ops:
         wi.initialize(m, rules, seed=2, dtype=torch.float64)
     for (name, a), b in zip(ref.state_dict().items(), m.state_dict().values()):
         assert a.dtype == b.dtype and torch.equal(a, b), name
-    # the BatchNorm statistics and its weight and bias are constants: filled; freqs and the
-    # conv's weight and bias are packed into one float32 buffer, converted by one
-    # multi-tensor copy into their float64 tensors (the other: the ones, BatchNorm's
-    # weight and running_var, from one filled buffer)
-    assert ops.calls["cat"] == 1 and ops.calls["_foreach_copy_"] == 2
+    # the BatchNorm statistics are constants: filled; its weight and bias are the rule's
+    # (allocated, not copied); freqs and the conv's weight and bias are packed into one
+    # float32 buffer, converted by one multi-tensor copy into their float64 tensors
+    assert ops.calls["cat"] == 1 and ops.calls["_foreach_copy_"] == 1
     assert ops.calls["_to_copy"] == 0 and ops.calls["copy_"] == 0
     assert all(isinstance(p, nn.Parameter) and p.requires_grad for p in m.parameters())
+
+
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 16)
+        self.norm = nn.LayerNorm(16)
+        self.register_buffer("table", torch.linspace(0, 1, 16))
+
+
+class ReadsFirst(wi.BaseModule):
+    """User code that reads its weight before the rules write it."""
+
+    def __init__(self) -> None:
+        super().__init__(init_cfg=dict(type="Normal", layer="Linear", std=0.5))
+        self.fc = nn.Linear(16, 16)
+        self.seen = None
+
+    def init_weights(self) -> None:
+        self.seen = self.fc.weight.detach().clone()
+        super().init_weights()
+
+
+def test_tensors_a_rule_overwrites_whole_are_not_copied_to_the_new_dtype():
+    torch.manual_seed(0)
+    m = Block()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with CountOps() as ops:
+        wi.initialize(m, [dict(type="Normal", layer="Linear", std=0.5, bias=0.0)],
+                      dtype=torch.float64)
+    # fc.weight and fc.bias are only filled: allocated in float64, not converted first
+    assert ops.calls["_to_copy"] == 3  # norm.weight, norm.bias, table
+    assert all(t.dtype == torch.float64 for t in m.state_dict().values())
+    for k in ("norm.weight", "norm.bias", "table"):
+        assert torch.equal(m.state_dict()[k], before[k].double()), k
+    assert torch.all(m.fc.bias == 0) and abs(m.fc.weight.std().item() / 0.5 - 1) < 0.2
+
+
+def test_tensors_user_code_can_see_are_copied_before_it_runs():
+    torch.manual_seed(0)
+    m = ReadsFirst()
+    original = m.fc.weight.detach().clone()
+    m.init_weights(dtype=torch.float64)
+    assert torch.equal(m.seen, original.double())  # the constructed values, converted
+    assert m.fc.weight.dtype == torch.float64 and not torch.equal(m.fc.weight, m.seen)
 
 
 def test_bench_gpu_without_cuda_says_so():

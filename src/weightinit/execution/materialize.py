@@ -2,7 +2,9 @@
 
 Empty storage on the target device and dtype is swapped into every module
 slot that held the meta tensor (ties stay tied); real tensors are moved
-there. A meta tensor whose only writer is a checkpoint entry that can be used
+there: host tensors bound for a device together (:func:`.batched.move_all`),
+and a tensor that rules fill whole before anything reads it is allocated,
+not copied. A meta tensor whose only writer is a checkpoint entry that can be used
 as is *adopts* that tensor as its storage: no allocation, no copy. Every slot
 change goes through the run's transaction, so a failure puts the meta
 tensors back.
@@ -20,6 +22,7 @@ from ..errors import MaterializeError
 from ..planning import (
     CheckpointRead,
     DefaultFill,
+    OpKind,
     Plan,
     UserCall,
     Write,
@@ -69,6 +72,23 @@ def adoptable(events: tuple[Any, ...], device: torch.device,
     return adopt
 
 
+def overwritten(events: tuple[Any, ...]) -> set[int]:
+    """Real tensors whose every write fills them whole without reading them (a rule's
+    elementwise fill) and that no user code can see: moving them to the target device or
+    dtype need not copy their values, only allocate."""
+    pure: set[int] = set()
+    seen: set[int] = set()
+    for ev in events:
+        if isinstance(ev, UserCall):
+            seen.update(id(t) for t in subtree_tensors(ev.module))
+        elif (ev.op.kind is OpKind.RULE and ev.op.group is None
+              and ev.op.elementwise(tuple(ev.tensor.shape)) is not None):
+            pure.add(id(ev.tensor))
+        else:
+            seen.add(id(ev.tensor))
+    return pure - seen
+
+
 def materialize(plan: Plan, txn: Transaction) -> dict[int, Tensor]:
     """Allocate (or move) every tensor of ``plan.model``; return old id -> new tensor.
 
@@ -83,13 +103,15 @@ def materialize(plan: Plan, txn: Transaction) -> dict[int, Tensor]:
     slots = plan.slots or slots_of(root)
     txn.keep_slots([m for _, m, _, _, _ in slots])
     adopt = adoptable(plan.events, device, plan.dtype)
+    fresh = overwritten(plan.events)
     mapping: dict[int, Tensor] = {}
     moves: list[tuple[Tensor, Tensor]] = []  # host tensors bound for the device, copied together
     try:
         for _, module, kind, attr, t in slots:
             new = mapping.get(id(t))
             if new is None:
-                new = mapping[id(t)] = _allocate(t, kind, device, plan.dtype, adopt, moves)
+                new = mapping[id(t)] = _allocate(t, kind, device, plan.dtype, adopt, moves,
+                                                 fresh)
                 if new is not t:
                     txn.allocated(new)
             if new is not t:
@@ -112,7 +134,8 @@ def materialize(plan: Plan, txn: Transaction) -> dict[int, Tensor]:
 
 
 def _allocate(t: Tensor, kind: str, device: torch.device, dtype: torch.dtype | None,
-              adopt: dict[int, Tensor], moves: list[tuple[Tensor, Tensor]]) -> Tensor:
+              adopt: dict[int, Tensor], moves: list[tuple[Tensor, Tensor]],
+              fresh: set[int]) -> Tensor:
     target_dtype = dtype if dtype is not None and t.is_floating_point() else t.dtype
     if id(t) in adopt:
         data = adopt[id(t)]
@@ -125,6 +148,8 @@ def _allocate(t: Tensor, kind: str, device: torch.device, dtype: torch.dtype | N
         data = torch.empty(t.shape, dtype=target_dtype, device=device)
     elif t.device == device and t.dtype == target_dtype:
         return t
+    elif id(t) in fresh:  # a rule fills it whole before anything reads it: nothing to copy
+        data = torch.empty_like(t, dtype=target_dtype, device=device)
     elif batched.move_target(t, device):  # its values are copied with the others'
         data = torch.empty_like(t, dtype=target_dtype, device=device)
         moves.append((t, data))
