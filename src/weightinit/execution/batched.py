@@ -67,9 +67,9 @@ _FULL = (torch.float32, torch.float64)
 
 
 def batch_target(tensor: Tensor) -> bool:
-    """Whether an unseeded elementwise fill of ``tensor`` is drawn batched: a plain
-    (no subclass such as DTensor or a fake tensor), floating-point tensor on a device
-    other than the CPU and ``meta``."""
+    """Whether elementwise fills of ``tensor`` (unseeded random ones, and constants) are
+    drawn batched: a plain (no subclass such as DTensor or a fake tensor), dense,
+    floating-point tensor on a device other than the CPU and ``meta``."""
     return (tensor.device.type not in ("cpu", "meta") and tensor.is_floating_point()
             and type(tensor) in (Tensor, nn.Parameter) and tensor.layout == torch.strided)
 
