@@ -42,6 +42,7 @@ on the CPU.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -137,21 +138,30 @@ def _draw_items(items: list[Item], dtype: torch.dtype) -> None:
             for group in by_dist.values():
                 _draw_items(group, dtype)
             return
-    size = _element_bytes(dist.kind, dtype)
-    chunk: list[Item] = []
-    total = 0
+    small: list[Item] = []
     for t, d in items:
-        n = t.numel()
-        if n * t.element_size() >= DIRECT_MIN_BYTES:
+        if t.numel() * t.element_size() >= DIRECT_MIN_BYTES:
             d.draw_(t)
-            continue
+        else:
+            small.append((t, d))
+    for chunk, total in _chunked(small, _element_bytes(dist.kind, dtype)):
+        _draw_chunk(chunk, total)
+
+
+def _chunked(pairs: list[tuple[Tensor, Any]], size: int) -> Iterator[tuple[list, int]]:
+    """``pairs`` (keyed by their first tensor's elements) in runs of at most
+    :data:`MAX_BATCH_BYTES` at ``size`` bytes an element, with their element counts."""
+    chunk: list = []
+    total = 0
+    for pair in pairs:
+        n = pair[0].numel()
         if chunk and (total + n) * size > MAX_BATCH_BYTES:
-            _draw_chunk(chunk, total)
+            yield chunk, total
             chunk, total = [], 0
-        chunk.append((t, d))
+        chunk.append(pair)
         total += n
     if chunk:
-        _draw_chunk(chunk, total)
+        yield chunk, total
 
 
 def _draw_chunk(items: list[Item], total: int) -> None:
@@ -229,16 +239,9 @@ def move_all(pairs: list[tuple[Tensor, Tensor]]) -> None:
                 packed.setdefault((src.dtype, dst.dtype), []).append((src, dst))
         constants.flush()
         for items in packed.values():
-            chunk: list[tuple[Tensor, Tensor]] = []
-            total = 0
-            for src, dst in items:
-                size = max(src.element_size(), dst.element_size())
-                if chunk and (total + src.numel()) * size > MAX_BATCH_BYTES:
-                    _move_chunk(chunk)
-                    chunk, total = [], 0
-                chunk.append((src, dst))
-                total += src.numel()
-            _move_chunk(chunk)
+            src, dst = items[0]
+            for chunk, _ in _chunked(items, max(src.element_size(), dst.element_size())):
+                _move_chunk(chunk)
 
 
 def _move_chunk(chunk: list[tuple[Tensor, Tensor]]) -> None:

@@ -22,10 +22,10 @@ from ..errors import MaterializeError
 from ..planning import (
     CheckpointRead,
     DefaultFill,
-    OpKind,
     Plan,
     UserCall,
     Write,
+    fills_whole,
     slots_of,
     subtree_tensors,
 )
@@ -81,8 +81,7 @@ def overwritten(events: tuple[Any, ...]) -> set[int]:
     for ev in events:
         if isinstance(ev, UserCall):
             seen.update(id(t) for t in subtree_tensors(ev.module))
-        elif (ev.op.kind is OpKind.RULE and ev.op.group is None
-              and ev.op.elementwise(tuple(ev.tensor.shape)) is not None):
+        elif fills_whole(ev.tensor, ev.op):
             pure.add(id(ev.tensor))
         else:
             seen.add(id(ev.tensor))
@@ -148,11 +147,10 @@ def _allocate(t: Tensor, kind: str, device: torch.device, dtype: torch.dtype | N
         data = torch.empty(t.shape, dtype=target_dtype, device=device)
     elif t.device == device and t.dtype == target_dtype:
         return t
-    elif id(t) in fresh:  # a rule fills it whole before anything reads it: nothing to copy
+    elif id(t) in fresh or batched.move_target(t, device):
         data = torch.empty_like(t, dtype=target_dtype, device=device)
-    elif batched.move_target(t, device):  # its values are copied with the others'
-        data = torch.empty_like(t, dtype=target_dtype, device=device)
-        moves.append((t, data))
+        if id(t) not in fresh:  # (fresh: a rule fills it whole before anything reads it)
+            moves.append((t, data))  # its values are copied with the others
     else:
         data = t.detach().to(device=device, dtype=target_dtype)
     return nn.Parameter(data, requires_grad=t.requires_grad) if kind == "param" else data

@@ -24,7 +24,15 @@ from torch import Tensor
 from ..capture.deferred import construction_of
 from ..capture.replay import replay, replay_all
 from ..maths import Elementwise
-from ..planning import DefaultFill, Op, OpKind, UserCall, has_sharded, is_sharded
+from ..planning import (
+    DefaultFill,
+    Op,
+    OpKind,
+    UserCall,
+    fills_whole,
+    has_sharded,
+    is_sharded,
+)
 from ..planning.ops import default_seed_key
 from ..planning.recorded import construction_elementwise
 from . import batched
@@ -73,11 +81,11 @@ class Plain:
         between the threads at once (small tensors and single-block seeded tensors
         included), one hand-off for the lot. On other devices (GPU), a rule's unseeded
         elementwise fills, and every constant fill, are drawn a group at a time, a few
-        kernels per distinct distribution (:mod:`.batched`): the same distributions, other
-        numbers than one fill per tensor (constants: the same values). Other writes run in order, after the pieces and groups
-        before them are drawn."""
+        kernels per kind of distribution (:mod:`.batched`): the same distributions, other
+        numbers than one fill per tensor (constants: the same values). Other writes run
+        in order, after the pieces and groups before them are drawn."""
         batch: list[PieceFill] = []
-        gathered = batched.Batches()  # unseeded fills off the CPU (:mod:`.batched`)
+        gathered = batched.Batches()  # fills off the CPU (:meth:`batched_fill`)
         for tensor, op in writes:
             fill = self.piece_fill(tensor, op, name_of) if tensor.numel() else None
             if fill is not None:
@@ -87,7 +95,7 @@ class Plain:
             if elem is not None:
                 gathered.add(tensor, elem)
                 continue
-            if not _elementwise(tensor, op) or id(tensor) in gathered.ids:
+            if not fills_whole(tensor, op) or id(tensor) in gathered.ids:
                 # it may read what the batches write (or write a tensor queued there)
                 draw_all(batch)
                 batch = []
@@ -138,9 +146,9 @@ class Plain:
         for t, op in writes:
             if op.construction is None:
                 continue
-            if op.dist is not None and not op.dist.random and t.numel() and \
-                    batched.batch_target(t):
-                constants.add(t, op.dist)
+            constant = self.batched_fill(t, op)  # (a default's batched fill is a constant)
+            if constant is not None:
+                constants.add(t, constant)
             else:
                 items.append((op.construction, t))
         written = {id(t) for _, t in items} | constants.ids
@@ -224,13 +232,6 @@ class Sharded(Seeded):
 
     def piece_fill(self, tensor: Tensor, op: Op, name_of: NameOf) -> PieceFill | None:
         return None if is_sharded(tensor) else super().piece_fill(tensor, op, name_of)
-
-
-def _elementwise(tensor: Tensor, op: Op) -> bool:
-    """A rule's or a default's elementwise fill: it writes ``tensor`` alone and reads
-    nothing."""
-    return (op.kind in (OpKind.RULE, OpKind.DEFAULT) and op.group is None
-            and op.elementwise(tuple(tensor.shape)) is not None)
 
 
 def choose(root: nn.Module, seed: int | None) -> Plain:

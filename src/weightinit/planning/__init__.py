@@ -30,6 +30,7 @@ from .ops import (
     UserCall,
     Writer,
     class_name,
+    fills_whole,
 )
 from .plan import Plan, PlanEntry, Step, Write, schedule, subtree_tensors
 from .recorded import construction_elementwise
@@ -38,7 +39,8 @@ from .tree import PlanningCache
 __all__ = [
     "PLANNED", "CheckpointRead", "DefaultFill", "InitCfgNode", "Op", "OpKind", "Plan", "PlanEntry",
     "PlanningCache", "Request", "Role", "RuleFill", "Step", "UserCall", "Write", "Writer",
-    "build_plan", "check_target", "class_name", "construction_elementwise", "has_sharded",
+    "build_plan", "check_target", "class_name", "construction_elementwise", "fills_whole",
+    "has_sharded",
     "is_node", "is_planned", "is_sharded", "local_region", "needs_materialization", "planned",
     "post_order", "register_node_type", "schedule", "slots_of", "state_tensors", "subtree_tensors",
     "unregister_node_type",

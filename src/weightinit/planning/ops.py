@@ -293,3 +293,9 @@ def user_call_key(init: Any, cfg_key: str | None) -> str:
         return f"user|{key}"
     cls = type(init)
     return f"user|{canonical(f'{cls.__module__}.{cls.__qualname__}', {})}"
+
+def fills_whole(tensor: Tensor, op: Any) -> bool:
+    """``op`` is a rule's or a default's elementwise fill of ``tensor``: it writes the
+    tensor whole, alone, and reads nothing."""
+    return (op.kind in (OpKind.RULE, OpKind.DEFAULT) and op.group is None
+            and op.elementwise(tuple(tensor.shape)) is not None)
