@@ -188,6 +188,23 @@ def time_init_weights(build: Callable[[], nn.Module]) -> float:
     return elapsed
 
 
+def rounds(timers: dict[str, Callable[[], float]], repeats: int, warmup: int, label: str,
+           log: Console) -> dict[str, float]:
+    """Run every timer once per round in a rotating order; medians of the timed rounds."""
+    times: dict[str, list[float]] = {name: [] for name in timers}
+    order = list(timers)
+    for r in range(warmup + repeats):
+        shift = r % len(order)
+        for name in order[shift:] + order[:shift]:
+            elapsed = timers[name]()
+            if r >= warmup:
+                times[name].append(elapsed)
+        what = "warm-up" if r < warmup else f"round {r - warmup + 1}/{repeats}"
+        log.log(f"{label}: {what} " + " ".join(
+            f"{n}={t[-1] * 1e3:.1f}ms" for n, t in times.items() if t))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def bench_model(key: str, models: ModuleType, mm: MMEngine | None, repeats: int, warmup: int,
                 console: Console) -> ModelResult:
     """Median init_weights() times of one model under weightinit and MMEngine, and its floor."""
@@ -209,19 +226,7 @@ def bench_model(key: str, models: ModuleType, mm: MMEngine | None, repeats: int,
         mm_kit = mm.kit
         timers["mmengine"] = lambda: time_init_weights(lambda: builder(mm_kit))
 
-    times: dict[str, list[float]] = {name: [] for name in timers}
-    order = list(timers)
-    for r in range(warmup + repeats):
-        shift = r % len(order)
-        for name in order[shift:] + order[:shift]:
-            elapsed = timers[name]()
-            if r >= warmup:
-                times[name].append(elapsed)
-        label = "warm-up" if r < warmup else f"round {r - warmup + 1}/{repeats}"
-        console.log(f"{display}: {label} "
-                    + " ".join(f"{n}={t[-1] * 1e3:.1f}ms" for n, t in times.items() if t))
-
-    med = {name: statistics.median(values) for name, values in times.items()}
+    med = rounds(timers, repeats, warmup, display, console)
     return ModelResult(display, numel, med["floor"], med["weightinit"], med.get("mmengine"),
                        planned_writes, naive_writes)
 

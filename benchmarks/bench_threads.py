@@ -49,7 +49,6 @@ import io
 import logging
 import platform
 import pstats
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -62,6 +61,7 @@ from bench_init import (
     markdown_table,
     ms,
     rich_table,
+    rounds,
     weightinit_kit,
     write_json,
 )
@@ -96,23 +96,6 @@ def with_threads(n: int, fn: Callable[[], Any]) -> Any:
         return fn()
     finally:
         torch.set_num_threads(before)
-
-
-def rounds(timers: dict[str, Callable[[], float]], repeats: int, warmup: int, label: str,
-           log: Console) -> dict[str, float]:
-    """Run every timer once per round in a rotating order; medians of the timed rounds."""
-    times: dict[str, list[float]] = {name: [] for name in timers}
-    order = list(timers)
-    for r in range(warmup + repeats):
-        shift = r % len(order)
-        for name in order[shift:] + order[:shift]:
-            elapsed = timers[name]()
-            if r >= warmup:
-                times[name].append(elapsed)
-        what = "warm-up" if r < warmup else f"round {r - warmup + 1}/{repeats}"
-        log.log(f"{label}: {what} " + " ".join(
-            f"{n}={t[-1] * 1e3:.1f}ms" for n, t in times.items() if t))
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def bench_init(key: str, models: Any, threads: Sequence[int], repeats: int, warmup: int,
