@@ -504,6 +504,25 @@ def test_materialization_moves_host_tensors_together(monkeypatch):
     assert all(isinstance(p, nn.Parameter) and p.requires_grad for p in m.parameters())
 
 
+def test_a_failed_packed_move_leaves_the_model_as_it_was(monkeypatch):
+    monkeypatch.setattr(batched, "move_target", lambda t, device: t.device.type == "cpu")
+
+    def fail(chunk):
+        chunk[0][1].fill_(7.0)  # half-way: one destination written, then out of memory
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(batched, "_move_chunk", fail)
+    m = WithStats()
+    before = {k: (v, v.clone()) for k, v in m.state_dict(keep_vars=True).items()}
+    with pytest.raises(wi.MaterializeError, match="out of memory"):
+        wi.initialize(m, [dict(type="Constant", layer="BatchNorm2d", val=2.0)],
+                      dtype=torch.float64)
+    after = m.state_dict(keep_vars=True)
+    assert after.keys() == before.keys()
+    for k, (obj, value) in before.items():
+        assert after[k] is obj and torch.equal(after[k], value), k  # same tensors, same values
+
+
 class Block(nn.Module):
     def __init__(self) -> None:
         super().__init__()
