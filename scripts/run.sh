@@ -3,48 +3,52 @@
 #   make demo   (bash scripts/run.sh example)   weightinit init the bundled ResNet-50: print the report,
 #                                               write out/resnet50.safetensors and out/resnet50-report.md
 #   make test   (bash scripts/run.sh test)      lint, build the API reference (mkdocs --strict),
-#                                               run the whole test suite, then build the
-#                                               wheel and check it in an empty venv
-#                                               (scripts/wheel_check.sh; WHEEL_CHECK=0 skips it),
-#                                               and the real OpenMMLab models in .venv-openmmlab
-#                                               (tests/openmmlab; OPENMMLAB=0 skips it)
+#                                               run the whole test suite, again with numpy 1.x
+#                                               in .venv-numpy1 (MATRIX=0 skips it), the real
+#                                               OpenMMLab models in .venv-openmmlab (numpy 1.x;
+#                                               tests/openmmlab; OPENMMLAB=0 skips it), then
+#                                               build the wheel and check it in an empty venv
+#                                               (scripts/wheel_check.sh; WHEEL_CHECK=0 skips it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.venv
 PY="$VENV/bin/python"
 
-setup() {
-    if [ ! -x "$PY" ]; then
-        python3 -m venv "$VENV"
+# setup_venv DIR REQS [NODEPS_REQS]: make the venv DIR (if needed) and install REQS into it,
+# then NODEPS_REQS without their dependencies, then weightinit itself (editable). Skipped
+# while DIR/.installed is newer than every requirements file and pyproject.toml.
+setup_venv() {
+    local dir="$1" reqs="$2" nodeps="${3:-}" stamp="$1/.installed" stale=0 f
+    if [ ! -x "$dir/bin/python" ]; then
+        python3 -m venv "$dir"
     fi
-    local stamp="$VENV/.installed"
-    if [ ! -f "$stamp" ] || [ requirements-dev.txt -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-        "$PY" -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
-        "$PY" -m pip install --quiet --disable-pip-version-check --no-deps -e .
+    for f in $reqs $nodeps requirements-dev.txt pyproject.toml; do
+        if [ ! -f "$stamp" ] || [ "$f" -nt "$stamp" ]; then stale=1; fi
+    done
+    if [ "$stale" = 1 ]; then
+        "$dir/bin/python" -m pip install --quiet --disable-pip-version-check -r "$reqs"
+        if [ -n "$nodeps" ]; then
+            "$dir/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
+                -r "$nodeps"
+        fi
+        "$dir/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e .
         touch "$stamp"
     fi
 }
 
-# The OpenMMLab environment (.venv-openmmlab): real MMPretrain/MMDetection/MMSegmentation models
-# initialized through weightinit.mmengine and compared with MMEngine (tests/openmmlab/). The
-# packages go in without their dependencies (requirements-openmmlab-nodeps.txt explains why).
+setup() {
+    setup_venv "$VENV" requirements-dev.txt
+}
+
+# The support matrix (README, "Supported versions"): besides .venv (the pinned CPU torch with
+# numpy 2), the main suite runs in .venv-numpy1 (the same torch with numpy 1.x, as OpenMMLab
+# installs pin it), and the OpenMMLab suite in .venv-openmmlab (numpy 1.x too): real
+# MMPretrain/MMDetection/MMSegmentation models initialized through weightinit.mmengine and
+# compared with MMEngine (tests/openmmlab/). The OpenMMLab packages go in without their
+# dependencies (requirements-openmmlab-nodeps.txt explains why).
 MMVENV=.venv-openmmlab
 MMPY="$MMVENV/bin/python"
-
-setup_openmmlab() {
-    if [ ! -x "$MMPY" ]; then
-        python3 -m venv "$MMVENV"
-    fi
-    local stamp="$MMVENV/.installed"
-    if [ ! -f "$stamp" ] || [ requirements-openmmlab.txt -nt "$stamp" ] \
-            || [ requirements-openmmlab-nodeps.txt -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-        "$MMPY" -m pip install --quiet --disable-pip-version-check -r requirements-openmmlab.txt
-        "$MMPY" -m pip install --quiet --disable-pip-version-check --no-deps \
-            -r requirements-openmmlab-nodeps.txt
-        "$MMPY" -m pip install --quiet --disable-pip-version-check --no-deps -e .
-        touch "$stamp"
-    fi
-}
+NP1VENV=.venv-numpy1
 
 # Build the API reference (mkdocs.yml) into a temp dir, offline; any warning fails it.
 build_docs() {
@@ -69,9 +73,14 @@ case "${1:-}" in
         echo "docs: mkdocs build --strict (API reference from the docstrings, warnings are errors)"
         build_docs
         "$PY" -m pytest "$@"
+        if [ "${MATRIX:-1}" != 0 ]; then
+            echo "matrix: the main suite with numpy 1.x (.venv-numpy1)"
+            setup_venv "$NP1VENV" requirements-numpy1.txt
+            "$NP1VENV/bin/python" -m pytest -p no:cacheprovider -q "$@"
+        fi
         if [ "${OPENMMLAB:-1}" != 0 ]; then
-            echo "openmmlab: real OpenMMLab models through weightinit.mmengine (.venv-openmmlab)"
-            setup_openmmlab
+            echo "openmmlab: real OpenMMLab models through weightinit.mmengine, numpy 1.x (.venv-openmmlab)"
+            setup_venv "$MMVENV" requirements-openmmlab.txt requirements-openmmlab-nodeps.txt
             "$MMPY" -m pytest tests/openmmlab -p no:cacheprovider
         fi
         if [ "${WHEEL_CHECK:-1}" != 0 ]; then

@@ -41,6 +41,8 @@ import torch.nn as nn
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
+from ..compat import TRUNC_NORMAL_HELPER, default_device
+
 _EMPTY_FACTORIES = {torch.empty, torch.empty_like, torch.empty_strided, Tensor.new_empty}
 _INPLACE_DUNDERS = {"__setitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__",
                     "__idiv__", "__ifloordiv__", "__ipow__"}
@@ -183,8 +185,7 @@ class _DeferredMode(TorchFunctionMode):
             if device is None:
                 src = args[0] if func in (torch.empty_like, Tensor.new_empty) else None
                 device = src.device if isinstance(src, Tensor) and src.device.type != "meta" \
-                    else torch.get_default_device() if hasattr(torch, "get_default_device") \
-                    else torch.device("cpu")
+                    else default_device()
             out = func(*args, device="meta", **out_kwargs)
             return _mark(out, Construction(torch.device(device), shape=tuple(out.shape),
                                            dtype=out.dtype))
@@ -263,7 +264,7 @@ def _recording_inner(inner: Callable[..., Any], outer: Callable[..., Any]) -> Ca
 
 
 #: (helper in torch.nn.init, the public function its calls are recorded as)
-_INNER_FUNCS = (("_no_grad_trunc_normal_", "trunc_normal_"),)
+_INNER_FUNCS = ((TRUNC_NORMAL_HELPER, "trunc_normal_"),)
 
 
 def _deferred_parameter_new(original: Callable[..., Any]) -> Callable[..., Any]:

@@ -28,12 +28,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..compat import numpy_multiarray, safe_globals
 from ..errors import CheckpointError, UnsafeCheckpointError
 
 
 def _numpy_globals() -> list[Callable[..., Any] | tuple[Callable[..., Any], str]]:
-    core = getattr(np, "_core", None) or np.core
-    multiarray = core.multiarray
+    multiarray = numpy_multiarray()
     out: list[Any] = [np.ndarray, np.dtype]
     for name in ("scalar", "_reconstruct"):
         func = getattr(multiarray, name)
@@ -53,7 +53,7 @@ SAFE_GLOBALS = _numpy_globals()
 
 def safe_load(path: str, map_location: Any, mmap: bool) -> Any:
     """``torch.load(weights_only=True)`` with :data:`SAFE_GLOBALS` also allowed."""
-    with torch.serialization.safe_globals(SAFE_GLOBALS):
+    with safe_globals(SAFE_GLOBALS):
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
 
 

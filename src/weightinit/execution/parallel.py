@@ -26,7 +26,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd.graph import increment_version
+
+from ..compat import bump_version
 
 ENV_THREADS = "WEIGHTINIT_NUM_THREADS"
 
@@ -228,7 +229,7 @@ class PieceFill:
     def done(self) -> None:
         if self.out.is_contiguous():
             if self.count_write:
-                increment_version(self.out)
+                bump_version(self.out)
         else:
             self.out.copy_(self.flat.view_as(self.out))
 

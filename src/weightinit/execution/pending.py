@@ -32,8 +32,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from ..compat import TorchDispatchMode, op_written_args
 from ..maths.fills import Elementwise
 from ..planning import Write
 from .attribution import attribute, stop_at
@@ -52,11 +52,7 @@ def _written_args(func: Any) -> tuple[tuple[int, ...], tuple[str, ...]]:
     """Positions and keyword names of the arguments ``func`` writes (from its schema)."""
     hit = _WRITTEN.get(func)
     if hit is None:
-        pos, kw = [], []
-        for i, arg in enumerate(func._schema.arguments):
-            if arg.alias_info is not None and arg.alias_info.is_write:
-                (kw if arg.kwarg_only else pos).append(arg.name if arg.kwarg_only else i)
-        hit = _WRITTEN[func] = (tuple(pos), tuple(kw))
+        hit = _WRITTEN[func] = op_written_args(func)
     return hit
 
 

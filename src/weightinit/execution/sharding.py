@@ -34,7 +34,8 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch import Tensor
 
-from ..planning.layout import dtensor_types, flat_range, is_sharded, local_region, mesh_device
+from ..compat import dtensor_types, fsdp_param_groups, local_tensor
+from ..planning.layout import flat_range, is_sharded, local_region, mesh_device
 from ..planning.ops import CheckpointRead, Op
 from .seeding import derive_seed, fill_elementwise, run_seeded
 
@@ -43,7 +44,7 @@ logger = logging.getLogger("weightinit")
 
 def allocate_like(t: Tensor, dtype: torch.dtype) -> Tensor:
     """A DTensor laid out like ``t`` whose local shard is fresh (uninitialized) storage."""
-    local = torch.empty(t._local_tensor.shape, dtype=dtype, device=mesh_device(t))
+    local = torch.empty(local_tensor(t).shape, dtype=dtype, device=mesh_device(t))
     return dtensor_types()[0].from_local(local, t.device_mesh, t.placements, run_check=False,
                               shape=t.shape, stride=t.stride())
 
@@ -52,15 +53,7 @@ def refresh_fsdp(root: nn.Module) -> None:
     """Let FSDP2 take the newly allocated shards (re-pad them, as after ``to_empty``)."""
     with torch.no_grad():
         for module in root.modules():
-            get_state = getattr(module, "_get_fsdp_state", None)
-            if get_state is None:
-                continue
-            state = get_state()
-            groups = getattr(state, "_fsdp_param_groups", None)
-            if groups is None:
-                group = getattr(state, "_fsdp_param_group", None)
-                groups = [group] if group is not None else []
-            for group in groups:
+            for group in fsdp_param_groups(module):
                 for fsdp_param in group.fsdp_params:
                     fsdp_param.reset_sharded_param()
 
@@ -90,7 +83,7 @@ def _whole_tensors(module: nn.Module | None, tensor: Tensor, full: Tensor
                 if not is_sharded(t):
                     continue
                 temp = full if t is tensor else torch.empty(
-                    t.shape, dtype=t.dtype, device=t._local_tensor.device)
+                    t.shape, dtype=t.dtype, device=local_tensor(t).device)
                 if t is not tensor:
                     pairs.append((t, temp))
                 saved.append((store, attr, t))
@@ -114,7 +107,7 @@ def write_shard(tensor: Tensor, op: Op, seed: int, name: str) -> list[Tensor]:
     module-wide write such as ``reset_parameters``).
     """
     offset, shape = local_region(tensor, name)
-    local = tensor._local_tensor
+    local = local_tensor(tensor)
     global_shape = tuple(tensor.shape)
     with torch.no_grad():
         if isinstance(op, CheckpointRead):
@@ -140,6 +133,6 @@ def write_shard(tensor: Tensor, op: Op, seed: int, name: str) -> list[Tensor]:
         written = []
         for sharded, temp in pairs:
             o, s = local_region(sharded, name)
-            sharded._local_tensor.copy_(temp[_index(o, s)])
+            local_tensor(sharded).copy_(temp[_index(o, s)])
             written.append(sharded)
         return written

@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from ..compat import storage_use_count
 from .watch import local
 
 
@@ -185,10 +186,7 @@ class Transaction:
 
 def _alone(tensor: Tensor, refs: int) -> bool:
     """No other tensor (view, alias) holds ``tensor``'s storage; ``refs`` counts ours."""
-    try:
-        return torch._C._storage_Use_Count(tensor.untyped_storage()._cdata) == refs
-    except (AttributeError, RuntimeError):  # private API gone: assume it is shared
-        return False
+    return storage_use_count(tensor) == refs  # None (torch does not say): assume shared
 
 
 def _dense(tensor: Tensor) -> bool:

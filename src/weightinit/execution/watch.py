@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..compat import local_tensor
 from ..planning.layout import is_sharded
 
 _INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -24,7 +25,7 @@ _ODD = 0x9E3779B97F4A7C15 - (1 << 64)  # odd 64-bit constant: spreads the weight
 
 def local(t: Tensor) -> Tensor:
     """The rank's own storage of a sharded tensor (reading it needs no communication)."""
-    return t._local_tensor if is_sharded(t) else t
+    return local_tensor(t) if is_sharded(t) else t
 
 
 def digest(t: Tensor) -> tuple[int, int] | None:

@@ -7,6 +7,7 @@ import math
 import torch
 import torch.nn as nn
 
+from ..compat import CONV_ND
 from ..errors import DistributionError, InitValueError, ShapeError
 
 DISTRIBUTIONS = ("normal", "uniform")
@@ -55,7 +56,7 @@ def fan_in_and_fan_out(shape: torch.Size | tuple[int, ...],
     receptive = math.prod(shape[2:]) if len(shape) > 2 else 1
     if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
         return 1, shape[1]
-    groups = getattr(module, "groups", 1) if isinstance(module, nn.modules.conv._ConvNd) else 1
+    groups = getattr(module, "groups", 1) if isinstance(module, CONV_ND) else 1
     if getattr(module, "transposed", False):
         return shape[0] // groups * receptive, shape[1] * receptive
     return shape[1] * receptive, shape[0] // groups * receptive

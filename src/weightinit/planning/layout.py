@@ -9,31 +9,14 @@ FSDP2 lay them out.
 from __future__ import annotations
 
 import math
-import sys
 from typing import Any
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
+from ..compat import dtensor_types, local_tensor
 from ..errors import InitValueError, ShardingError
-
-#: where DTensor lives (torch >= 2.4, then older releases)
-_DTENSOR_MODULES = ("torch.distributed.tensor", "torch.distributed._tensor")
-
-
-def dtensor_types() -> tuple[Any, Any, Any] | None:
-    """(DTensor, Replicate, Shard) if DTensor is loaded, else ``None``.
-
-    Importing ``torch.distributed.tensor`` costs about half a second, so it is
-    never imported here: a tensor can only be a DTensor once whoever made it
-    has imported that module.
-    """
-    for name in _DTENSOR_MODULES:
-        module = sys.modules.get(name)
-        if module is not None and hasattr(module, "DTensor"):
-            return module.DTensor, module.Replicate, module.Shard
-    return None
 
 
 def is_sharded(t: Any) -> bool:
@@ -77,7 +60,7 @@ def local_region(t: Tensor, name: str = "") -> tuple[tuple[int, ...], tuple[int,
         hi = min(lo + chunk, shape[dim])
         offset[dim] += lo
         shape[dim] = hi - lo
-    local = tuple(t._local_tensor.shape)
+    local = tuple(local_tensor(t).shape)
     if tuple(shape) != local:
         raise ShardingError(
             f"{name or 'tensor'}: its local shard has shape {local}, but its placements "

@@ -13,6 +13,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from .. import maths as F
+from ..compat import NORM_BASE
 from ..errors import InitTypeError, InitValueError, ShapeError
 from .base import BaseInit, _finite, _require_drawable
 from .registry import WEIGHT_INITIALIZERS
@@ -170,7 +171,7 @@ def reset_method_of(module: nn.Module) -> Any:
             return fn
     return None
 
-_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+_NORM_TYPES = (NORM_BASE, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 def _is_norm(module: nn.Module) -> bool:
     return isinstance(module, _NORM_TYPES) or (

@@ -1,0 +1,185 @@
+"""Every private or version-dependent API of torch and numpy that weightinit uses, in one place.
+
+weightinit supports the torch and numpy releases in the README's "Supported
+versions" table. Where those releases differ, or where the package has to reach
+into an underscore name, the difference is settled here, by feature detection
+(never by comparing version strings), and nowhere else. ``tests/test_compat.py``
+checks each entry on the installed versions, so a release that moves or changes
+one of them fails that test by name instead of breaking a feature quietly.
+
+Nothing here imports ``torch.distributed.tensor`` (half a second at import): the
+DTensor helpers look it up only once whoever made a DTensor has imported it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
+
+__all__ = [
+    "CONV_ND",
+    "NORM_BASE",
+    "TRUNC_NORMAL_HELPER",
+    "TorchDispatchMode",
+    "bump_version",
+    "default_device",
+    "dtensor_types",
+    "fsdp_param_groups",
+    "local_tensor",
+    "numpy_multiarray",
+    "op_written_args",
+    "safe_globals",
+    "storage_use_count",
+    "strided_shard_type",
+]
+
+# --- numpy ----------------------------------------------------------------------------------
+
+
+def numpy_multiarray() -> Any:
+    """numpy's ``multiarray`` module: ``numpy._core.multiarray`` (numpy 2) or
+    ``numpy.core.multiarray`` (numpy 1.x).
+
+    torch imports ``numpy._core._multiarray_umath`` under numpy 1.x too, which
+    leaves a partial ``numpy._core`` package without ``multiarray``: probing the
+    attribute is not enough, so the submodule is imported by name.
+    """
+    for name in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        with contextlib.suppress(ImportError, AttributeError):
+            module = importlib.import_module(name)
+            if hasattr(module, "_reconstruct") and hasattr(module, "scalar"):
+                return module
+    raise ImportError(f"numpy {np.__version__} has neither numpy._core.multiarray nor "
+                      "numpy.core.multiarray with _reconstruct and scalar")
+
+
+# --- torch: modules and helpers behind underscore names ---------------------------------------
+
+#: the base class of BatchNorm / InstanceNorm layers (``running_mean``, ``affine``, ...)
+NORM_BASE: type = nn.modules.batchnorm._NormBase
+#: the base class of ``Conv{1,2,3}d`` and their transposed forms (``groups``, ``transposed``)
+CONV_ND: type = nn.modules.conv._ConvNd
+#: the helper ``nn.init.trunc_normal_`` calls, so a recorder can see that call too
+TRUNC_NORMAL_HELPER = "_no_grad_trunc_normal_"
+
+
+def default_device() -> torch.device:
+    """The device factory functions allocate on (``torch.set_default_device``; cpu before 2.3)."""
+    getter = getattr(torch, "get_default_device", None)
+    return getter() if getter is not None else torch.device("cpu")
+
+
+def op_written_args(func: Any) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """Positions and keyword names of the arguments an ATen op writes, from its schema."""
+    pos: list[int] = []
+    kw: list[str] = []
+    for i, arg in enumerate(func._schema.arguments):
+        if arg.alias_info is not None and arg.alias_info.is_write:
+            if arg.kwarg_only:
+                kw.append(arg.name)
+            else:
+                pos.append(i)
+    return tuple(pos), tuple(kw)
+
+
+def storage_use_count(tensor: Tensor) -> int | None:
+    """How many references hold ``tensor``'s storage (None when torch does not say)."""
+    counter = getattr(torch._C, "_storage_Use_Count", None)
+    if counter is None:
+        return None
+    try:
+        return int(counter(tensor.untyped_storage()._cdata))
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def bump_version(tensor: Tensor) -> None:
+    """Advance ``tensor``'s version counter, as an in-place op would."""
+    from torch.autograd.graph import increment_version
+
+    increment_version(tensor)
+
+
+# --- torch.serialization --------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def safe_globals(globals_: list[Any]) -> Iterator[None]:
+    """Allow ``globals_`` in ``torch.load(weights_only=True)`` for the ``with`` block.
+
+    torch >= 2.5 has a context manager for it; 2.4 has only the process-wide
+    ``add_safe_globals``, so the list is added and the previous one put back.
+    """
+    ser = torch.serialization
+    manager: Callable[..., Any] | None = getattr(ser, "safe_globals", None)
+    if manager is not None:
+        with manager(globals_):
+            yield
+        return
+    add = getattr(ser, "add_safe_globals", None)
+    if add is None:
+        raise RuntimeError(f"torch {torch.__version__} has no allow-list for weights_only "
+                           "loading (torch.serialization.add_safe_globals, torch >= 2.4)")
+    before = list(ser.get_safe_globals())
+    add(globals_)
+    try:
+        yield
+    finally:
+        ser.clear_safe_globals()
+        add(before)
+
+
+# --- DTensor and FSDP2 ----------------------------------------------------------------------
+
+#: where DTensor lives (torch >= 2.4 public, then the older private module)
+_DTENSOR_MODULES = ("torch.distributed.tensor", "torch.distributed._tensor")
+
+
+def dtensor_types() -> tuple[Any, Any, Any] | None:
+    """(DTensor, Replicate, Shard) if DTensor is loaded, else ``None``.
+
+    A tensor can only be a DTensor once whoever made it imported DTensor's module,
+    so this never imports it.
+    """
+    for name in _DTENSOR_MODULES:
+        module = sys.modules.get(name)
+        if module is not None and hasattr(module, "DTensor"):
+            return module.DTensor, module.Replicate, module.Shard
+    return None
+
+
+def strided_shard_type() -> type | None:
+    """DTensor's ``_StridedShard`` placement (FSDP2 over tensor parallelism), if loaded."""
+    for name in ("torch.distributed.tensor.placement_types",
+                 "torch.distributed._tensor.placement_types"):
+        module = sys.modules.get(name)
+        if module is not None and hasattr(module, "_StridedShard"):
+            return module._StridedShard
+    return None
+
+
+def local_tensor(t: Tensor) -> Tensor:
+    """The rank's own storage of a DTensor, without communication."""
+    return t._local_tensor
+
+
+def fsdp_param_groups(module: nn.Module) -> list[Any]:
+    """FSDP2's parameter groups of ``module`` (empty when it is not ``fully_shard``-ed)."""
+    get_state = getattr(module, "_get_fsdp_state", None)
+    if get_state is None:
+        return []
+    state = get_state()
+    groups = getattr(state, "_fsdp_param_groups", None)
+    if groups is None:  # torch < 2.7: one group per state
+        group = getattr(state, "_fsdp_param_group", None)
+        groups = [group] if group is not None else []
+    return list(groups)
