@@ -86,6 +86,8 @@ class Server:
                 else:
                     self.send_response(200)
                 self.send_header("Content-Length", str(len(body) - start))
+                # a strong ETag: without a validator a partial download is not resumed
+                self.send_header("ETag", f'"{hashlib.sha256(body).hexdigest()[:16]}"')
                 self.send_header("Connection", "close")
                 self.end_headers()
                 self.close_connection = True
@@ -306,7 +308,7 @@ def test_interrupted_download_resumes(server, cache, source, ranges):
     with pytest.raises(wi.CheckpointDownloadError, match="next call resumes"):
         wi.load_checkpoint(Net(), url)
     partial = sources.cached_path(url).name + ".partial"
-    assert entries(cache) == [partial]
+    assert entries(cache) == [partial, partial + ".json"]  # and its resume record (ETag)
     m = Net()
     wi.load_checkpoint(m, url, sha256=hashlib.sha256(body).hexdigest())
     assert torch.equal(m.fc.weight, source.fc.weight)
@@ -352,7 +354,7 @@ def test_two_processes_download_a_url_once(server, cache, source):
     assert [p.returncode for p in procs] == [0, 0], outs
     assert outs[0][0] == outs[1][0] == str(sources.cached_path(url)) + "\n"
     assert server.full_bodies == ["/big.pth"]
-    assert entries(cache) == [sources.cached_path(url).name]
+    assert entries(cache) == [".verified", sources.cached_path(url).name]  # + its sha256
 
 
 # ------------------------------------------------------------------ names and filesystem errors

@@ -1,6 +1,7 @@
-"""The download cache: file names, the download lock, stale files, and verified hashes.
+"""The download cache: file names, the download lock, stale files, and recorded hashes.
 
-Layout of the cache directory (:func:`cache_dir`):
+Layout of the cache directory (:func:`cache_dir`; :mod:`.cachefiles` says how it
+is kept private and why it never follows a link it did not make):
 
 * ``<12 hex>-<name>`` — a finished download, ``<12 hex>`` a hash of the URL and
   ``<name>`` the URL's file name; a name that is long (over 100 characters), has
@@ -8,27 +9,33 @@ Layout of the cache directory (:func:`cache_dir`):
   files is replaced by a hash (the checkpoint extension, if any, is kept);
 * ``<entry>.partial`` — an interrupted download, resumed by the next call;
   removed once it is a day old and no process is downloading it;
+* ``<entry>.partial.json`` — its resume record (the validator sent as ``If-Range``);
 * ``<entry>.lock`` — held (``fcntl.flock``) while a process downloads the entry,
   so two processes download a URL once; on platforms without ``fcntl`` there is
   no lock;
-* ``.verified/<hash of the absolute path>.json`` — the sha256 of a file checked
-  with ``sha256=`` (downloaded or local: records of local files are kept here
-  too, never beside the user's files), with the file's size, mtime, ctime and
-  inode. A later load with ``sha256=`` re-hashes the file only if one of those
-  changed. Writing a record is best effort: a read-only cache only costs a re-hash.
+* ``.verified/<hash of the absolute path>.json`` — the sha256 of a downloaded
+  file (of the bytes assembled, pinned or not) or of a file checked with
+  ``sha256=`` (local files too: never beside the user's files), with the file's
+  size, mtime, ctime and inode. A later load re-hashes the file only if one of
+  those changed. Writing a record is best effort (a read-only cache only costs
+  a re-hash); records in a cache directory others can write to are not trusted.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
+import stat
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
-from ..errors import CheckpointCacheError, CheckpointDownloadError, CheckpointError
+from ..errors import CheckpointDownloadError, CheckpointError
+from .cachefiles import NOFOLLOW, cache_error, dir_problem, make_private, regular_file
 
 try:
     import fcntl
@@ -40,8 +47,6 @@ _SAFE_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
 CHECKPOINT_EXTENSIONS = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 _OWN_SUFFIXES = (".partial", ".lock", ".json")
 STALE_SECONDS = 24 * 3600
-_CACHE_FIX = ("Fix: make that directory writable, or point $WEIGHTINIT_CACHE at a writable "
-              "directory.")
 
 
 def cache_dir() -> Path:
@@ -64,27 +69,6 @@ def cached_path(url: str) -> Path:
         ext = next((e for e in CHECKPOINT_EXTENSIONS if name.lower().endswith(e)), "")
         name = digest[12:40] + ext
     return cache_dir() / f"{digest[:12]}-{name}"
-
-
-def ensure_dir(directory: Path, url: str) -> None:
-    """Create the cache directory, a :class:`CheckpointCacheError` naming it if that fails."""
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError) as err:
-        raise CheckpointCacheError(
-            f"cannot download {url}: the cache directory {directory} can not be created because "
-            f"{err.filename or directory} is a file, not a directory. Fix: remove or rename that "
-            "file, or point $WEIGHTINIT_CACHE at a directory.") from err
-    except OSError as err:
-        raise cache_error(url, directory, err) from err
-
-
-def cache_error(url: str, path: Path, err: OSError) -> CheckpointCacheError:
-    """The error for a failed file operation on ``path`` in the cache."""
-    what = "permission denied" if isinstance(err, PermissionError) else (
-        err.strerror or str(err))
-    return CheckpointCacheError(f"cannot download {url}: can not write {path} in the download "
-                                f"cache ({what}). {_CACHE_FIX}")
 
 
 # ------------------------------------------------------------------ the download lock
@@ -122,16 +106,21 @@ class DownloadLock:
     def try_acquire(self) -> int | None:
         """The locked file descriptor, or None if another process holds the lock."""
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | NOFOLLOW, 0o600)
         except OSError as err:
+            if err.errno == errno.ELOOP:
+                regular_file(self.path, self.url)
             raise cache_error(self.url, self.path, err) from err
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            regular_file(self.path, self.url)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
             return None
         try:
-            same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            same = os.lstat(self.path).st_ino == os.fstat(fd).st_ino
         except OSError:
             same = False
         if not same:  # released and removed by its holder meanwhile: take the new file
@@ -157,7 +146,8 @@ class DownloadLock:
 
 def clean_stale(directory: Path, now: float | None = None) -> None:
     """Remove stale files of dead downloads (best effort): ``.partial-*`` temporary files of
-    older versions and ``*.partial``/``*.lock`` files a day old that no process holds."""
+    older versions and ``*.partial``/``*.partial.json``/``*.lock`` files a day old that no
+    process holds."""
     now = time.time() if now is None else now
     try:
         entries = list(os.scandir(directory))
@@ -165,22 +155,23 @@ def clean_stale(directory: Path, now: float | None = None) -> None:
         return
     for entry in entries:
         name = entry.name
-        if not (name.startswith(".partial-") or name.endswith((".partial", ".lock"))):
+        suffix = next((s for s in (".partial.json", ".partial", ".lock") if name.endswith(s)),
+                      None)
+        if not (name.startswith(".partial-") or suffix):
             continue
         try:
-            if now - entry.stat().st_mtime < STALE_SECONDS:
+            if now - entry.stat(follow_symlinks=False).st_mtime < STALE_SECONDS:
                 continue
             if name.startswith(".partial-"):
                 os.unlink(entry.path)
                 continue
-            lock = DownloadLock(Path(entry.path.removesuffix(".partial").removesuffix(".lock")
-                                     + ".lock"), "", None)
+            lock = DownloadLock(Path(entry.path.removesuffix(suffix) + ".lock"), "", None)
             fd = lock.try_acquire() if fcntl is not None else None
             if fcntl is not None and fd is None:
                 continue  # a live download
             lock.fd = fd
             try:
-                if name.endswith(".partial"):
+                if suffix != ".lock":
                     os.unlink(entry.path)
             finally:
                 lock.release()
@@ -191,14 +182,44 @@ def clean_stale(directory: Path, now: float | None = None) -> None:
 # ------------------------------------------------------------------ verified hashes
 
 
-def _record_path(path: Path) -> Path:
-    key = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:32]
-    return cache_dir() / ".verified" / f"{key}.json"
+def _records(create: bool) -> Path | None:
+    """The directory of hash records, None where a record could not be trusted (a cache
+    directory that others can write to) or, without ``create``, there is none."""
+    base = cache_dir()
+    records = base / ".verified"
+    try:
+        if create:
+            make_private(records)
+        if dir_problem(base) or dir_problem(records):
+            return None
+    except OSError:
+        return None
+    return records
+
+
+def _record_name(path: Path) -> str:
+    return hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:32] + ".json"
 
 
 def _identity(st: os.stat_result) -> dict[str, int]:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
             "ino": st.st_ino, "dev": st.st_dev}
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    records = _records(create=False)
+    if records is None:
+        return None
+    try:
+        fd = os.open(records / _record_name(path), os.O_RDONLY | NOFOLLOW)
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return None
+            data = json.loads(fh.read(1 << 16))
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(data, dict) and isinstance(data.get("sha256"), str)
+    return data if ok else None
 
 
 def unreadable(label: str, path: Path | str, err: OSError) -> CheckpointError:
@@ -227,42 +248,67 @@ def verified_sha256(path: Path | str, label: str) -> str:
     """The file's sha256: from its record if the file is unchanged since, else hashed (and
     recorded)."""
     path = Path(path)
-    record = _record_path(path)
     try:
         st = os.stat(path)
     except OSError as err:
         raise unreadable(label, path, err) from err
-    try:
-        data = json.loads(record.read_text(encoding="utf-8"))
-        if data.get("identity") == _identity(st) and isinstance(data.get("sha256"), str):
-            return data["sha256"]
-    except (OSError, ValueError, AttributeError):
-        pass
+    data = _read_record(path)
+    if data is not None and data.get("identity") == _identity(st):
+        return data["sha256"]
     digest = file_sha256(path, label)
     remember(path, digest, st)
     return digest
 
 
+def changed_since_recorded(path: Path, label: str) -> tuple[str, str] | None:
+    """``(recorded, actual)`` sha256 of a file whose bytes are no longer those recorded for
+    it; None if they are, or there is no record. Hashes only a file changed since its record."""
+    data = _read_record(path)
+    if data is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        raise unreadable(label, path, err) from err
+    if data.get("identity") == _identity(st):
+        return None
+    digest = file_sha256(path, label)
+    if digest != data["sha256"]:
+        return data["sha256"], digest
+    remember(path, digest, st)  # the same bytes (touched, copied): record the new identity
+    return None
+
+
 def remember(path: Path, digest: str, st: os.stat_result | None = None) -> None:
     """Record that ``path`` (as it is now, or as ``st`` saw it) has sha256 ``digest``."""
-    record = _record_path(path)
-    tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
+    records = _records(create=True)
+    if records is None:  # best effort: an unusable cache only means hashing again next time
+        return
+    record = records / _record_name(path)
+    tmp = records / f".{record.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+    made = False
     try:
         st = st or os.stat(path)
-        record.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps({"path": str(Path(path).resolve()), "sha256": digest,
-                                   "identity": _identity(st)}), encoding="utf-8")
-        os.replace(tmp, record)
-    except OSError:  # best effort: a read-only cache only means hashing again next time
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
+        data = {"path": str(Path(path).resolve()), "sha256": digest, "identity": _identity(st)}
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW, 0o600)
+        made = True
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(json.dumps(data).encode())
+        os.replace(tmp, record)  # replaces a link at the record's name, never follows it
+    except OSError:
+        if made:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
 
 
 def forget(path: Path) -> None:
     """Drop the record of ``path`` (best effort)."""
+    records = _records(create=False)
+    if records is None:
+        return
     try:
-        _record_path(path).unlink()
+        (records / _record_name(path)).unlink()
     except OSError:
         pass

@@ -1,23 +1,30 @@
-"""Download a checkpoint into the cache: checked, resumable, bounded in time, once per URL.
+"""Download a checkpoint into the cache: one version or nothing, bounded in time, once per URL.
 
 :func:`download` keeps a URL's file in the cache (:mod:`.cache` describes its
-layout). A download is written to ``<entry>.partial`` and renamed into place
-only when it is complete, looks like a checkpoint (a safetensors header, a zip
-archive as ``torch.save`` writes, or a pickle) and, with ``sha256=``, has that
-hash. An HTML error page, JSON or an empty body is refused, and nothing is cached.
+layout, :mod:`.cachefiles` how it is kept private and never follows links). A
+download is written to ``<entry>.partial`` and renamed into place only when it
+is complete (as many bytes as the server announced), looks like a checkpoint
+(a safetensors header, a zip archive as ``torch.save`` writes, or a pickle)
+and, with ``sha256=``, has that hash. An HTML error page, JSON or an empty body
+is refused, and nothing is cached. The sha256 of the bytes assembled is
+recorded, pinned or not, so a later load notices a cached file that changed.
 
-A download interrupted by the network (a dropped connection, a read that
-timed out, the deadline) keeps its ``.partial`` file; the next call asks the
-server for the rest (``Range: bytes=N-``) and appends it if the server answers
-``206`` with the matching ``Content-Range``, else starts over. While a process
-downloads a URL it holds the entry's lock, so a second process waits and then
-finds the file in the cache.
+Resuming: a download interrupted by the network (a dropped connection, a read
+that timed out, the deadline) keeps its ``.partial`` file only if the server
+named the version it holds (a strong ETag, or a Last-Modified date); the next
+call, in any process, asks for the rest with ``Range`` and ``If-Range`` and
+appends only a ``206`` that continues that version to its announced end
+(:mod:`.cachefiles` lists the checks). Anything else starts over from byte 0:
+a ``200`` (the file changed, or ranges are not served), a ``416``, an
+inconsistent ``206``, or no validator at all (a weak ``W/`` ETag included).
+While a process downloads a URL it holds the entry's lock, so a second
+process waits and then finds the file in the cache.
 
 Time limits: ``timeout`` bounds each socket operation (default 60 s);
 ``deadline`` bounds the whole call, waiting for the lock included (default
-3600 s; ``math.inf`` for none). An interrupted download is resumed by the
-next call, so a deadline loses no bytes. :func:`download_limits` sets the
-defaults for a block (the command line's ``--timeout``/``--deadline``).
+3600 s; ``math.inf`` for none). An interrupted download that can be resumed is
+resumed by the next call, so a deadline loses no bytes. :func:`download_limits`
+sets the defaults for a block (the command line's ``--timeout``/``--deadline``).
 """
 
 from __future__ import annotations
@@ -28,7 +35,6 @@ import http.client
 import logging
 import math
 import os
-import re
 import struct
 import sys
 import time
@@ -44,14 +50,27 @@ from ..errors import CheckpointDownloadError, CheckpointHashError, InitTypeError
 from .cache import (
     DownloadLock,
     cache_dir,
-    cache_error,
     cached_path,
+    changed_since_recorded,
     clean_stale,
-    ensure_dir,
     file_sha256,
     forget,
     remember,
     verified_sha256,
+)
+from .cachefiles import (
+    cache_error,
+    content_range,
+    continuation_problem,
+    discard_partial,
+    ensure_dir,
+    open_file,
+    regular_file,
+    remove,
+    resume_point,
+    resume_record,
+    strong_validator,
+    write_resume,
 )
 
 logger = logging.getLogger("weightinit")
@@ -141,9 +160,9 @@ def describe(head: bytes, total: int) -> str:
 
 def download(url: str, sha256: str | None = None, timeout: float | None = None,
              deadline: float | None = None) -> str:
-    """Download ``url`` into the cache once (checked, resumable, optionally verified) and
-    return the local path; see the module documentation. ``timeout``/``deadline`` default
-    to those of :func:`download_limits` (60 s per read, 3600 s in all)."""
+    """Download ``url`` into the cache once (one version, verified) and return the local
+    path; see the module documentation. ``timeout``/``deadline`` default to those of
+    :func:`download_limits` (60 s per read, 3600 s in all)."""
     check_url(url)
     check_limits(timeout, deadline)
     limits = _LIMITS.get()
@@ -152,28 +171,23 @@ def download(url: str, sha256: str | None = None, timeout: float | None = None,
     deadline_at = None if deadline == math.inf else time.monotonic() + deadline
     expected = sha256.lower() if sha256 is not None else None
     target = cached_path(url)
-    clean_stale(target.parent)
-    if target.is_file() and (expected is None or verified_sha256(target, url) == expected):
-        return str(target)
     ensure_dir(target.parent, url)
+    clean_stale(target.parent)
+    if _cached(target, url, expected)[0]:
+        return str(target)
     with DownloadLock(target.with_name(target.name + ".lock"), url, deadline_at):
-        bad = None
-        if target.is_file():  # downloaded meanwhile, or a cached copy with another hash
-            bad = verified_sha256(target, url) if expected is not None else None
-            if bad is None or bad == expected:
-                return str(target)
-            logger.warning("%s: cached copy %s has sha256 %s, expected %s; downloading it "
-                           "again", url, target, bad, expected)
-            try:
-                target.unlink()
-            except OSError as err:
-                raise cache_error(url, target, err) from err
+        usable, bad = _cached(target, url, expected)  # downloaded meanwhile?
+        if usable:
+            return str(target)
+        if bad is not None:  # a cached copy with another hash
+            logger.warning("%s: cached copy %s %s; downloading it again", url, target, bad[1])
+            remove(target, url)
             forget(target)
         part = target.with_name(target.name + ".partial")
         digest = _fetch(url, part, timeout, deadline, deadline_at)
         if expected is not None and digest != expected:
-            _discard(part)
-            again = (f" The cached copy {target} had sha256 {bad}; it was deleted and "
+            discard_partial(part)
+            again = (f" The cached copy {target} had sha256 {bad[0]}; it was deleted and "
                      "downloaded again, with the same result." if bad else "")
             raise CheckpointHashError(
                 f"{url}: sha256 is {digest}, expected {expected} (the downloaded file).{again} "
@@ -183,115 +197,155 @@ def download(url: str, sha256: str | None = None, timeout: float | None = None,
             os.replace(part, target)
         except OSError as err:
             raise cache_error(url, target, err) from err
-        if expected is not None:
-            remember(target, digest)
+        discard_partial(part)  # its resume record
+        remember(target, digest)  # what was assembled, so a later load can check it
         logger.info("downloaded %s to %s", url, target)
         return str(target)
 
 
-def _discard(path: Path) -> None:
-    try:
-        path.unlink()
-    except OSError:
-        pass
+def _cached(target: Path, url: str, expected: str | None) -> tuple[bool, tuple[str, str] | None]:
+    """Whether the cache entry of ``url`` can be used as it is; else, if there is one, its
+    sha256 and what is wrong. With ``expected`` it must have that sha256, without it the
+    one recorded when it was downloaded (if recorded). An entry that is a link is refused."""
+    if not regular_file(target, url):
+        return False, None
+    if expected is not None:
+        digest = verified_sha256(target, url)
+        return digest == expected, (digest, f"has sha256 {digest}, expected {expected}")
+    changed = changed_since_recorded(target, url)
+    if changed is None:
+        return True, None
+    return False, (changed[1], f"has sha256 {changed[1]}, not the {changed[0]} recorded when "
+                               "it was downloaded (it was changed since)")
 
 
 def _fetch(url: str, part: Path, timeout: float, deadline: float,
-           deadline_at: float | None, retried: bool = False) -> str:
-    """Download ``url`` into ``part`` (resuming what it holds); returns the whole file's
-    sha256. A rejected response removes ``part``; an interrupted one keeps it."""
-    have = part.stat().st_size if part.is_file() else 0
-    headers = {"Range": f"bytes={have}-"} if have else {}
+           deadline_at: float | None) -> str:
+    """Download ``url`` into ``part``, appending to what it holds only if the server shows
+    it is the same version; returns the whole file's sha256. A rejected response removes
+    ``part``; an interrupted one keeps it only if it can be resumed."""
+    have, record = resume_point(url, part)
+    resp = None
+    if record is not None:
+        resp = _request(url, {"Range": f"bytes={have}-", "If-Range": record["validator"]},
+                        part, timeout, deadline_at, have)
+        if resp is not None and resp.status == 206:
+            problem = continuation_problem(resp, have, record)
+            if problem is not None:
+                logger.warning("%s: %s; downloading the whole file again", url, problem)
+                resp.close()
+                resp = None
+        if resp is None or resp.status != 206:  # a 200 is the whole file, of today's version
+            discard_partial(part)
+            have, record = 0, None
+    if resp is None:
+        resp = _request(url, {}, part, timeout, deadline_at, 0)
+    with resp:
+        if record is not None:
+            total = content_range(resp)[2]
+            fd = open_file(part, url, new=False)
+            resumable = True
+        else:
+            if resp.status != 200:
+                raise CheckpointDownloadError(f"cannot download {url}: HTTP {resp.status} "
+                                              f"{resp.reason} is not a success with a body. "
+                                              "Fix: check the URL.")
+            length = (resp.headers.get("Content-Length") or "").strip()
+            total = int(length) if length.isdigit() else None
+            validator = strong_validator(resp)
+            if validator is not None:  # written first, so an interrupted download can resume
+                write_resume(resume_record(part), url, validator[0], validator[1], total)
+            fd = open_file(part, url, new=True)
+            resumable = validator is not None
+        return _receive(url, resp, fd, part, have, total, resumable, deadline, deadline_at)
+
+
+def _request(url: str, headers: dict[str, str], part: Path, timeout: float,
+             deadline_at: float | None, have: int) -> Any:
+    """The response to a GET of ``url``; None for a ``416`` to a request resuming after
+    ``have`` bytes (the partial file is of another version)."""
     wait = timeout if deadline_at is None else max(0.01, min(timeout,
                                                             deadline_at - time.monotonic()))
     try:
-        resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=wait)
+        return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=wait)
     except urllib.error.HTTPError as err:
-        if have and err.code == 416 and not retried:  # the partial file is of another version
-            _discard(part)
-            return _fetch(url, part, timeout, deadline, deadline_at, True)
+        if have and err.code == 416:
+            err.close()
+            return None
         raise CheckpointDownloadError(f"cannot download {url}: HTTP {err.code} {err.reason}. "
                                       "Fix: check the URL.") from err
     except _NETWORK_ERRORS as err:
-        raise _interrupted(url, err, part) from err
-    with resp:
-        start = _start(url, resp, have)
-        length = resp.headers.get("Content-Length")
-        total = start + int(length) if length and length.isdigit() else None
-        digest = hashlib.sha256()
-        head = b""
-        if start:
-            with open(part, "rb") as fh:
-                for chunk in iter(lambda: fh.read(_CHUNK), b""):
-                    head = head or chunk[:_HEAD]
-                    digest.update(chunk)
-        received = start
+        raise _interrupted(url, err, part, have, None, resumable=bool(have)) from err
+
+
+def _receive(url: str, resp: Any, fd: int, part: Path, have: int, total: int | None,
+             resumable: bool, deadline: float, deadline_at: float | None) -> str:
+    """Append the body of ``resp`` to ``part`` (open as ``fd``, holding ``have`` bytes) and
+    return the whole file's sha256; the file must end with exactly ``total`` bytes if known."""
+    digest = hashlib.sha256()
+    head = b""
+    received = have
+    checked = False
+    with os.fdopen(fd, "r+b" if have else "wb") as out:
+        if have:
+            for chunk in iter(lambda: out.read(_CHUNK), b""):
+                head = head or chunk[:_HEAD]
+                digest.update(chunk)
         bar = _progress(total, part.name.removesuffix(".partial"))
         try:
-            out = open(part, "ab" if start else "wb")  # noqa: SIM115 - closed below
-        except OSError as err:
-            raise cache_error(url, part, err) from err
-        checked = False
-        try:
-            with out:
-                while True:
-                    try:
-                        chunk = resp.read1(_CHUNK)
-                    except _NETWORK_ERRORS as err:
-                        raise _interrupted(url, err, part, received, total) from err
-                    if not chunk:
-                        break
-                    try:
-                        out.write(chunk)
-                    except OSError as err:
-                        raise cache_error(url, part, err) from err
-                    digest.update(chunk)
-                    received += len(chunk)
-                    if len(head) < _HEAD:
-                        head += chunk[:_HEAD - len(head)]
-                    if not checked and len(head) >= _HEAD:
-                        _check_head(url, resp.status, head, total or received, part, total)
-                        checked = True
-                    if bar is not None:
-                        bar[0].update(bar[1], completed=received)
-                    if deadline_at is not None and time.monotonic() > deadline_at:
-                        raise CheckpointDownloadError(
-                            f"cannot download {url}: it did not finish within deadline="
-                            f"{deadline:g} s ({_bytes(received, total)} received; kept in "
-                            f"{part}, the next call resumes from there). Fix: pass a larger "
-                            "deadline= (or --deadline), or check the network.")
+            while True:
+                try:
+                    chunk = resp.read1(_CHUNK)
+                except _NETWORK_ERRORS as err:
+                    raise _interrupted(url, err, part, received, total, resumable) from err
+                if not chunk:
+                    break
+                if total is not None and received + len(chunk) > total:
+                    discard_partial(part)
+                    raise CheckpointDownloadError(
+                        f"cannot download {url}: the server sent more than the {total} bytes "
+                        "it announced; nothing was kept in the cache. Fix: retry; if it "
+                        "happens again, download the file by hand and load it from a path.")
+                try:
+                    out.write(chunk)
+                except OSError as err:
+                    raise cache_error(url, part, err) from err
+                digest.update(chunk)
+                received += len(chunk)
+                if len(head) < _HEAD:
+                    head += chunk[:_HEAD - len(head)]
+                if not checked and len(head) >= _HEAD:
+                    _check_head(url, resp.status, head, total or received, part, total)
+                    checked = True
+                if bar is not None:
+                    bar[0].update(bar[1], completed=received)
+                if deadline_at is not None and time.monotonic() > deadline_at:
+                    raise CheckpointDownloadError(
+                        f"cannot download {url}: it did not finish within deadline="
+                        f"{deadline:g} s ({_bytes(received, total)} received"
+                        f"{_kept(part, received, resumable)}). Fix: pass a larger deadline= "
+                        "(or --deadline), or check the network.")
         finally:
             if bar is not None:
                 bar[0].stop()
         if total is not None and received < total:
-            raise _interrupted(url, None, part, received, total)
+            raise _interrupted(url, None, part, received, total, resumable)
         if not checked:
             _check_head(url, resp.status, head, received, part, total)
-    return digest.hexdigest()
-
-
-def _start(url: str, resp: Any, have: int) -> int:
-    """Where the body of ``resp`` starts in the file: ``have`` for a matching 206, else 0."""
-    if resp.status == 206 and have:
-        match = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)",
-                             (resp.headers.get("Content-Range") or "").strip())
-        if match and int(match.group(1)) == have:
-            return have
+        out.flush()
+        size = os.fstat(out.fileno()).st_size
+    if size != received:  # the cache directory is private: only another bug could do this
+        discard_partial(part)
         raise CheckpointDownloadError(
-            f"cannot download {url}: asked to resume at byte {have}, the server answered HTTP "
-            f"206 with Content-Range {resp.headers.get('Content-Range')!r}. Fix: delete the "
-            "partial file and retry.")
-    if resp.status != 200:
-        raise CheckpointDownloadError(f"cannot download {url}: HTTP {resp.status} "
-                                      f"{resp.reason} is not a success with a body. Fix: "
-                                      "check the URL.")
-    return 0
+            f"cannot download {url}: {part} holds {size} bytes, not the {received} assembled; "
+            "nothing was kept. Fix: make sure nothing else writes to the cache, and retry.")
+    return digest.hexdigest()
 
 
 def _check_head(url: str, status: int, head: bytes, size: int, part: Path,
                 total: int | None) -> None:
     if not looks_like_checkpoint(head, total):
-        _discard(part)
+        discard_partial(part)
         raise CheckpointDownloadError(
             f"cannot download {url}: HTTP {status}, but it {describe(head, size)}, not a "
             "checkpoint (safetensors, zip or pickle); nothing was cached. Fix: check the URL "
@@ -302,19 +356,26 @@ def _bytes(received: int, total: int | None) -> str:
     return f"{received} of {total} bytes" if total is not None else f"{received} bytes"
 
 
-def _interrupted(url: str, err: BaseException | None, part: Path, received: int = 0,
-                 total: int | None = None) -> CheckpointDownloadError:
+def _kept(part: Path, received: int, resumable: bool) -> str:
+    """What became of the bytes received, for a message (discarded if not resumable)."""
+    if resumable and received and os.path.isfile(part):
+        return (f"; the {received} bytes received are kept in {part} and the next call "
+                "resumes from there if the file did not change")
+    discard_partial(part)
+    if received:
+        return ("; the server names no version to resume by (a strong ETag or Last-Modified), "
+                "so nothing was kept and the next call starts over")
+    return ""
+
+
+def _interrupted(url: str, err: BaseException | None, part: Path, received: int,
+                 total: int | None, resumable: bool) -> CheckpointDownloadError:
     what = (f"stopped after {_bytes(received, total)}" if err is None
             else f"{err}" + (f" after {_bytes(received, total)}" if received else ""))
-    kept = ""
-    if received and part.is_file():
-        kept = (f"; the {received} bytes received are kept in {part} and the next call resumes "
-                "from there")
-    elif part.is_file() and part.stat().st_size == 0:
-        _discard(part)
     return CheckpointDownloadError(
-        f"cannot download {url}: {what}{kept}. Fix: check the network and retry, pass a larger "
-        f"timeout=, or put the file in the cache ({cache_dir()}).")
+        f"cannot download {url}: {what}{_kept(part, received, resumable)}. Fix: check the "
+        f"network and retry, pass a larger timeout=, or put the file in the cache "
+        f"({cache_dir()}).")
 
 
 def _progress(total: int | None, label: str):  # noqa: ANN202 - rich object or None
