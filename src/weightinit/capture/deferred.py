@@ -22,6 +22,14 @@ numbers: :mod:`weightinit.execution.eager_order`).
 process-wide hooks it needs (``nn.Parameter.__new__``, the ``torch.nn.init``
 functions, a parameter-registration hook) are installed while any thread is
 inside a block, and behave exactly like the originals in other threads.
+
+``deferred()`` refuses to run under ``torch.inference_mode()`` (at entry, and
+when a block's constructor enters it): tensors made there are inference
+tensors for good. Buffers and computed values built in the block would be
+inference tensors that training can not update in place, and a model
+materialized inside it gets inference parameters that never take a gradient.
+Refusing at entry names the cause where it is, before any model exists; the
+fix is to build (and initialize) under ``torch.no_grad()`` instead.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
 from ..compat import TRUNC_NORMAL_HELPER, default_device
+from ..errors import MaterializeError
 
 _EMPTY_FACTORIES = {torch.empty, torch.empty_like, torch.empty_strided, Tensor.new_empty}
 _INPLACE_DUNDERS = {"__setitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__",
@@ -176,6 +185,20 @@ def _record(tensor: Tensor, func: Callable[..., Any], args: tuple, kwargs: dict)
     construction.add(func, args[1:], dict(kwargs), chain_of(tensor))
 
 
+def check_not_inference_mode(where: str) -> None:
+    """Raise :class:`MaterializeError` if ``torch.inference_mode()`` is on (``where``: what
+    was about to happen, for the message)."""
+    if not torch.is_inference_mode_enabled():
+        return
+    raise MaterializeError(
+        f"{where} inside torch.inference_mode(): every tensor made there is an inference "
+        "tensor for good, so the model's parameters could never take a gradient and its "
+        "buffers (e.g. BatchNorm statistics) could not be updated, or weights loaded into "
+        "them, once inference_mode is left. Nothing was built. Fix: build the model under "
+        "weightinit.deferred() outside inference_mode (use torch.no_grad() there if you only "
+        "want no autograd), initialize it, then run it under torch.inference_mode().")
+
+
 class _DeferredMode(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None):
         kwargs = kwargs or {}
@@ -271,6 +294,8 @@ def _deferred_parameter_new(original: Callable[..., Any]) -> Callable[..., Any]:
     def new(cls: type, *args: Any, **kwargs: Any) -> Tensor:
         if not _active():
             return original(cls, *args, **kwargs)
+        # inference_mode entered inside the block (a builder decorated with it)
+        check_not_inference_mode("weightinit.deferred(): a constructor creates a Parameter")
         return deferred_new(cls, *args, **kwargs)
 
     def deferred_new(cls: type, data: Tensor | None = None, requires_grad: bool = True) -> Tensor:
@@ -355,7 +380,11 @@ def deferred(match_eager: bool = False) -> Iterator[None]:
 
     Blocks nest, and only the calling thread is affected: other threads keep
     building real tensors with the usual default init.
+
+    Raises :class:`~weightinit.errors.MaterializeError` under
+    ``torch.inference_mode()`` (see the module docstring); use ``torch.no_grad()``.
     """
+    check_not_inference_mode("weightinit.deferred() was entered")
     outer = getattr(_STATE, "match_eager", False)
     depth = getattr(_STATE, "depth", 0)
     if depth:  # nested: the outermost entry of this thread already set everything up

@@ -5,6 +5,10 @@
   mismatch, like a shape mismatch; a cast inside a kind (float32 into
   bfloat16, int64 into int32) and real into complex are allowed;
   (while planning, from the header: nothing is read);
+* no entry loads: when checkpoint keys name model tensors but none can be
+  loaded, :func:`no_match_error` says what each such entry is (a numpy
+  array, a complex tensor, another shape) instead of claiming that no key
+  matches while both sides list the same names;
 * values: an entry that was loaded and holds NaN or infinity is reported. The
   check reads the tensor just written (one pass over memory), not the file
   again: reading every entry twice would cost several times the load itself.
@@ -13,10 +17,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+import torch.nn as nn
 from torch import Tensor
 
-from ..checkpoint.loader import LoadReport
+from ..checkpoint.loader import CheckpointState, LoadReport
 from ..errors import CheckpointMismatchError, NonFiniteCheckpointWarning, warn
 
 #: elements checked at a time (bounds the temporary ``isfinite`` mask)
@@ -78,3 +85,61 @@ def listed(keys: list[str], limit: int = 5) -> str:
 
 def short(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
+
+
+def type_name(value: object) -> str:
+    """``numpy.ndarray``, ``list``: what a checkpoint entry that is not a tensor holds."""
+    cls = type(value)
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+def _a(word: str) -> str:
+    """``word`` with its indefinite article: ``an int64``, ``a uint8``, ``a numpy.ndarray``."""
+    return f"{'an' if word[:1].lower() in 'aeio' else 'a'} {word}"
+
+
+def why_not_loaded(state: CheckpointState, key: str, slot: Tensor,
+                   dtype: torch.dtype, where: str = "") -> str | None:
+    """Why checkpoint entry ``key`` can not load into the model tensor ``slot`` (materialized
+    as ``dtype``), as a phrase naming both; None when it can."""
+    what = "parameter" if isinstance(slot, nn.Parameter) else "buffer"
+    if not state.is_tensor(key):
+        return (f"checkpoint entry {key!r} is {_a(type_name(state.get(key)))}, not a tensor "
+                f"(the model's {what} is {_a(short(dtype))} tensor)")
+    shape = state.shape(key)
+    if tuple(slot.shape) != shape:
+        return (f"checkpoint entry {key!r} has shape {list(shape)}, the model's {what} "
+                f"{list(slot.shape)}")
+    src = state.dtype(key, where)
+    if kinds_mismatch(src, dtype):
+        return (f"checkpoint entry {key!r} is {_a(short(src))} tensor, which can not load "
+                f"into the {short(dtype)} {what}")
+    return None
+
+
+def no_match_error(where: str, source: str, label: str, state: CheckpointState,
+                   slots: dict[str, Tensor],
+                   dtype_of: Callable[[Tensor], torch.dtype]) -> CheckpointMismatchError:
+    """The error when no entry of checkpoint ``source`` loads into ``label``'s tensors
+    (``slots``: name -> tensor; ``dtype_of``: the dtype each is materialized as).
+
+    Keys that name a model tensor are explained entry by entry (not a tensor, another
+    shape, another dtype kind); only when no key names one are the two key lists shown.
+    """
+    reasons = [why for k in state.keys() if k in slots
+               for why in [why_not_loaded(state, k, slots[k], dtype_of(slots[k]), where)]
+               if why is not None]
+    if reasons:
+        more = f"; and {len(reasons) - 5} more" if len(reasons) > 5 else ""
+        return CheckpointMismatchError(
+            f"{where}: no entry of {source} can be loaded into {label}: the keys match, but "
+            f"{'; '.join(reasons[:5])}{more}. Fix: save the entries as tensors of the model's "
+            "shapes and dtype kind (torch.from_numpy(a) for a numpy array; t.real or t.float() "
+            "for a complex or integer tensor), or check that this is the right checkpoint.")
+    keys = state.keys()
+    return CheckpointMismatchError(
+        f"{where}: no key of {source} matches {label}: checkpoint keys start "
+        f"{', '.join(keys[:5]) or '(none)'}; the module's start "
+        f"{', '.join(list(slots)[:5]) or '(none)'}. Fix: set prefix= or revise_keys= so the "
+        "checkpoint's keys match the model's, or check that this is the right checkpoint.")
