@@ -23,6 +23,7 @@ import importlib
 import importlib.util
 import math
 import re
+import socket
 import sys
 import types
 from collections.abc import Callable
@@ -978,3 +979,96 @@ def test_record_exact_where_mmengine_mean_detection_misses(mm_record):
     assert norm_mm(mm_record["bn.weight"]) == ("unchanged", "Node")  # MMEngine misses it
     assert wm.init_record["bn.weight"].info == "ConstantInit: val=1, bias=0"
     assert wm.init_record["bn.weight"].kind == "rule"
+
+
+# ============================================================ 5. the bridge (weightinit.mmengine)
+
+
+def norm_text(text: str) -> tuple[str, str]:
+    """A text the bridge hands ``_dump_init_info``, in :func:`norm_mm`'s terms."""
+    if text.startswith("not changed by init_weights of "):
+        return "unchanged", text.removeprefix("not changed by init_weights of ")
+    if m := WI_USER_CALL.fullmatch(text):
+        return "user", m.group(1)
+    return "text", text
+
+
+def _bridge_tree(k: SimpleNamespace) -> nn.Module:
+    return k.Node([const(1, 0.5, layer="Conv2d"), const(2, 0.25, layer="BatchNorm2d")],
+                  leaves=("fc", "conv", "bn"), g=k.Gate(), u=UserLeaf(3.0),
+                  o=k.Overriding(const(4, 0.125, layer="Linear"), leaves=("fc", "ln")))
+
+
+def test_bridge_gives_dump_init_info_what_mmengine_gives(mm_record):
+    """Under ``weightinit.mmengine``, MMEngine's ``_dump_init_info`` (the fixture's, here)
+    is called after the run with ``_params_init_info`` for every parameter, and user code
+    calling MMEngine's ``update_init_info`` during the run (``Gate``) finds it."""
+    wim = pytest.importorskip("weightinit.mmengine")
+    torch.manual_seed(0)
+    mm = _bridge_tree(kit_of("mmengine"))
+    randomize(mm, 0)
+    start = snapshot(mm)
+    mm.init_weights()
+    theirs = dict(mm_record)
+    mm_record.clear()
+    with wim.installed():
+        ours = _bridge_tree(kit_of("mmengine"))
+        ours.load_state_dict(start)
+        ours.init_weights()
+    assert_identical(ours, mm)
+    record = wi.get_init_record(ours)
+    assert list(mm_record) == list(theirs) == list(record.params)
+    assert {n: norm_text(t) for n, t in mm_record.items()} == {
+        n: norm_mm(t) for n, t in theirs.items()}
+    # MMEngine's update_init_info label on what Gate's own code wrote; the record's elsewhere
+    assert mm_record["g.gate.weight"] == theirs["g.gate.weight"] == "zero gate (update_init_info)"
+    assert record["g.gate.weight"].info == "fill_(0) in Gate.init_weights"
+    assert {n: t for n, t in mm_record.items() if n != "g.gate.weight"} == {
+        n: r.info for n, r in record.params.items() if n != "g.gate.weight"}
+    assert not any("_params_init_info" in vars(m) for m in ours.modules())
+
+
+def test_bridge_keeps_mmengines_silence_on_unmatched_layers(caplog, recwarn):
+    wim = pytest.importorskip("weightinit.mmengine")
+
+    def build(k: SimpleNamespace) -> nn.Module:
+        return k.Node(const(2, layer=["Linear", "LayerNorm"]), leaves=("conv",))
+
+    build(kit_of("mmengine")).init_weights()  # its layer names match nothing: MMEngine is silent
+    assert [w for w in recwarn if issubclass(w.category, wi.InitWarning)] == []
+    with wim.installed(), caplog.at_level("INFO", logger="weightinit"):
+        ours = build(kit_of("mmengine"))
+        before = snapshot(ours)
+        ours.init_weights()
+        strict = build(kit_of("mmengine"))
+        with pytest.raises(wi.OverrideTargetError, match="'Linear'"):
+            strict.init_weights(strict=True)
+        with pytest.warns(wi.UnmatchedLayerWarning, match="'Linear'"):
+            wi.initialize(build(kit_of("weightinit")), const(2, layer="Linear"))
+    assert [w for w in recwarn if issubclass(w.category, wi.UnmatchedLayerWarning)] == []
+    logged = [r.getMessage() for r in caplog.records if r.name == "weightinit"
+              and r.getMessage().startswith("UnmatchedLayerWarning: ")]
+    assert len(logged) == 1 and "ConstantInit layer 'Linear', 'LayerNorm' match no module" in \
+        logged[0]
+    assert_identical(ours, before)
+    assert ours.is_init and not strict.is_init
+
+
+def test_download_error_is_an_oserror_like_mmengines(tmp_path, monkeypatch):
+    """MMEngine's failed download is urllib's ``URLError``, an ``OSError``; ours is too."""
+    monkeypatch.setenv("WEIGHTINIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/weights.pth"  # nothing listens there
+    wm, mm = build_pair(lambda k: k.Node(dict(type="Pretrained", checkpoint=url)))
+    with pytest.raises(OSError) as e_mm:
+        mm.init_weights()
+    before = snapshot(wm)
+    with pytest.raises(OSError) as e_wi:
+        wm.init_weights()
+    assert not isinstance(e_mm.value, wi.InitError)
+    assert isinstance(e_wi.value, wi.CheckpointDownloadError)
+    assert isinstance(e_wi.value, RuntimeError)  # what it was before, still caught as such
+    assert url in str(e_wi.value)
+    assert_identical(wm, before)

@@ -7,6 +7,7 @@ it in a session that commits everything or, on failure, restores the model.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from collections.abc import Callable
@@ -36,6 +37,9 @@ __all__ = ["get_init_record", "initialize", "load_checkpoint", "plan", "run_init
 
 #: on a wrapped (overriding) ``init_weights``: the user's own function
 USER_INIT = "__weightinit_user_init__"
+#: on an ``init_weights`` function: a context manager factory its runs plan under (the MMEngine
+#: bridge's: MMEngine's layer matching and silence), which :func:`plan` of it applies too
+RUN_CONTEXT = "__weightinit_run_context__"
 _OPTIONS = ("device", "dtype", "seed", "strict")
 
 
@@ -220,6 +224,7 @@ def plan(model: nn.Module, init_cfg: Any = None, *, device: Any = None, dtype: A
     if not isinstance(model, nn.Module):
         raise InitTypeError(f"plan: model must be an nn.Module, got {type(model).__name__}")
     user_root = False
+    context: Any = contextlib.nullcontext()
     if init_cfg is None:
         if not is_node(model):
             raise InitTypeError(f"plan: {type(model).__name__} is not a weightinit.BaseModule, so "
@@ -228,10 +233,14 @@ def plan(model: nn.Module, init_cfg: Any = None, *, device: Any = None, dtype: A
         rules = None
         # an overriding init_weights is user code: the plan says what it leaves to it
         user_root = not is_planned(model)
+        # planned as its init_weights would run (the MMEngine bridge's: MMEngine's rules)
+        enter = getattr(getattr(type(model), "init_weights", None), RUN_CONTEXT, None)
+        if enter is not None:
+            context = enter()
     else:
         _check_cfg(init_cfg)
         rules = parse_init_cfg(init_cfg, "", type(model).__name__, strict=strict)
-    with collector_paused():
+    with context, collector_paused():
         return build_plan(PlanningCache(model), Request(model, rules, device, dtype,
                                                         allow_undefined=allow_undefined,
                                                         strict=strict, user_root=user_root))

@@ -14,7 +14,8 @@ also catch by what went wrong:
 * :class:`ConfigError` — a config *file* for the command line;
 * :class:`HealthCheckError` — the health check cannot run the model.
 
-Every ``…NotFoundError`` is also its domain's error and a ``FileNotFoundError``.
+Every ``…NotFoundError`` is also its domain's error and a ``FileNotFoundError``;
+:class:`CheckpointDownloadError` is also an ``OSError`` (MMEngine's is urllib's ``URLError``).
 Messages name the config entry, the module path and the fix, e.g.::
 
     backbone (ResNet) init_cfg[1].override[0]: no submodule 'neck';
@@ -28,9 +29,13 @@ applied, a ``layer`` name that matches nothing, skipped checkpoint keys, a secon
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import logging
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 
 
 class InitError(Exception):
@@ -80,6 +85,11 @@ class DistributionError(InitCfgError, InitValueError, AssertionError):
 
 class OverrideError(InitCfgError, InitValueError):
     """An ``override`` entry is malformed (no ``name``, or args without ``type``)."""
+
+
+class ConfigNestingError(InitCfgError, InitValueError):
+    """An ``init_cfg`` nests deeper than the limit, or contains itself (a dict or list that
+    refers back to one that holds it)."""
 
 
 class OverrideTargetError(InitCfgError, InitRuntimeError):
@@ -133,8 +143,12 @@ class UnsafeCheckpointError(CheckpointError):
     """A pickle checkpoint needs arbitrary code to load and pickles were not allowed."""
 
 
-class CheckpointDownloadError(CheckpointError):
-    """A checkpoint could not be downloaded (HTTP error, dropped connection)."""
+class CheckpointDownloadError(CheckpointError, OSError):
+    """A checkpoint could not be downloaded (HTTP error, dropped connection).
+
+    Also an ``OSError``, as what MMEngine raises for the same failure (urllib's
+    ``URLError``), so ``except OSError`` around a download keeps working.
+    """
 
 
 class CheckpointHashError(CheckpointError):
@@ -257,11 +271,33 @@ def strict_error(warning: InitWarning) -> InitError:
     return InitRuntimeError(str(warning))
 
 
+#: categories :func:`warn` logs instead of issuing, in the running thread or task only (the
+#: MMEngine bridge's runs: MMEngine is silent where weightinit would warn)
+_LOGGED: contextvars.ContextVar[tuple[type[InitWarning], ...]] = contextvars.ContextVar(
+    "weightinit_logged_warnings", default=())
+
+
+@contextlib.contextmanager
+def logged_instead(categories: tuple[type[InitWarning], ...]) -> Iterator[None]:
+    """In the block, :func:`warn` writes ``categories`` to the ``weightinit`` logger (INFO)
+    instead of issuing them; ``strict`` still raises. A context variable, not a warnings
+    filter: other threads, and the user's own filters, are not touched."""
+    token = _LOGGED.set(tuple(categories))
+    try:
+        yield
+    finally:
+        _LOGGED.reset(token)
+
+
 def warn(category: type[InitWarning], message: str, *, strict: bool = False) -> None:
     """Warn with ``category`` at the first caller outside the package (the user's line), so
-    Python's default filter shows it once per location; under ``strict`` raise its error."""
+    Python's default filter shows it once per location; under ``strict`` raise its error.
+    Inside :func:`logged_instead` of its category, log it instead."""
     if strict:
         raise strict_error(category(message))
+    if issubclass(category, _LOGGED.get()):
+        logging.getLogger("weightinit").info("%s: %s", category.__name__, message)
+        return
     level, frame = 1, sys._getframe(0)
     while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
         frame = frame.f_back

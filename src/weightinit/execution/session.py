@@ -40,8 +40,6 @@ logger = logging.getLogger("weightinit")
 
 _ACTIVE: contextvars.ContextVar[Session | None] = contextvars.ContextVar(
     "weightinit_session", default=None)
-#: called with (root, record) after each outermost run commits (the MMEngine bridge logs it)
-ON_COMMIT: list[Any] = []
 
 
 @dataclass(frozen=True)
@@ -153,8 +151,6 @@ class Session:
         record = self.record()
         record.log(logger)
         object.__setattr__(self.root, "_weightinit_record", record)
-        for hook in ON_COMMIT:
-            hook(self.root, record)
         return record
 
     def run_nested(self, plan: Plan) -> None:
