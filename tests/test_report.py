@@ -185,7 +185,9 @@ def test_json_structure(report):
                                    "kind": "rule", "parameters": 2, "elements": 544}
     conv = data["parameters"][0]
     assert list(conv) == ["name", "shape", "dtype", "device", "numel", "kind", "rule", "info",
-                          "declared_in", "mean", "std", "promised_std", "std_matches"]
+                          "declared_in", "mean", "std", "promised_std", "std_matches",
+                          "measured"]
+    assert conv["measured"] == 16 * 3 * 3 * 3  # every element: no sample asked for
     assert conv["name"] == "conv.weight" and conv["shape"] == [16, 3, 3, 3]
     assert conv["rule"] == {"type": "Kaiming", "args": {
         "a": 0, "mode": "fan_out", "nonlinearity": "relu", "distribution": "normal", "bias": 0,

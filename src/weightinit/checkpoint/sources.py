@@ -29,9 +29,14 @@ Add your own with a decorator::
 from __future__ import annotations
 
 import difflib
+import http.client
 import json
 import os
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources
 
 from ..errors import (
@@ -44,12 +49,14 @@ from ..errors import (
 from .cache import cache_dir as cache_dir
 from .cache import cached_path as cached_path
 from .cache import unreadable, verified_sha256
-from .downloads import download
+from .downloads import check_url, download
 
 Fetcher = Callable[[str, "str | None"], str]
 _SCHEMES: dict[str, Fetcher] = {}
 #: schemes whose fetcher verifies ``sha256`` itself (and re-downloads a corrupt copy)
 _VERIFYING = ("http", "https", "torchvision")
+#: seconds :func:`probe` waits for the answer to its HEAD request
+PROBE_TIMEOUT = 5.0
 
 
 def register_scheme(scheme: str, force: bool = False) -> Callable[[Fetcher], Fetcher]:
@@ -83,8 +90,8 @@ def torchvision_urls() -> dict[str, str]:
     return json.loads(text)
 
 
-@register_scheme("torchvision")
-def _fetch_torchvision(ref: str, sha256: str | None) -> str:
+def torchvision_url(ref: str) -> str:
+    """The URL a ``torchvision://NAME`` reference names (a did-you-mean error if none)."""
     name = ref[len("torchvision://"):]
     urls = torchvision_urls()
     if name not in urls:
@@ -92,7 +99,12 @@ def _fetch_torchvision(ref: str, sha256: str | None) -> str:
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
         raise CheckpointNotFoundError(2, f"{ref}: {name!r} is not a torchvision model-zoo "
                                          f"name.{hint}")
-    return download(urls[name], sha256)
+    return urls[name]
+
+
+@register_scheme("torchvision")
+def _fetch_torchvision(ref: str, sha256: str | None) -> str:
+    return download(torchvision_url(ref), sha256)
 
 
 @register_scheme("file")
@@ -105,13 +117,92 @@ def resolve(source: str, sha256: str | None = None) -> str:
     scheme = source.split("://", 1)[0] if "://" in source else None
     if scheme is None:
         return os.path.expanduser(source)
+    return _fetcher(source, scheme)(source, sha256)
+
+
+def _fetcher(source: str, scheme: str) -> Fetcher:
     fetch = _SCHEMES.get(scheme)
     if fetch is None:
         raise CheckpointNotFoundError(2, f"{source}: no handler for the {scheme!r} scheme "
                                          f"(known: {', '.join(sorted(_SCHEMES))}). Fix: "
                                          "register one with @weightinit.register_scheme"
                                          f"({scheme!r}).")
-    return fetch(source, sha256)
+    return fetch
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A checkpoint reference as seen without downloading anything (:func:`probe`).
+
+    ``path`` is the local file to read — the file itself, or a URL's copy in
+    the cache — or None while the reference still has to be fetched; then
+    ``size`` is its size in bytes when a HEAD request told it, and ``why``
+    says why it is not known.
+    """
+
+    source: str
+    path: str | None
+    url: str | None = None
+    size: int | None = None
+    why: str = ""
+
+    @property
+    def pending(self) -> bool:
+        """The run would fetch it: no local copy exists yet."""
+        return self.path is None
+
+    def describe(self) -> str:
+        """``'download pending (97.8 MB)'``, or with the reason the size is unknown."""
+        if self.size is not None:
+            size = (f"{self.size:,} bytes" if self.size < 1_000_000
+                    else f"{self.size / 1e6:,.1f} MB")
+            return f"download pending ({size})"
+        return f"download pending (size unknown: {self.why})" if self.why else \
+            "download pending"
+
+
+def probe(source: str, timeout: float = PROBE_TIMEOUT) -> Probe:
+    """Where checkpoint ``source`` is, found without downloading it (for dry runs).
+
+    A local path or ``file://`` is itself. An ``http(s)://`` or ``torchvision://``
+    reference is its copy in the cache if there is one, else pending, with the
+    size a HEAD request reports within ``timeout`` seconds (a server that does
+    not answer only leaves the size unknown). A reference of a scheme the user
+    registered is pending: only its handler knows how to fetch it, and calling
+    it could download. A malformed URL, an unknown scheme or ``torchvision://``
+    name raise what the run would raise.
+    """
+    scheme = source.split("://", 1)[0] if "://" in source else None
+    if scheme is None or (scheme == "file" and _SCHEMES.get("file") is _fetch_file):
+        return Probe(source, resolve(source))
+    fetch = _fetcher(source, scheme)
+    if fetch is _fetch_torchvision:
+        url = torchvision_url(source)
+    elif fetch in (_fetch_http, _fetch_https):
+        url = source
+    else:
+        return Probe(source, None, source,
+                     why=f"its {scheme!r} handler fetches it when the model is initialized")
+    check_url(url)
+    cached = cached_path(url)
+    if cached.is_file() and not cached.is_symlink():
+        return Probe(source, str(cached), url)
+    size, why = _head_size(url, timeout)
+    return Probe(source, None, url, size, why)
+
+
+def _head_size(url: str, timeout: float) -> tuple[int | None, str]:
+    """The ``Content-Length`` a HEAD request of ``url`` reports, or None and why not."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"),
+                                    timeout=timeout) as resp:
+            length = (resp.headers.get("Content-Length") or "").strip()
+    except urllib.error.HTTPError as err:
+        return None, f"HEAD answered HTTP {err.code} {err.reason}"
+    except (OSError, http.client.HTTPException, ValueError) as err:  # URLError is an OSError
+        reason = getattr(err, "reason", None) or err
+        return None, f"{urllib.parse.urlsplit(url).netloc} not reached: {reason}"
+    return (int(length), "") if length.isdigit() else (None, "the server does not say")
 
 
 def checked_file(source: str, path: str, sha256: str | None = None, pre: str = "") -> str:

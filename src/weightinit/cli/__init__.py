@@ -11,7 +11,11 @@ line on stderr, never a traceback (``--debug`` shows it). Library warnings
 (:class:`~weightinit.errors.InitWarning`) print as ``weightinit: warning: ...``
 lines on stderr; ``--strict`` makes each an error (exit 2) before anything is written.
 ``--timeout``/``--deadline`` bound the download of a checkpoint (a ``Pretrained``
-rule's URL, or ``convert``'s input) that does not set its own.
+rule's URL, or ``convert``'s input) that does not set its own. ``plan`` downloads
+nothing: a checkpoint URL is planned from its cached copy, else as a pending
+download (``--timeout`` bounds the HEAD request that asks its size). Output
+paths (``--out``, ``--report``, ``--plot``) are checked before any work; a
+folder the command creates is named in its output.
 """
 
 from __future__ import annotations

@@ -5,18 +5,18 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
 
 from ..configfile import InputSpec, ModelConfig, load_config, parse_shape, torch_dtype
 from ..errors import InitError, UsageError
-from ..execution import seeded
 from ..health import check_health, plot_health, random_input
 from ..record import InitRecord
-from ..report import Report, build_report, plan_report
-from .output import Output, one_line
-from .writing import make_parent, save_checkpoint, write_health
+from ..report import SUMMARY_SAMPLE, Report, build_report, plan_report
+from .output import Output, one_line, parameter_slots, watch_writes
+from .writing import check_output, make_parent, save_checkpoint, write_health
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 REPORT_SUFFIXES = (".json", ".md", ".markdown")
@@ -26,6 +26,28 @@ def check_suffix(path: str, allowed: Sequence[str], flag: str) -> None:
     """Refuse ``path`` (given with ``flag``) unless it ends in one of ``allowed``."""
     if not path.lower().endswith(tuple(allowed)):
         raise UsageError(f"{flag} {path}: unsupported file type; use one of {', '.join(allowed)}")
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse unusable ``--out``/``--report``/``--plot`` paths before any work (exit 2)."""
+    out = getattr(args, "out", None)
+    if out is not None:
+        check_suffix(out, CHECKPOINT_SUFFIXES, "--out")
+        check_output(out, "--out", "model.safetensors", replaced=True)
+    for path in args.report:
+        check_suffix(path, REPORT_SUFFIXES, "--report")
+        check_output(path, "--report", "report.md")
+    plot = getattr(args, "plot", None)
+    if plot:
+        check_suffix(plot, (".png",), "--plot")
+        check_output(plot, "--plot", "check.png")
+
+
+def _parent_for(path: str, out: Output) -> None:
+    """Create ``path``'s folder, saying so when it did not exist."""
+    created = make_parent(path)
+    if created is not None:
+        out.print(f"created folder {created}/")
 
 
 # ------------------------------------------------------------------ shared steps
@@ -83,15 +105,19 @@ def _build_and_init(cfg: ModelConfig, args: argparse.Namespace, out: Output
                     ) -> tuple[nn.Module, InitRecord, float]:
     """Build the config's model (deferred unless --eager), initialize it; returns the seconds."""
     device, dtype = _settings(cfg, args)
-    torch.manual_seed(_seed(cfg, args))
+    seed = _seed(cfg, args)
+    torch.manual_seed(seed)  # what an eager constructor draws
     how = "eagerly" if args.eager else "deferred, on meta"
     with out.step(f"building {cfg.path.name} ({how})"):
         model = cfg.build(deferred=not args.eager)
     where = f"{device}" + (f", {str(dtype).replace('torch.', '')}" if dtype else "")
-    with out.step(f"initializing {type(model).__name__} on {where}"):
+    with out.counting(f"initializing {type(model).__name__} on {where}",
+                      parameter_slots(model), lazy=True) as advance:
         start = time.perf_counter()
-        with seeded(_seed(cfg, args)):  # values depend on (seed, name, rule) only
-            record = cfg.initialize(model, device=device, dtype=dtype, strict=args.strict)
+        with watch_writes(model, advance) if out.progress is not None else nullcontext():
+            # values depend on (seed, name, rule) only, as for cfg.initialize() in Python
+            record = cfg.initialize(model, device=device, dtype=dtype, strict=args.strict,
+                                    seed=seed)
         elapsed = time.perf_counter() - start
     return model, record, elapsed
 
@@ -108,7 +134,7 @@ def _print_report(rep: Report, out: Output, summary: bool) -> None:
 
 def _write_reports(rep: Report, paths: list[str], out: Output) -> None:
     for path in paths:
-        make_parent(path)
+        _parent_for(path, out)
         rep.write(path)
         out.print(f"wrote {path}")
 
@@ -117,13 +143,12 @@ def _write_reports(rep: Report, paths: list[str], out: Output) -> None:
 
 
 def cmd_plan(args: argparse.Namespace, out: Output) -> int:
-    for path in args.report:
-        check_suffix(path, REPORT_SUFFIXES, "--report")
+    check_outputs(args)
     cfg = load_config(args.config, args.overrides, args.allowed_modules)
     with out.step(f"building {cfg.path.name} on meta"):
         model = cfg.build(deferred=True)
-    with out.step("planning"):
-        plan = cfg.plan(model, strict=args.strict)
+    with out.step("planning"):  # downloads nothing: a checkpoint not cached is pending
+        plan = cfg.plan(model, strict=args.strict, timeout=args.timeout)
     rep = plan_report(plan, model)
     _print_report(rep, out, args.summary)
     _write_reports(rep, args.report, out)
@@ -135,16 +160,18 @@ def cmd_plan(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_init(args: argparse.Namespace, out: Output) -> int:
-    check_suffix(args.out, CHECKPOINT_SUFFIXES, "--out")
-    for path in args.report:
-        check_suffix(path, REPORT_SUFFIXES, "--report")
+    check_outputs(args)
     cfg = load_config(args.config, args.overrides, args.allowed_modules)
     model, record, seconds = _build_and_init(cfg, args, out)
-    with out.step("measuring"):
-        rep = build_report(model, record)
+    # --summary prints no per-tensor numbers: a sample of each large tensor is enough for
+    # the std check, at a small fraction of the init's time (the report's notes say so)
+    with out.counting("measuring", len(record.params)) as advance:
+        rep = build_report(model, record, sample=SUMMARY_SAMPLE if args.summary else None,
+                           progress=advance)
     out.print(f"{rep.root}: {len(rep):,} parameters, {rep.total_elements:,} elements, "
               f"initialized in {seconds:.2f} s")
     _print_report(rep, out, args.summary)
+    _parent_for(args.out, out)
     with out.step(f"saving {args.out}"):
         size = save_checkpoint(model, args.out)
     out.print(f"wrote {args.out} ({size / 1e6:,.1f} MB)")
@@ -153,15 +180,13 @@ def cmd_init(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_check(args: argparse.Namespace, out: Output) -> int:
+    check_outputs(args)
     if args.plot:
-        check_suffix(args.plot, (".png",), "--plot")
         try:  # optional (weightinit[plot]): only checked for, before any model is built
             import matplotlib  # noqa: F401
         except ImportError as err:
             raise UsageError("--plot needs matplotlib, which is not installed. Fix: pip install "
                              "'weightinit[plot]' (or pip install matplotlib).") from err
-    for path in args.report:
-        check_suffix(path, REPORT_SUFFIXES, "--report")
     if not args.limit > 1:
         raise UsageError(f"--limit must be > 1, got {args.limit:g}")
     shape = parse_shape(args.input_shape, "--input-shape") if args.input_shape else None
@@ -203,12 +228,12 @@ def cmd_check(args: argparse.Namespace, out: Output) -> int:
         out.print(f"[{style}]{res.verdict()}[/{style}]", markup=True)
         del model
     if args.plot:
-        make_parent(args.plot)
+        _parent_for(args.plot, out)
         with out.step(f"plotting {args.plot}"):
             plot_health(results, args.plot)
         out.print(f"wrote {args.plot}")
     for path in args.report:
-        make_parent(path)
+        _parent_for(path, out)
         write_health(results, path)
         out.print(f"wrote {path}")
     return 1 if any(r.flagged for r in results) else 0

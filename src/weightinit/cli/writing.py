@@ -1,4 +1,9 @@
-"""Files the command writes: checkpoints (atomically) and health-check reports."""
+"""Files the command writes: checkpoints (atomically) and health-check reports.
+
+Every output path is checked before the work that produces it starts
+(:func:`check_output`), so a typo costs nothing; a folder the command creates
+is named in its output.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +16,63 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_model
 
-from ..errors import InitRuntimeError
+from ..errors import InitRuntimeError, UsageError
 from ..health import HealthResult
 from .output import one_line
 
 
-def make_parent(path: str) -> None:
-    """Create the directory ``path`` will be written to."""
-    Path(path).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+def check_output(path: str, flag: str, example: str, replaced: bool = False) -> Path | None:
+    """Refuse an output path that cannot be written, before any work is done; return the
+    folder that writing it will create (the outermost missing one), if any.
+
+    Refused with a :class:`UsageError` (exit status 2) that names the path and
+    the fix: a path that is a folder or not a regular file, a path below a
+    file, a folder that cannot be written in, and — unless the file is
+    ``replaced`` by renaming a new one over it, as checkpoints are — an
+    existing file that cannot be written. ``example`` is a file name to
+    suggest inside a folder given by mistake.
+    """
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise UsageError(f"{flag} {path}: is a folder, not a file. Fix: name a file in it, e.g. "
+                         f"{flag} {target / example}.")
+    if target.exists() and not target.is_file():
+        raise UsageError(f"{flag} {path}: exists and is not a regular file. Fix: choose "
+                         "another path.")
+    created = None
+    folder = target.parent
+    while not folder.exists():
+        if folder.is_symlink():
+            raise UsageError(f"{flag} {path}: {folder} is a link to something that does not "
+                             "exist. Fix: choose another path, or repair the link.")
+        created, folder = folder, folder.parent
+    where = _folder_text(folder)
+    if not folder.is_dir():
+        raise UsageError(f"{flag} {path}: {where} is a file, so nothing can be written below "
+                         "it. Fix: choose a path in a folder (or move that file away).")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        what = "create a folder" if created is not None else "write a file"
+        raise UsageError(f"{flag} {path}: cannot {what} in {where} (permission denied). Fix: "
+                         "choose a folder you can write to, or change its permissions.")
+    if not replaced and target.is_file() and not os.access(target, os.W_OK):
+        raise UsageError(f"{flag} {path}: exists and is read-only. Fix: choose another path, or "
+                         f"make it writable (chmod u+w {path}).")
+    return created
+
+
+def _folder_text(folder: Path) -> str:
+    return f"the working directory ({Path.cwd()})" if str(folder) == "." else f"{folder}"
+
+
+def make_parent(path: str) -> Path | None:
+    """Create the folder ``path`` will be written to; return the outermost folder this
+    created (None if it existed), to be named in the output."""
+    parent = Path(path).expanduser().parent
+    created, folder = None, parent
+    while not folder.exists():
+        created, folder = folder, folder.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    return created
 
 
 def save_checkpoint(model: nn.Module, path: str) -> int:

@@ -17,6 +17,10 @@ and optionally a top-level ``init_cfg`` and settings for the command line::
   directory (``'../models.py:resnet50'``), imported once;
 * in Python configs, the class or function itself.
 
+Relative paths in a config — ``FILE.py:NAME`` and the ``checkpoint`` of a
+``Pretrained`` rule — are relative to the config's directory, wherever it is
+loaded from (:mod:`weightinit.configfile.paths`).
+
 YAML and JSON configs are data: their dotted paths may only name ``torch.nn``,
 modules in the config's directory and ``allowed_modules`` (see
 :mod:`weightinit.configfile.safety`); ``.py`` configs may name anything.
@@ -37,7 +41,8 @@ For a :class:`~weightinit.BaseModule` it becomes the root's ``init_cfg``
 Optional keys: ``input`` (``dict(shape=[...], dtype='float'|'long',
 high=N)``, or ``input_shape=[...]``; ``long`` input draws token ids in
 [0, high), high defaulting to the model's first embedding), ``device``, ``dtype``
-(``'float32'``, ``'bfloat16'``...), ``seed`` (int). In Python configs other
+(``'float32'``, ``'bfloat16'``...), ``seed`` (int: what
+:meth:`ModelConfig.initialize` and ``weightinit init`` seed the run with, else 0). In Python configs other
 module-level names are helpers and ignored; YAML and JSON configs may only
 hold the keys above.
 

@@ -16,8 +16,10 @@ import torch.nn as nn
 from ..api import get_init_record, initialize, plan
 from ..capture.deferred import deferred as deferred_ctx
 from ..errors import ConfigError, InitValueError, InitWarning, strict_error
+from ..execution import current_seed, seeded
 from ..module import BaseModule
 from ..planning import is_node
+from ..planning.checkpoints import without_downloads
 from ..record import InitRecord
 from .building import build_object, signature
 from .common import DTYPES, importable
@@ -85,31 +87,46 @@ class ModelConfig:
             model.init_cfg = copy.deepcopy(self.init_cfg)
         return model
 
-    def plan(self, model: nn.Module, strict: bool = False) -> Any:
-        """The plan of this config's initialization of ``model`` (nothing written).
+    def plan(self, model: nn.Module, strict: bool = False, timeout: float | None = None) -> Any:
+        """The plan of this config's initialization of ``model`` (nothing written or downloaded).
 
         Tensors nothing would give a value are listed in ``plan.undefined``
         rather than raised, so a dry run can show the whole table. ``strict``
-        raises the error of any :class:`~weightinit.errors.InitWarning`.
+        raises the error of any :class:`~weightinit.errors.InitWarning`. A
+        checkpoint URL is planned from its cached copy, else as a pending
+        download (see :func:`~weightinit.planning.checkpoints.without_downloads`;
+        ``timeout``: seconds the HEAD request that asks its size may take).
         """
-        with _strict_warnings(strict):
+        with _strict_warnings(strict), without_downloads(timeout):
             if is_node(model):
                 return plan(model, allow_undefined=True, strict=strict)
             return plan(model, self.init_cfg if self.init_cfg is not None else [],
                         allow_undefined=True, strict=strict)
 
     def initialize(self, model: nn.Module, device: Any = None,
-                   dtype: torch.dtype | None = None, strict: bool = False) -> InitRecord:
+                   dtype: torch.dtype | None = None, strict: bool = False,
+                   seed: int | None = None) -> InitRecord:
         """Initialize (and materialize) ``model`` as the config says; returns the record.
 
+        Seeded, as ``weightinit init`` on the same file is, so the values are
+        the same in every process: by ``seed``, else the enclosing
+        :func:`weightinit.seeded` block, else the config's ``seed``, else 0.
         ``strict`` raises the error of any :class:`~weightinit.errors.InitWarning`
         (also from a user-defined ``init_weights`` that takes no ``strict``).
         """
-        with _strict_warnings(strict):
+        with _strict_warnings(strict), seeded(self.run_seed(seed)):
             record = self._initialize(model, device, dtype, strict)
         if record is None:  # pragma: no cover - only when nested in another init
             raise InitValueError(f"{self.name}: initialization produced no record")
         return record
+
+    def run_seed(self, seed: int | None = None) -> int:
+        """The seed a run uses: ``seed``, else the enclosing :func:`weightinit.seeded` block's,
+        else the config's ``seed``, else 0."""
+        for candidate in (seed, current_seed(), self.seed):
+            if candidate is not None:
+                return candidate
+        return 0
 
     def _initialize(self, model: nn.Module, device: Any, dtype: torch.dtype | None,
                     strict: bool) -> InitRecord | None:

@@ -16,6 +16,7 @@ from ..errors import ConfigError, ConfigNotFoundError
 from .common import DTYPES, KNOWN_KEYS, SUFFIXES, did_you_mean, importable
 from .model import InputSpec, ModelConfig
 from .openmmlab import is_openmmlab_config, load_openmmlab_config
+from .paths import resolve_paths
 from .safety import normalize_allowed
 
 
@@ -34,6 +35,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None,
     (values are Python literals, else strings): ``['model.size="tiny"']``,
     ``['input.shape=[2, 16]']``.
 
+    Relative paths in the file — ``FILE.py:NAME`` types and the ``checkpoint``
+    of ``Pretrained`` rules — are resolved next to the config, wherever it is
+    loaded from (see :mod:`weightinit.configfile.paths`).
+
     Example::
 
         >>> cfg = load_config("examples/configs/llama.yaml", ["model.size=tiny"])
@@ -49,7 +54,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None,
     if is_openmmlab_config(path):  # _base_ inheritance, registries: MMEngine reads it
         return load_openmmlab_config(path, overrides)
     allowed = normalize_allowed(allowed_modules, path.name)
-    data = _read(path)
+    # Paths written in the file are relative to it; --set values to the working directory.
+    data = resolve_paths(_read(path), path)
     for item in overrides or []:
         _apply_override(data, item, path)
     cfg = _parse(data, path.resolve())

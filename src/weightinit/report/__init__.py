@@ -25,7 +25,10 @@ Example::
 
 from .building import build_report, plan_report, promised_std, rule_description
 from .entries import DEFAULT_LABEL, STD_TOLERANCE_SIGMAS, CoverageRow, ParamReport
+from .measuring import SUMMARY_SAMPLE
 from .model import Report
+from .owners import MODEL_KIND, MODEL_LABEL
 
-__all__ = ["DEFAULT_LABEL", "STD_TOLERANCE_SIGMAS", "CoverageRow", "ParamReport", "Report",
-           "build_report", "plan_report", "promised_std", "rule_description"]
+__all__ = ["DEFAULT_LABEL", "MODEL_KIND", "MODEL_LABEL", "STD_TOLERANCE_SIGMAS", "SUMMARY_SAMPLE",
+           "CoverageRow", "ParamReport", "Report", "build_report", "plan_report",
+           "promised_std", "rule_description"]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
-import torch
 import torch.nn as nn
 from torch import Tensor
 
@@ -15,7 +16,9 @@ from ..planning import OpKind, Plan, RuleFill, UserCall
 from ..record import InitRecord
 from ..rules import BaseInit, VarianceScalingInit
 from .entries import DEFAULT_LABEL, ParamReport
+from .measuring import measure
 from .model import Report
+from .owners import MODEL_KIND, UNCHANGED, own_init, owner_module
 
 
 def rule_description(rule: Any, kind: str, info: str) -> tuple[str, dict[str, Any]]:
@@ -73,26 +76,31 @@ def promised_std(rule: Any, role: str, shape: tuple[int, ...],
     return None if std is None else float(std)
 
 
-def _measure(tensors: list[Tensor]) -> list[tuple[float | None, float | None]]:
-    """(mean, population std) of each tensor; one host sync per device, None on meta."""
-    out: list[tuple[float | None, float | None]] = [(None, None)] * len(tensors)
-    by_device: dict[torch.device, list[int]] = {}
-    for i, t in enumerate(tensors):
-        if t.device.type != "meta" and t.numel() and t.is_floating_point():
-            by_device.setdefault(t.device, []).append(i)
-    with torch.no_grad():
-        for idxs in by_device.values():
-            stats = [torch.stack(torch.std_mean(tensors[i].detach().float(), correction=0)[::-1])
-                     for i in idxs]
-            for i, (mean, std) in zip(idxs, torch.stack(stats).tolist()):
-                out[i] = (mean, std)
-    return out
+def _sampleable(kind: str, rule: Any, role: str, shape: tuple[int, ...],
+                module: nn.Module | None) -> bool:
+    """Whether a sample measures this tensor faithfully: nothing is promised of it, or its
+    rule fills it elementwise (see :mod:`.measuring`)."""
+    if kind != "rule":
+        return True
+    if not isinstance(rule, BaseInit):
+        return False
+    try:
+        return rule.elementwise("bias" if role == "bias" else "weight", shape, module) \
+            is not None
+    except Exception:  # a rule that cannot describe this tensor: measure it all
+        return False
 
 
-def build_report(model: nn.Module, record: InitRecord | None = None) -> Report:
+def build_report(model: nn.Module, record: InitRecord | None = None, *,
+                 sample: int | None = None,
+                 progress: Callable[[int], None] | None = None) -> Report:
     """The report of the last initialization of ``model`` (its record + measured values).
 
-    ``record`` defaults to ``weightinit.get_init_record(model)``.
+    ``record`` defaults to ``weightinit.get_init_record(model)``. Every
+    element is measured, unless ``sample`` is given: then a tensor of more
+    elements is measured on that many random ones (not those of a structured
+    fill; :mod:`.measuring`), and a note says so. ``progress(1)`` is called
+    after each tensor is measured.
 
     Example::
 
@@ -108,23 +116,35 @@ def build_report(model: nn.Module, record: InitRecord | None = None) -> Report:
     params = dict(model.named_parameters())
     modules = dict(model.named_modules())
     names = [n for n in record.params if n in params]
-    stats = _measure([params[n] for n in names])
     rows = []
-    for name, (mean, std) in zip(names, stats):
+    roles = []
+    for name in names:
         r = record[name]
         p = params[name]
+        owner = owner_module(modules, name)
+        kind = r.kind
         rule_type, rule_args = rule_description(r.rule, r.kind, r.info)
-        promised = None
-        if r.kind == "rule":
-            owner = modules.get(name.rsplit(".", 1)[0] if "." in name else "")
-            promised = promised_std(r.rule, _role(r.rule, owner, p), tuple(p.shape), owner)
+        own = own_init(r.declared_in, owner) if kind == UNCHANGED else None
+        if own is not None:
+            kind, rule_type = MODEL_KIND, own
+        role = _role(r.rule, owner, p) if kind == "rule" else "weight"
+        roles.append(_sampleable(kind, r.rule, role, tuple(p.shape), owner))
+        promised = (promised_std(r.rule, role, tuple(p.shape), owner) if kind == "rule"
+                    else None)
         rows.append(ParamReport(
             name=name, shape=tuple(p.shape), dtype=str(p.dtype).replace("torch.", ""),
-            device=str(p.device), kind=r.kind, rule_type=rule_type, rule_args=rule_args,
-            info=r.info, declared_in=r.declared_in, mean=mean, std=std,
-            promised_std=promised))
+            device=str(p.device), kind=kind, rule_type=rule_type, rule_args=rule_args,
+            info=r.info, declared_in=r.declared_in, promised_std=promised))
+    stats = measure([params[n] for n in names], sample, roles, progress)
+    rows = [replace(row, mean=mean, std=std, measured=n)
+            for row, (mean, std, n) in zip(rows, stats)]
     # One line per checkpoint load (keys loaded, missing, unexpected, mismatched).
     notes = [f"checkpoint {load}" for load in getattr(record, "loads", ())]
+    sampled = sum(1 for row in rows if row.measured is not None and row.measured < row.numel)
+    if sampled:
+        notes.append(f"mean and std of {sampled} tensor(s) over {sample:,} elements were "
+                     f"measured on {sample:,} randomly chosen elements each (the std check "
+                     "allows for the sample's error); the others on every element.")
     return Report(record.root, rows, "init record", notes)
 
 
@@ -134,12 +154,13 @@ def plan_report(plan: Plan, model: nn.Module | None = None) -> Report:
     ``model`` (the planned model) supplies each parameter's device.
     """
     devices = {n: str(p.device) for n, p in model.named_parameters()} if model is not None else {}
+    modules = dict(model.named_modules()) if model is not None else {}
     rows = []
     for e in plan:
         owner = e.owner
         promised = None
         if owner is None or owner.kind is OpKind.DEFAULT:
-            kind, rule, info = "unchanged", None, e.owner_info
+            kind, rule, info = UNCHANGED, None, e.owner_info
         elif isinstance(owner, UserCall):
             kind = owner.record_kind.value
             rule = owner.rule if owner.rule is not None else owner.init
@@ -149,6 +170,10 @@ def plan_report(plan: Plan, model: nn.Module | None = None) -> Report:
             if isinstance(owner, RuleFill):
                 promised = promised_std(rule, owner.role.value, tuple(e.shape), owner.module)
         rule_type, rule_args = rule_description(rule, kind, info)
+        own = own_init(e.declared_in, owner_module(modules, e.name)) if kind == UNCHANGED \
+            else None
+        if own is not None:
+            kind, rule_type = MODEL_KIND, own
         rows.append(ParamReport(
             name=e.name, shape=tuple(e.shape), dtype=e.dtype, device=devices.get(e.name, "meta"),
             kind=kind, rule_type=rule_type, rule_args=rule_args, info=info,
@@ -158,4 +183,6 @@ def plan_report(plan: Plan, model: nn.Module | None = None) -> Report:
     how = (f"{defaults} at construction + {eager - defaults} by init_cfg" if defaults
            else "by init_cfg")
     notes = [f"{plan.planned_writes} tensor writes planned; an eager run makes {eager} ({how})."]
+    # One line per checkpoint load, as in the init report: a pending download says so.
+    notes += [f"checkpoint {load}" for load in plan.loads]
     return Report(plan.root, rows, "plan", notes, list(plan.undefined))

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .owners import MODEL_KIND, MODEL_LABEL
+
 #: Measured and promised std agree if they differ by less than this many
 #: standard errors of a sample std (σ/√(2n) for a normal sample), plus 0.1 %.
 STD_TOLERANCE_SIGMAS = 6.0
@@ -18,9 +20,13 @@ class ParamReport:
     """One parameter of the report.
 
     ``kind`` is the record's kind (``rule``, ``pretrained``, ``user``,
-    ``initializer``, ``unchanged``); ``rule_type``/``rule_args`` describe the
+    ``initializer``, ``unchanged``), or ``model`` for a parameter the record
+    calls unchanged whose value the model's own code set (its
+    ``_init_weights``, ``reset_parameters`` or constructor: ``rule_type``
+    names it; :mod:`.owners`); ``rule_type``/``rule_args`` describe the
     owner; ``mean``/``std`` are measured (population std), ``None`` on
-    ``meta``; ``promised_std`` is what the owning rule promises, if anything.
+    ``meta``, on ``measured`` elements (all of them, or a random sample);
+    ``promised_std`` is what the owning rule promises, if anything.
     """
 
     name: str
@@ -35,6 +41,7 @@ class ParamReport:
     mean: float | None = None
     std: float | None = None
     promised_std: float | None = None
+    measured: int | None = None
 
     @property
     def numel(self) -> int:
@@ -50,6 +57,8 @@ class ParamReport:
         """``Type(arg=value, ...)`` for rules (without ``layer``/``param``), else the owner."""
         if self.kind == "unchanged":
             return DEFAULT_LABEL
+        if self.kind == MODEL_KIND:
+            return f"{MODEL_LABEL}: {self.rule_type}"
         if self.kind in ("rule", "pretrained"):
             # layer/param say what a rule targets, not what it writes: JSON keeps them
             args = ", ".join(f"{k}={_short(v)}" for k, v in self.rule_args.items()
@@ -62,14 +71,16 @@ class ParamReport:
         """Whether the measured std agrees with the promised one (None: nothing to compare).
 
         Agreement: |std − promised| ≤ 6·promised/√(2n) + 0.001·promised + 1e-7,
-        six standard errors of the sample std of n normal draws.
+        six standard errors of the sample std of n normal draws (n: the elements
+        measured, all of them or a sample).
         """
-        if self.std is None or self.promised_std is None or self.numel < 2:
+        n = self.measured or self.numel
+        if self.std is None or self.promised_std is None or n < 2:
             return None
         if not math.isfinite(self.std):
             return False
         p = self.promised_std
-        tol = STD_TOLERANCE_SIGMAS * p / math.sqrt(2 * self.numel) + 1e-3 * p + 1e-7
+        tol = STD_TOLERANCE_SIGMAS * p / math.sqrt(2 * n) + 1e-3 * p + 1e-7
         return abs(self.std - p) <= tol
 
     def to_dict(self) -> dict[str, Any]:
@@ -78,7 +89,7 @@ class ParamReport:
                 "rule": {"type": self.rule_type, "args": _jsonable(self.rule_args)},
                 "info": self.info, "declared_in": self.declared_in, "mean": _num(self.mean),
                 "std": _num(self.std), "promised_std": _num(self.promised_std),
-                "std_matches": self.std_matches}
+                "std_matches": self.std_matches, "measured": self.measured}
 
 
 @dataclass(frozen=True)
