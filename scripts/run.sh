@@ -4,7 +4,8 @@
 #                                               write out/resnet50.safetensors and out/resnet50-report.md
 #   make test   (bash scripts/run.sh test)      lint, build the API reference (mkdocs --strict),
 #                                               run the whole test suite, again with numpy 1.x
-#                                               in .venv-numpy1 (MATRIX=0 skips it), the real
+#                                               in .venv-numpy1 and on the oldest torch in
+#                                               .venv-oldest (MATRIX=0 skips both), the real
 #                                               OpenMMLab models in .venv-openmmlab (numpy 1.x;
 #                                               tests/openmmlab; OPENMMLAB=0 skips it), then
 #                                               build the wheel and check it in an empty venv
@@ -42,13 +43,15 @@ setup() {
 
 # The support matrix (README, "Supported versions"): besides .venv (the pinned CPU torch with
 # numpy 2), the main suite runs in .venv-numpy1 (the same torch with numpy 1.x, as OpenMMLab
-# installs pin it), and the OpenMMLab suite in .venv-openmmlab (numpy 1.x too): real
+# installs pin it) and in .venv-oldest (the oldest torch declared, numpy 1.x), and the
+# OpenMMLab suite in .venv-openmmlab (numpy 1.x too): real
 # MMPretrain/MMDetection/MMSegmentation models initialized through weightinit.mmengine and
 # compared with MMEngine (tests/openmmlab/). The OpenMMLab packages go in without their
 # dependencies (requirements-openmmlab-nodeps.txt explains why).
 MMVENV=.venv-openmmlab
 MMPY="$MMVENV/bin/python"
 NP1VENV=.venv-numpy1
+OLDVENV=.venv-oldest
 
 # Build the API reference (mkdocs.yml) into a temp dir, offline; any warning fails it.
 build_docs() {
@@ -77,6 +80,9 @@ case "${1:-}" in
             echo "matrix: the main suite with numpy 1.x (.venv-numpy1)"
             setup_venv "$NP1VENV" requirements-numpy1.txt
             "$NP1VENV/bin/python" -m pytest -p no:cacheprovider -q "$@"
+            echo "matrix: the main suite on the oldest torch declared, numpy 1.x (.venv-oldest)"
+            setup_venv "$OLDVENV" requirements-oldest.txt
+            "$OLDVENV/bin/python" -m pytest -p no:cacheprovider -q "$@"
         fi
         if [ "${OPENMMLAB:-1}" != 0 ]; then
             echo "openmmlab: real OpenMMLab models through weightinit.mmengine, numpy 1.x (.venv-openmmlab)"
