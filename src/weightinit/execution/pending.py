@@ -165,6 +165,10 @@ class Pending:
     def reindex(self) -> None:
         self._index = None
 
+    def moved_by_run(self, t: Tensor, old: int) -> None:
+        """The run gave ``t`` a fresh storage (its old one at ``old`` kept to undo)."""
+        self._move(t, old)
+
     def _move(self, t: Tensor, old: int) -> None:
         new = _storage_ptr(t)
         self.moved[id(t)] = new

@@ -26,7 +26,8 @@ from ..checkpoint.loader import LoadReport
 from ..errors import CrossThreadWriteError, UndefinedParameterError
 from ..planning import CheckpointRead, DefaultFill, OpKind, Plan, PlanningCache, UserCall, Write
 from ..planning.checkpoint_checks import report_nonfinite
-from ..planning.ops import model_init_owner
+from ..planning.layout import is_sharded
+from ..planning.ops import fills_whole, model_init_owner
 from ..record import InitRecord, ParamRecord
 from . import eager_order
 from .eager_order import Prologue
@@ -217,7 +218,7 @@ class Session:
                             if t is not None:
                                 txn.before_write(t)
                     else:
-                        txn.before_write(tensor)
+                        self._keep(tensor, op)
                     todo.append((tensor, op))
                 key = (id(op.rule), op.where) if op.kind is OpKind.RULE else None
                 entry = infos.get(key) if key is not None else None
@@ -231,6 +232,18 @@ class Session:
         if self.snapshots:
             for w in writes:
                 self._refresh(w.tensor)
+
+    def _keep(self, tensor: Tensor, op: Any) -> None:
+        """Keep what undoes the write of ``tensor``: for a write that replaces it whole and
+        reads nothing (a fill, a checkpoint read) its storage is set aside and a fresh one
+        given (no copy); otherwise its values are copied."""
+        if (isinstance(op, CheckpointRead) or fills_whole(tensor, op)) \
+                and not is_sharded(tensor):
+            old = tensor.untyped_storage().data_ptr()
+            if self.txn.before_overwrite(tensor) is not None:
+                self.pending.moved_by_run(tensor, old)
+            return
+        self.txn.before_write(tensor)
 
     def _refresh(self, tensor: Tensor) -> None:
         state = None
