@@ -141,3 +141,26 @@ def test_threads_started_outside_any_run_are_not_touched():
     t.join()
     assert seen == [4.0]
     assert type(t).run is threading.Thread.run  # nothing replaced on the class
+
+
+def test_the_librarys_own_fill_threads_made_during_user_code_stay_unwatched(monkeypatch):
+    # user code's large draw is filled in pieces on the library's pool; a pool thread
+    # first made then must not keep that run's watch for the rest of its life
+    from weightinit.execution import parallel
+
+    monkeypatch.setattr(parallel, "_POOL", None)
+    monkeypatch.setattr(parallel, "_POOL_SIZE", 0)
+    monkeypatch.setenv(parallel.ENV_THREADS, "2")
+
+    def draw(model):
+        big = torch.empty(1 << 21)
+        with torch.no_grad():
+            model.a.weight.normal_()
+        big.normal_()
+
+    Model(draw).init_weights()
+    pool = parallel._POOL
+    assert pool is not None
+    seen = pool.submit(lambda: type(threading.current_thread()).run is threading.Thread.run
+                       and "run" not in vars(threading.current_thread())).result()
+    assert seen

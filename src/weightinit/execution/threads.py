@@ -30,7 +30,7 @@ _original_start: Callable[..., Any] | None = None
 def _start(self: threading.Thread, *args: Any, **kwargs: Any) -> Any:
     factories = getattr(_local, "factories", None)
     started = getattr(_local, "started", None)
-    if factories and started is not None:
+    if factories and factories[-1] is not None and started is not None:
         make = factories[-1]
         run = self.run
 
@@ -52,7 +52,7 @@ def _install() -> None:
 
 
 @contextlib.contextmanager
-def watching_threads(make: Callable[[], AbstractContextManager[Any]]
+def watching_threads(make: Callable[[], AbstractContextManager[Any]] | None
                      ) -> Iterator[list[threading.Thread]]:
     """Threads the current thread starts in the block run their target inside ``make()``.
 
@@ -70,4 +70,18 @@ def watching_threads(make: Callable[[], AbstractContextManager[Any]]
         _local.started.pop()
 
 
-__all__ = ["watching_threads"]
+@contextlib.contextmanager
+def unwatched() -> Iterator[None]:
+    """Threads started in the block are the library's own (its fill pool): not watched."""
+    if not hasattr(_local, "factories"):
+        _local.factories, _local.started = [], []
+    _local.factories.append(None)
+    _local.started.append([])
+    try:
+        yield
+    finally:
+        _local.factories.pop()
+        _local.started.pop()
+
+
+__all__ = ["unwatched", "watching_threads"]
