@@ -17,12 +17,14 @@ rounds, in alternating order:
 
 Both runs log nothing: MMEngine's current logger and ``weightinit``'s are set to
 WARNING (MMEngine writes its per-parameter record at INFO, so does the bridge).
-Times are medians over the rounds, in one process, torch's default thread count.
+Times are medians over the rounds, in one process, for each thread count of
+``--threads`` (``torch.set_num_threads``; weightinit's pool follows it). The rounds of
+all thread counts rotate together, so a busy moment of the machine hits both sides.
 Run in the OpenMMLab environment (``make test`` sets up ``.venv-openmmlab``)::
 
     .venv-openmmlab/bin/python benchmarks/bench_openmmlab.py
     .venv-openmmlab/bin/python benchmarks/bench_openmmlab.py --models vit-b deit-s --repeats 5
-    .venv-openmmlab/bin/python benchmarks/bench_openmmlab.py --all --repeats 3   # all 34 models
+    .venv-openmmlab/bin/python benchmarks/bench_openmmlab.py --all --threads 1 2   # the README's
 """
 
 from __future__ import annotations
@@ -82,6 +84,8 @@ def main() -> None:
                         help="default: the 11 main models; --all adds the others")
     parser.add_argument("--all", action="store_true", help="every model of the tests")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()],
+                        help="thread counts to measure (default: torch's)")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     args = parser.parse_args()
     if args.all:
@@ -94,28 +98,36 @@ def main() -> None:
             files = Path(tmp) / name  # each model's own checkpoint files
             files.mkdir()
             n = sum(p.numel() for p in build(name, 0).parameters())
-            times: dict[str, list[float]] = {"mm": [], "wi": [], "floor": []}
+            times = {(t, k): [] for t in args.threads for k in ("mm", "wi", "floor")}
             timed(name, True, files)  # warm-up (imports, caches, first allocations)
             for r in range(args.repeats):
-                order = [("mm", False), ("wi", True)]
-                for key, bridged in order if r % 2 == 0 else order[::-1]:
-                    times[key].append(timed(name, bridged, files))
-                times["floor"].append(floor(n))
-            med = {k: statistics.median(v) for k, v in times.items()}
-            rows.append((name, n, med))
-            print(f"{name}: {med}", file=sys.stderr)
-    headers = ["model", "params", "floor s", "MMEngine s", "weightinit s", "MMEngine/weightinit",
-               "weightinit/floor"]
-    cells = [[name, f"{n / 1e6:.1f} M", f"{m['floor']:.3f}", f"{m['mm']:.3f}", f"{m['wi']:.3f}",
-              f"{m['mm'] / m['wi']:.2f}x", f"{m['wi'] / m['floor']:.2f}"] for name, n, m in rows]
+                for threads in args.threads:
+                    torch.set_num_threads(threads)
+                    order = [("mm", False), ("wi", True)]
+                    for key, bridged in order if r % 2 == 0 else order[::-1]:
+                        times[(threads, key)].append(timed(name, bridged, files))
+                    times[(threads, "floor")].append(floor(n))
+            for threads in args.threads:
+                med = {k: statistics.median(times[(threads, k)]) for k in ("mm", "wi", "floor")}
+                rows.append((name, threads, n, med))
+                print(f"{name} ({threads} threads): {med}", file=sys.stderr)
+    headers = ["model", "threads", "params", "floor s", "MMEngine s", "weightinit s",
+               "MMEngine/weightinit", "weightinit/floor"]
+    cells = [[name, str(threads), f"{n / 1e6:.1f} M", f"{m['floor']:.3f}", f"{m['mm']:.3f}",
+              f"{m['wi']:.3f}", f"{m['mm'] / m['wi']:.2f}x", f"{m['wi'] / m['floor']:.2f}"]
+             for name, threads, n, m in rows]
+    slower = [f"{name} ({threads} threads)" for name, threads, _, m in rows if m["wi"] > m["mm"]]
     title = (f"init_weights() on real OpenMMLab models, medians of {args.repeats} "
-             f"(torch {torch.__version__}, {torch.get_num_threads()} threads)")
+             f"(torch {torch.__version__})")
+    verdict = ("weightinit slower than MMEngine on: " + ", ".join(slower) if slower
+               else "weightinit faster than MMEngine on every row")
     if args.markdown:
         print(f"{title}\n\n| " + " | ".join(headers) + " |\n|" + "---|" * len(headers))
         for c in cells:
             print("| " + " | ".join(c) + " |")
+        print(f"\n{verdict}")
         return
-    table = Table(title=title)
+    table = Table(title=title, caption=verdict)
     for h in headers:
         table.add_column(h, justify="left" if h == "model" else "right")
     for c in cells:

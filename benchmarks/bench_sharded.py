@@ -77,13 +77,14 @@ def worker(spec: dict[str, Any]) -> dict[str, Any] | None:
     import models
 
     import weightinit as wi
+    from weightinit import compat
 
     logging.getLogger("weightinit").setLevel(logging.ERROR)
     mesh = None
     if kind == "fsdp":
         import torch.distributed as dist
         from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
+        fully_shard = compat.fully_shard_function()
 
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(spec["port"]),
                           RANK=str(rank), WORLD_SIZE=str(world))

@@ -41,9 +41,11 @@ def main() -> int:
     import torch.distributed as dist
     from models import llama
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
 
     import weightinit as wi
+    from weightinit.compat import fully_shard_function
+
+    fully_shard = fully_shard_function()
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()

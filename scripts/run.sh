@@ -4,7 +4,8 @@
 #                                               write out/resnet50.safetensors and out/resnet50-report.md
 #   make test   (bash scripts/run.sh test)      lint, build the API reference (mkdocs --strict),
 #                                               run the whole test suite, again with numpy 1.x
-#                                               in .venv-numpy1 (MATRIX=0 skips it), the real
+#                                               in .venv-numpy1 and on the oldest Python and torch in
+#                                               .venv-oldest (MATRIX=0 skips both), the real
 #                                               OpenMMLab models in .venv-openmmlab (numpy 1.x;
 #                                               tests/openmmlab; OPENMMLAB=0 skips it), then
 #                                               build the wheel and check it in an empty venv
@@ -20,7 +21,7 @@ PY="$VENV/bin/python"
 setup_venv() {
     local dir="$1" reqs="$2" nodeps="${3:-}" stamp="$1/.installed" stale=0 f
     if [ ! -x "$dir/bin/python" ]; then
-        python3 -m venv "$dir"
+        "${VENV_PYTHON:-python3}" -m venv "$dir"
     fi
     for f in $reqs $nodeps requirements-dev.txt pyproject.toml; do
         if [ ! -f "$stamp" ] || [ "$f" -nt "$stamp" ]; then stale=1; fi
@@ -42,13 +43,30 @@ setup() {
 
 # The support matrix (README, "Supported versions"): besides .venv (the pinned CPU torch with
 # numpy 2), the main suite runs in .venv-numpy1 (the same torch with numpy 1.x, as OpenMMLab
-# installs pin it), and the OpenMMLab suite in .venv-openmmlab (numpy 1.x too): real
+# installs pin it) and in .venv-oldest (the oldest Python and torch declared, numpy 1.x), and the
+# OpenMMLab suite in .venv-openmmlab (numpy 1.x too): real
 # MMPretrain/MMDetection/MMSegmentation models initialized through weightinit.mmengine and
 # compared with MMEngine (tests/openmmlab/). The OpenMMLab packages go in without their
 # dependencies (requirements-openmmlab-nodeps.txt explains why).
+# The oldest Python declared (pyproject.toml: requires-python >= 3.10), for .venv-oldest:
+# python3.10 on the PATH, else pyenv's 3.10; without either, python3 (said on stderr).
+oldest_python() {
+    local found
+    found="$(command -v python3.10 2>/dev/null || true)"
+    if [ -n "$found" ] && "$found" -V >/dev/null 2>&1; then echo "$found"; return; fi
+    if command -v pyenv >/dev/null 2>&1; then
+        for found in "$(pyenv root)"/versions/3.10*/bin/python3.10; do
+            if [ -x "$found" ]; then echo "$found"; return; fi
+        done
+    fi
+    echo "matrix: no Python 3.10 here; .venv-oldest uses $(python3 -V 2>&1)" >&2
+    echo python3
+}
+
 MMVENV=.venv-openmmlab
 MMPY="$MMVENV/bin/python"
 NP1VENV=.venv-numpy1
+OLDVENV=.venv-oldest
 
 # Build the API reference (mkdocs.yml) into a temp dir, offline; any warning fails it.
 build_docs() {
@@ -77,6 +95,10 @@ case "${1:-}" in
             echo "matrix: the main suite with numpy 1.x (.venv-numpy1)"
             setup_venv "$NP1VENV" requirements-numpy1.txt
             "$NP1VENV/bin/python" -m pytest -p no:cacheprovider -q "$@"
+            echo "matrix: the main suite on the oldest Python and torch declared, numpy 1.x (.venv-oldest)"
+            VENV_PYTHON="$(oldest_python)" setup_venv "$OLDVENV" requirements-oldest.txt
+            "$OLDVENV/bin/python" -c 'import sys, torch, numpy; print("  python", sys.version.split()[0], "torch", torch.__version__, "numpy", numpy.__version__)'
+            "$OLDVENV/bin/python" -m pytest -p no:cacheprovider -q "$@"
         fi
         if [ "${OPENMMLAB:-1}" != 0 ]; then
             echo "openmmlab: real OpenMMLab models through weightinit.mmengine, numpy 1.x (.venv-openmmlab)"

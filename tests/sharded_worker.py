@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 import weightinit as wi
+from weightinit import compat
 
 SEED = 2024
 
@@ -96,7 +97,7 @@ def shards(model: nn.Module) -> dict[str, tuple[tuple[int, ...], torch.Tensor]]:
 
 
 def fsdp(model: nn.Module, mesh) -> nn.Module:
-    from torch.distributed.fsdp import fully_shard
+    fully_shard = compat.fully_shard_function()
 
     for child in model.children():
         if any(True for _ in child.parameters()):
@@ -107,7 +108,7 @@ def fsdp(model: nn.Module, mesh) -> nn.Module:
 
 def place(model: nn.Module, mesh, placement) -> nn.Module:
     """Every parameter as a DTensor laid out without FSDP: ``placement(dims)``."""
-    from torch.distributed.tensor import distribute_tensor
+    distribute_tensor = compat.dtensor_module().distribute_tensor
 
     for module in model.modules():
         for attr, p in list(module._parameters.items()):
@@ -144,7 +145,8 @@ def main() -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=rank, WORLD_SIZE=world)
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor import Replicate, Shard
+    dt = compat.dtensor_module()
+    Replicate, Shard = dt.Replicate, dt.Shard
 
     dist.init_process_group("gloo")
     mesh = init_device_mesh("cpu", (int(world),))
@@ -189,7 +191,8 @@ def main() -> None:
     results["user_replicated"] = shards(model)
 
     # Mistakes: an error naming the tensor and the fix, and the model left on meta.
-    from torch.distributed.tensor import DTensor, Partial
+    dt = compat.dtensor_module()
+    DTensor, Partial = dt.DTensor, dt.Partial
 
     errors = {}
     model = fsdp(build(), mesh)

@@ -286,7 +286,7 @@ def test_truncated_files(tmp_path, source):
 # ------------------------------------------------------------------ with deferred models
 
 
-def test_deferred_model_adopts_checkpoint_storage(tmp_path, source):
+def test_deferred_model_reads_the_checkpoint_once_into_memory_of_its_own(tmp_path, source):
     path = tmp_path / "w.safetensors"
     save_file(source.state_dict(), str(path))
     with wi.deferred():
@@ -299,4 +299,7 @@ def test_deferred_model_adopts_checkpoint_storage(tmp_path, source):
     assert m.head.weight.abs().max() <= bound and not m.head.weight.is_meta
     rec = wi.get_init_record(m)
     assert rec["fc.weight"].kind == "pretrained" and rec.loads[0] is report
-    assert m.fc.weight._version == 0  # taken from the file: never copied or drawn
+    # the copy from the file is the one write (never drawn first), into memory torch owns:
+    # the safetensors values are views of the mapped file, which a parameter never keeps
+    assert m.fc.weight._version == 1
+    assert m.fc.weight.untyped_storage().resizable()

@@ -21,12 +21,16 @@ import torch.nn as nn
 
 import sharded_worker as worker
 import weightinit as wi
+from weightinit import compat
 from weightinit import maths as F
 from weightinit.execution.seeding import BLOCK, fill_elementwise
 
 dist = pytest.importorskip("torch.distributed")
 if not dist.is_available() or not dist.is_gloo_available():
     pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
+if not compat.has_cpu_fsdp2():
+    pytest.skip(f"torch {torch.__version__}: FSDP2 on a CPU mesh needs torch >= 2.6",
+                allow_module_level=True)
 
 WORKER = Path(__file__).with_name("sharded_worker.py")
 TIMEOUT_S = 240

@@ -160,13 +160,20 @@ def test_failing_checkpoint_read_restores_written_tensors(tmp_path, monkeypatch)
 
 def test_rules_only_runs_keep_no_copies(monkeypatch):
     kept = []
-    real = wi.execution.transaction.Transaction.before_write
+    txn = wi.execution.transaction.Transaction
+    real_write, real_overwrite = txn.before_write, txn.before_overwrite
 
     def spy(self, tensor):
-        real(self, tensor)
+        real_write(self, tensor)
         kept.append(self.kept_bytes)
 
-    monkeypatch.setattr(wi.execution.transaction.Transaction, "before_write", spy)
+    def spy_overwrite(self, tensor, source=None):
+        how = real_overwrite(self, tensor, source)
+        kept.append(self.kept_bytes)
+        return how
+
+    monkeypatch.setattr(txn, "before_write", spy)
+    monkeypatch.setattr(txn, "before_overwrite", spy_overwrite)
     net = nn.Sequential(nn.Linear(64, 64), nn.LayerNorm(64))
     wi.initialize(net, [dict(type="Kaiming", layer="Linear"),
                         dict(type="Constant", layer="LayerNorm", val=1)])

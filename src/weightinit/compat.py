@@ -32,14 +32,18 @@ __all__ = [
     "TorchDispatchMode",
     "bump_version",
     "default_device",
+    "dtensor_module",
     "dtensor_types",
     "fsdp_param_groups",
+    "fully_shard_function",
+    "has_cpu_fsdp2",
     "local_tensor",
     "numpy_multiarray",
     "op_written_args",
     "safe_globals",
     "storage_use_count",
     "strided_shard_type",
+    "torch_allocated",
 ]
 
 # --- numpy ----------------------------------------------------------------------------------
@@ -91,8 +95,7 @@ def op_written_args(func: Any) -> tuple[tuple[int, ...], tuple[str, ...]]:
     return tuple(pos), tuple(kw)
 
 
-def storage_use_count(tensor: Tensor) -> int | None:
-    """How many references hold ``tensor``'s storage (None when torch does not say)."""
+def _raw_use_count(tensor: Tensor) -> int | None:
     counter = getattr(torch._C, "_storage_Use_Count", None)
     if counter is None:
         return None
@@ -100,6 +103,44 @@ def storage_use_count(tensor: Tensor) -> int | None:
         return int(counter(tensor.untyped_storage()._cdata))
     except (AttributeError, RuntimeError):
         return None
+
+
+def _probe_offset() -> int | None:
+    """What asking adds to the count: 1 where the temporary storage object asking makes holds
+    a reference (torch >= 2.5 or so), 0 where it does not (2.4)."""
+    raw = _raw_use_count(torch.empty(1))
+    return None if raw is None else raw - 1
+
+
+_PROBE_OFFSET = _probe_offset()
+
+
+def storage_use_count(tensor: Tensor) -> int | None:
+    """How many tensors (views, aliases, ``.data``) hold ``tensor``'s storage, itself
+    included: 1 for a tensor nothing else views; None when torch does not say."""
+    raw = _raw_use_count(tensor)
+    if raw is None or _PROBE_OFFSET is None:
+        return None
+    return raw - _PROBE_OFFSET
+
+
+def torch_allocated(tensor: Tensor) -> bool:
+    """Whether ``tensor``'s memory was allocated by torch for this process and nothing outside
+    torch can reach it: not a numpy array's or a DLPack producer's buffer, not a file mapping
+    (``torch.load(mmap=True)``, ``UntypedStorage.from_file``), not shared memory.
+
+    torch marks storages over memory it was handed (``from_numpy``, ``frombuffer``,
+    DLPack, mapped files, and the buffers ``torch.load`` reads records into) as not
+    resizable; only its own allocations are. So this is conservative: a storage it
+    cannot vouch for counts as foreign.
+    """
+    storage = tensor.untyped_storage()
+    if not storage.resizable():
+        return False
+    with contextlib.suppress(AttributeError, RuntimeError):
+        if storage.is_shared() or storage.filename is not None:
+            return False
+    return True
 
 
 def bump_version(tensor: Tensor) -> None:
@@ -112,17 +153,37 @@ def bump_version(tensor: Tensor) -> None:
 # --- torch.serialization --------------------------------------------------------------------
 
 
+def _under_name(func: Callable[..., Any], full_name: str) -> Callable[..., Any]:
+    """``func`` as a function whose ``__module__`` and ``__name__`` spell ``full_name``.
+
+    torch < 2.6 keys its allow-list on ``f"{f.__module__}.{f.__name__}"`` only (no
+    ``(callable, name)`` pairs), so a rebuild function that stands in for another
+    global carries that global's name itself; newer torch accepts it the same way.
+    """
+    module, _, name = full_name.rpartition(".")
+
+    def named(*args: Any, **kwargs: Any) -> Any:
+        return func(*args, **kwargs)
+
+    named.__module__, named.__name__, named.__qualname__ = module, name, name
+    return named
+
+
 @contextlib.contextmanager
 def safe_globals(globals_: list[Any]) -> Iterator[None]:
     """Allow ``globals_`` in ``torch.load(weights_only=True)`` for the ``with`` block.
 
-    torch >= 2.5 has a context manager for it; 2.4 has only the process-wide
-    ``add_safe_globals``, so the list is added and the previous one put back.
+    Entries are classes or functions, or ``(function, "module.name")`` pairs for a
+    function that stands in for the global ``module.name``. torch >= 2.5 has a
+    context manager for it; 2.4 has only the process-wide ``add_safe_globals``, so
+    the list is added and the previous one put back.
     """
+    entries = [_under_name(*g) if isinstance(g, tuple) and not isinstance(g[0], type) else g
+               for g in globals_]
     ser = torch.serialization
     manager: Callable[..., Any] | None = getattr(ser, "safe_globals", None)
     if manager is not None:
-        with manager(globals_):
+        with manager(entries):
             yield
         return
     add = getattr(ser, "add_safe_globals", None)
@@ -130,7 +191,7 @@ def safe_globals(globals_: list[Any]) -> Iterator[None]:
         raise RuntimeError(f"torch {torch.__version__} has no allow-list for weights_only "
                            "loading (torch.serialization.add_safe_globals, torch >= 2.4)")
     before = list(ser.get_safe_globals())
-    add(globals_)
+    add(entries)
     try:
         yield
     finally:
@@ -183,3 +244,35 @@ def fsdp_param_groups(module: nn.Module) -> list[Any]:
         group = getattr(state, "_fsdp_param_group", None)
         groups = [group] if group is not None else []
     return list(groups)
+
+
+def dtensor_module() -> Any:
+    """The module holding DTensor and its placements, imported (``torch.distributed.tensor``,
+    or ``torch.distributed._tensor`` before torch 2.5). Costs about half a second the first
+    time: only for code that is about to make DTensors (examples, tests, benchmarks)."""
+    public = importlib.import_module("torch.distributed.tensor")
+    if hasattr(public, "DTensor"):
+        return public
+    return importlib.import_module("torch.distributed._tensor")
+
+
+def fully_shard_function() -> Callable[..., Any]:
+    """FSDP2's ``fully_shard`` (``torch.distributed.fsdp``, or its composable module before
+    torch 2.6), imported."""
+    fsdp = importlib.import_module("torch.distributed.fsdp")
+    if hasattr(fsdp, "fully_shard"):
+        return fsdp.fully_shard
+    return importlib.import_module("torch.distributed._composable.fsdp").fully_shard
+
+
+def has_cpu_fsdp2() -> bool:
+    """Whether FSDP2 is public (``torch.distributed.fsdp.fully_shard``, torch >= 2.6).
+
+    Earlier releases keep it under ``_composable`` and their forward pass calls into CUDA
+    even on a CPU mesh, so sharded initialization is only offered (and tested) from there.
+    """
+    try:
+        fsdp = importlib.import_module("torch.distributed.fsdp")
+    except ImportError:
+        return False
+    return hasattr(fsdp, "fully_shard")

@@ -173,6 +173,11 @@ class UndefinedParameterError(MaterializeError):
 # -- sharded models ----------------------------------------------------------------------------
 
 
+class CrossThreadWriteError(InitRuntimeError):
+    """User code wrote a model tensor from a thread the run does not watch (one it did not
+    start); the run is rolled back."""
+
+
 class ShardingError(InitRuntimeError):
     """Domain: a sharded tensor's layout cannot be initialized (e.g. a ``Partial`` placement)."""
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from ..compat import torch_allocated
 from ..errors import MaterializeError
 from ..planning import (
     CheckpointRead,
@@ -40,8 +41,10 @@ def adoptable(events: tuple[Any, ...], device: torch.device,
     """Meta tensors whose only value comes from a checkpoint tensor usable as is.
 
     Such a tensor takes the loaded tensor as its storage (same shape, dtype
-    and device, contiguous, not shared with another key), so the file read
-    is its one write.
+    and device, contiguous, not shared with another key, memory torch allocated),
+    so the file read is its one write. A value over the memory-mapped file is not
+    taken: the tensor is allocated and the copy from the file is its one write, so a
+    parameter never changes when the file does.
     """
     last: dict[int, Any] = {}
     meta: dict[int, Tensor] = {}
@@ -65,6 +68,7 @@ def adoptable(events: tuple[Any, ...], device: torch.device,
         want = dtype if dtype is not None and t.is_floating_point() else t.dtype
         if (value.dtype != want or value.device != device or not value.is_contiguous()
                 or value.untyped_storage().nbytes() != value.nbytes
+                or not torch_allocated(value)  # a mapped file's pages: copied, not taken
                 or value.data_ptr() in used):
             continue
         used.add(value.data_ptr())

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from ..compat import bump_version
+from .threads import unwatched
 
 ENV_THREADS = "WEIGHTINIT_NUM_THREADS"
 
@@ -171,8 +172,9 @@ def run_jobs(jobs: Sequence[Callable[[], None]], costs: Sequence[int],
             for i in indices:
                 jobs[i]()
 
-    pool = _pool(threads - 1)
-    futures: list[Future[None]] = [pool.submit(run, r) for r in runs[1:]]
+    with unwatched():  # (a pool thread made while user code runs is still the library's)
+        pool = _pool(threads - 1)
+        futures: list[Future[None]] = [pool.submit(run, r) for r in runs[1:]]
     error: BaseException | None = None
     try:
         with _one_openmp_thread():  # the caller's share too: the pool is the parallelism

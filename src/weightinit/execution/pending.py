@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -163,6 +164,10 @@ class Pending:
 
     def reindex(self) -> None:
         self._index = None
+
+    def moved_by_run(self, t: Tensor, old: int) -> None:
+        """The run gave ``t`` a fresh storage (its old one at ``old`` kept to undo)."""
+        self._move(t, old)
 
     def _move(self, t: Tensor, old: int) -> None:
         new = _storage_ptr(t)
@@ -309,17 +314,24 @@ class WriteWatch(TorchDispatchMode):
     def _should_skip_dynamo(cls) -> bool:
         return False  # no torch.compile wrapper around each op (this mode never compiles)
 
-    def __init__(self, pending: Pending) -> None:
+    def __init__(self, pending: Pending, lock: Any = None) -> None:
         super().__init__()
         self.pending = pending
         #: innermost last: True while user code runs, False while the library runs inside it
         self.active: list[bool] = []
+        #: one run's bookkeeping, shared with the watches of the threads its user code starts
+        self.lock = lock if lock is not None else threading.RLock()
+
+    def for_thread(self) -> WriteWatch:
+        """A watch of the same run for a thread user code starts (modes are per thread)."""
+        return WriteWatch(self.pending, self.lock)
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None):
         kwargs = kwargs or {}
         if self.active and self.active[-1] and not func.is_view:
-            if self.pending.before_op(func, args, kwargs):
-                return args[0]
+            with self.lock:
+                if self.pending.before_op(func, args, kwargs):
+                    return args[0]
             if func in _DRAWS and _draw_in_pieces(func, args, kwargs):
                 return args[0]
         return func(*args, **kwargs)

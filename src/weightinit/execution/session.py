@@ -23,16 +23,18 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..checkpoint.loader import LoadReport
-from ..errors import UndefinedParameterError
+from ..errors import CrossThreadWriteError, UndefinedParameterError
 from ..planning import CheckpointRead, DefaultFill, OpKind, Plan, PlanningCache, UserCall, Write
 from ..planning.checkpoint_checks import report_nonfinite
-from ..planning.ops import model_init_owner
+from ..planning.layout import is_sharded
+from ..planning.ops import fills_whole, model_init_owner
 from ..record import InitRecord, ParamRecord
 from . import eager_order
 from .eager_order import Prologue
 from .materialize import materialize, remap
 from .pending import Pending, WriteWatch, replaced, slot_state, stop_at
 from .strategies import Plain, Sharded, choose
+from .threads import watching_threads
 from .transaction import Transaction
 from .watch import TensorState
 
@@ -68,6 +70,8 @@ class Session:
         self.watch = WriteWatch(self.pending)
         #: running user calls, innermost last: (its record entry, ids of tensors it wrote)
         self.calls: list[tuple[Entry, set[int]]] = []
+        #: tensors written while user code ran, by it (seen by a watch) or by the run itself
+        self.seen_writes: set[int] = set()
         #: sharded runs: values seen before each running user call (writes are compared)
         self.snapshots: list[dict[int, TensorState]] = []
         self.loads: list[LoadReport] = []
@@ -182,6 +186,11 @@ class Session:
     def flush(self, writes: tuple[Write, ...], prologue: Prologue | None = None) -> None:
         done_groups: set[int] = set()
         infos: dict[tuple, Entry] = {}  # record texts are built once per rule and place
+        if self.calls:  # the run's own writes while user code runs (see _check_unwatched)
+            for w in writes:
+                self.seen_writes.add(id(w.tensor))
+                if w.op.group is not None:  # one call writes the module's tensors
+                    self.seen_writes.update(id(t) for t in _tensors_of(w.op.module, False))
         txn, strategy = self.txn, self.strategy
         defaults = [(w.tensor, w.op) for w in writes if isinstance(w.op, DefaultFill)
                     and w.tensor.device.type != "meta"]
@@ -205,7 +214,7 @@ class Session:
                             if t is not None:
                                 txn.before_write(t)
                     else:
-                        txn.before_write(tensor)
+                        self._keep(tensor, op)
                     todo.append((tensor, op))
                 key = (id(op.rule), op.where) if op.kind is OpKind.RULE else None
                 entry = infos.get(key) if key is not None else None
@@ -219,6 +228,18 @@ class Session:
         if self.snapshots:
             for w in writes:
                 self._refresh(w.tensor)
+
+    def _keep(self, tensor: Tensor, op: Any) -> None:
+        """Keep what undoes the write of ``tensor``: for a write that replaces it whole and
+        reads nothing (a fill, a checkpoint read) its storage is set aside and a fresh one
+        given (no copy); otherwise its values are copied."""
+        if (isinstance(op, CheckpointRead) or fills_whole(tensor, op)) \
+                and not is_sharded(tensor):
+            old = tensor.untyped_storage().data_ptr()
+            if self.txn.before_overwrite(tensor) is not None:
+                self.pending.moved_by_run(tensor, old)
+            return
+        self.txn.before_write(tensor)
 
     def _refresh(self, tensor: Tensor) -> None:
         state = None
@@ -241,13 +262,15 @@ class Session:
         # one call writes these several tensors: not cancellable one by one, done first
         self.flush(self.pending.take(lambda w: w.op.group is not None))
         before = slot_state(module)
+        versions = {id(t): (t, t._version) for t in _tensors_of(module)}
         written: set[int] = set()
         self.calls.append((entry, written))
         try:
-            with self.watch.state(True):
+            with self.watch.state(True), watching_threads(self._thread_watch):
                 self.strategy.run_user(call)
         finally:
             self.calls.pop()
+        self._check_unwatched(call, versions)
         raw, self.pending.raw = self.pending.raw, {}
         for state in raw.values():  # handed out as raw memory: written if its bits changed
             if id(state.tensor) not in written and state.changed(state.tensor):
@@ -262,6 +285,26 @@ class Session:
                         self.pending.writes.pop(id(t), None)
                 self.entries[id(new)] = (new, entry)
 
+    def _thread_watch(self) -> Any:
+        return self.watch.for_thread().state(True)
+
+    def _check_unwatched(self, call: UserCall, versions: dict[int, tuple[Tensor, int]]) -> None:
+        """Writes no watch saw (their version counter moved, but neither user code in a
+        watched thread nor the run wrote them) came from a thread the run does not watch."""
+        unseen = [t for t, v in versions.values()
+                  if t._version != v and id(t) not in self.seen_writes]
+        if not unseen:
+            return
+        names = ", ".join(sorted(self.name_of(t) for t in unseen))
+        raise CrossThreadWriteError(
+            f"{call.info}: wrote {names} from a thread this run does not watch (one that "
+            "existed before the call, e.g. a thread pool created outside init_weights); "
+            "writes from such threads are not supported: they can be neither recorded nor "
+            "undone. The run was rolled back; values those threads wrote can not be restored "
+            "(a model built under deferred() returns to meta). Fix: write the model's tensors "
+            "from the calling thread, or from threads (or a ThreadPoolExecutor) created "
+            "inside init_weights, which are watched.")
+
     def txn_before_write(self, tensor: Tensor) -> None:
         self.txn.before_write(tensor)  # copy on write: only what user code writes is kept
 
@@ -271,6 +314,7 @@ class Session:
     def _observed(self, tensor: Tensor, text: str | None) -> None:
         """User code wrote ``tensor`` (``text``: the call that did, when found)."""
         entry, written = self.calls[-1]
+        self.seen_writes.add(id(tensor))
         if text is not None:
             entry = Entry(entry.kind, text, entry.declared_in, entry.rule)
         self.entries[id(tensor)] = (tensor, entry)
@@ -343,3 +387,8 @@ class Session:
                 name=name, shape=tuple(p.shape), dtype=dtype, device=device,
                 kind=e.kind.value, info=e.info, declared_in=e.declared_in, rule=e.rule)
         return InitRecord(root_name, params, tuple(self.loads))
+
+
+def _tensors_of(module: nn.Module, recurse: bool = True) -> list[Tensor]:
+    return [t for t in (*module.parameters(recurse=recurse), *module.buffers(recurse=recurse))
+            if t.device.type != "meta"]

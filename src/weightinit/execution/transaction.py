@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..compat import storage_use_count
+from ..compat import storage_use_count, torch_allocated
 from .watch import local
 
 
@@ -88,7 +88,7 @@ class Transaction:
                 or key in self._swapped or tensor.device.type == "meta":
             return None
         held = self._storages.get(key)
-        refs = 3 if held is not None and held[1].data_ptr() == tensor.data_ptr() else 2
+        refs = 2 if held is not None and held[1].data_ptr() == tensor.data_ptr() else 1
         if not (_alone(tensor, refs) and tensor.is_contiguous() and _dense(tensor)):
             self.before_write(tensor)
             return None
@@ -103,12 +103,14 @@ class Transaction:
         return "fresh"
 
     def _adoptable(self, source: Tensor, tensor: Tensor) -> bool:
-        """A plain dense tensor of the same kind that nothing else views and that no other
+        """A plain dense tensor of the same kind that nothing else views, whose memory torch
+        allocated (not a numpy array's, a mapped file's, shared memory), and that no other
         tensor of this run took: handing its storage over changes nothing anyone can see."""
         return (type(source) is Tensor and not source.requires_grad
+                and torch_allocated(source)
                 and source.dtype == tensor.dtype and source.shape == tensor.shape
                 and source.device == tensor.device and source.is_contiguous()
-                and _dense(source) and _alone(source, 2)
+                and _dense(source) and _alone(source, 1)
                 and source.untyped_storage().data_ptr() not in self._adopted)
 
     def release_source(self, ptr: int) -> None:
@@ -185,7 +187,8 @@ class Transaction:
 
 
 def _alone(tensor: Tensor, refs: int) -> bool:
-    """No other tensor (view, alias) holds ``tensor``'s storage; ``refs`` counts ours."""
+    """No other tensor (view, alias) holds ``tensor``'s storage; ``refs`` counts ours (the
+    tensor itself, and the alias kept to undo a ``.data =``)."""
     return storage_use_count(tensor) == refs  # None (torch does not say): assume shared
 
 
