@@ -182,8 +182,6 @@ def test_no_match_error_still_lists_the_keys_when_no_name_matches():
     assert "no key of ck.pth matches" in str(err) and "backbone.weight" in str(err)
 
 
-@pytest.mark.xfail(strict=True, reason="needs planning/checkpoints.py to raise "
-                                       "checkpoint_checks.no_match_error (one-line call)")
 @pytest.mark.parametrize("kind", ["numpy", "complex"])
 def test_loading_numpy_or_complex_entries_says_what_they_are(tmp_path, kind):
     model = nn.Linear(2, 3)

@@ -49,7 +49,7 @@ def test_mmengine_builtin_classes_are_kept():
 
 
 def test_every_library_error_is_an_init_error():
-    outside = {"UsageError", "StopForward"}  # the CLI's usage error, LSUV's control flow
+    outside = {"UsageError", "StopForward", "MetadataError"}  # the CLI's usage error, LSUV's control flow
     classes = [c for _, c in inspect.getmembers(errors, inspect.isclass)
                if issubclass(c, BaseException) and c.__module__ == errors.__name__
                and not issubclass(c, Warning)]  # warnings derive from wi.InitWarning

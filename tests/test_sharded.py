@@ -270,7 +270,7 @@ def test_subclass_that_changes_the_fill_is_not_drawn_blockwise():
 
 
 def test_single_call_constructor_defaults_are_elementwise():
-    from weightinit.capture.deferred import construction_of
+    from weightinit.capture.construction import construction_of
     from weightinit.planning.recorded import construction_elementwise
 
     with wi.deferred():

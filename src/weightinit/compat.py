@@ -14,6 +14,7 @@ DTensor helpers look it up only once whoever made a DTensor has imported it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import sys
 from collections.abc import Callable, Iterator
@@ -153,17 +154,23 @@ def bump_version(tensor: Tensor) -> None:
 # --- torch.serialization --------------------------------------------------------------------
 
 
-def _under_name(func: Callable[..., Any], full_name: str) -> Callable[..., Any]:
-    """``func`` as a function whose ``__module__`` and ``__name__`` spell ``full_name``.
+@functools.cache
+def _under_name(target: Any, full_name: str) -> Any:
+    """``target`` as an object whose ``__module__`` and ``__name__`` spell ``full_name``: a
+    function calling it, or for a class a subclass of it (so ``issubclass`` still holds).
 
-    torch < 2.6 keys its allow-list on ``f"{f.__module__}.{f.__name__}"`` only (no
-    ``(callable, name)`` pairs), so a rebuild function that stands in for another
-    global carries that global's name itself; newer torch accepts it the same way.
+    Older torch keys its allow-list on ``f"{f.__module__}.{f.__name__}"`` only (no
+    ``(callable, name)`` pairs), so a stand-in for another global carries that global's
+    name itself; every torch accepts it so. Cached: one object per pair, every load.
     """
     module, _, name = full_name.rpartition(".")
+    if isinstance(target, type):
+        if f"{target.__module__}.{target.__qualname__}" == full_name:
+            return target
+        return type(name, (target,), {"__module__": module, "__qualname__": name})
 
     def named(*args: Any, **kwargs: Any) -> Any:
-        return func(*args, **kwargs)
+        return target(*args, **kwargs)
 
     named.__module__, named.__name__, named.__qualname__ = module, name, name
     return named
@@ -173,13 +180,12 @@ def _under_name(func: Callable[..., Any], full_name: str) -> Callable[..., Any]:
 def safe_globals(globals_: list[Any]) -> Iterator[None]:
     """Allow ``globals_`` in ``torch.load(weights_only=True)`` for the ``with`` block.
 
-    Entries are classes or functions, or ``(function, "module.name")`` pairs for a
-    function that stands in for the global ``module.name``. torch >= 2.5 has a
+    Entries are classes or functions, or ``(stand_in, "module.name")`` pairs for a
+    class or function that stands in for the global ``module.name``. torch >= 2.5 has a
     context manager for it; 2.4 has only the process-wide ``add_safe_globals``, so
     the list is added and the previous one put back.
     """
-    entries = [_under_name(*g) if isinstance(g, tuple) and not isinstance(g[0], type) else g
-               for g in globals_]
+    entries = [_under_name(*g) if isinstance(g, tuple) else g for g in globals_]
     ser = torch.serialization
     manager: Callable[..., Any] | None = getattr(ser, "safe_globals", None)
     if manager is not None:

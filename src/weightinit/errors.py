@@ -33,6 +33,7 @@ import contextlib
 import contextvars
 import logging
 import os
+import pickle
 import sys
 import warnings
 from collections.abc import Iterator
@@ -316,3 +317,16 @@ class UsageError(Exception):
 
 class StopForward(Exception):  # noqa: N818 - control flow, not an error
     """Raised by a forward hook to end a forward pass once the watched layer has run."""
+
+
+class MetadataError(pickle.UnpicklingError):
+    """A numpy value in a checkpoint that the safe loader does not rebuild; ``entry`` is where
+    it sits (e.g. ``checkpoint['meta']['x']``), when that is known.
+
+    Internal, not a library error: an ``UnpicklingError`` raised after ``torch.load`` returns
+    (so torch does not wrap it), which the checkpoint loader turns into
+    :class:`UnsafeCheckpointError`."""
+
+    def __init__(self, problem: str, entry: str | None = None) -> None:
+        super().__init__(f"{entry}: {problem}" if entry else problem)
+        self.problem, self.entry = problem, entry

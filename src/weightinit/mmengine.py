@@ -15,12 +15,10 @@ is materialized once. What it changes, class by class:
 * ``mmengine.model.BaseModule.init_weights`` becomes the planned one:
   MMEngine's order and priority rules, its layer matching (a ``layer`` name
   matches a module's class and its direct bases only) and record texts;
-* every subclass's own (overriding) ``init_weights`` — those defined later
-  included — stays the user code it is, but called from outside a run it
-  opens the run, so ``super().init_weights()`` and the writes after it are
-  one run; inside a run its writes are watched op by op: a write that
-  overwrites a tensor whose planned write has not happened yet cancels it,
-  and the record names the call (``trunc_normal_(std=0.02) in
+* every subclass's own ``init_weights`` (those defined later too) stays the user
+  code it is, but called outside a run it opens the run, so ``super().init_weights()``
+  and the writes after it are one run, watched op by op: a whole overwrite cancels
+  the planned write, and the record names the call (``trunc_normal_(std=0.02) in
   VisionTransformer.init_weights``);
 * ``init_cfg`` types are looked up in weightinit's registry first, then in
   MMEngine's ``WEIGHT_INITIALIZERS`` (the users' own initializers, which run
@@ -28,13 +26,8 @@ is materialized once. What it changes, class by class:
 
 What MMEngine's ``init_weights`` shows the code around it stays as it was:
 
-* during the outermost call every module holds ``_params_init_info``, one
-  ``defaultdict`` shared by the whole tree, keyed by parameter, each entry
-  ``{'init_info': str, 'tmp_mean_value': Tensor}``; after the run it holds the
-  record's texts, ``model._dump_init_info()`` is called (MMEngine's writes the
-  "Name of parameter - Initialization information" log to the file handlers of
-  the current ``MMLogger``, else as INFO messages; a model may replace it), and
-  the attribute is deleted again;
+* ``_params_init_info`` during the outermost call and ``model._dump_init_info()``
+  after it, as MMEngine keeps and calls them (:mod:`weightinit.initinfo`);
 * the current ``MMLogger`` gets MMEngine's lines: ``initialize X with init_cfg
   ...`` (DEBUG, in MMEngine's order) and ``init_weights of X has been called
   more than once.`` (WARNING);
@@ -60,13 +53,10 @@ import functools
 import inspect
 import logging
 import threading
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import torch
 import torch.nn as nn
-from torch import Tensor
 
 try:
     import mmengine.model as mm_model
@@ -77,11 +67,11 @@ except ImportError as err:  # pragma: no cover - exercised without mmengine inst
     raise ImportError("weightinit.mmengine needs MMEngine. Fix: pip install "
                       "'weightinit[openmmlab]' (or mmengine).") from err
 
-from .api import RUN_CONTEXT, USER_INIT, get_init_record, run_init_weights, watched_init_weights
+from .api import RUN_CONTEXT, USER_INIT, run_init_weights, watched_init_weights
 from .errors import InitWarning, RepeatedInitWarning, UnmatchedLayerWarning, logged_instead
 from .execution import Session
-from .planning import OpKind, is_planned, planned, register_node_type, unregister_node_type
-from .record import InitRecord
+from .initinfo import InfoHolder, init_info, refill
+from .planning import is_planned, planned, register_node_type, unregister_node_type
 from .rules import WEIGHT_INITIALIZERS
 from .rules.matching import layer_matching
 
@@ -119,18 +109,12 @@ _Walk = Iterator[tuple[bool, nn.Module]]
 
 
 @dataclasses.dataclass
-class _Run:
+class _Run(InfoHolder):
     """What one outermost ``init_weights`` call of the bridge keeps while it runs."""
 
     #: the ``initialize ... with init_cfg`` walks paused at user code, innermost last: (the
     #: walk, the module whose own init_weights runs there)
     lines: list[tuple[_Walk, nn.Module]] = dataclasses.field(default_factory=list)
-    #: the ``_params_init_info`` every module of ``root`` holds
-    info: defaultdict[Any, dict[str, Any]] | None = None
-    root: nn.Module | None = None
-    #: ``info`` is keyed by ``meta`` parameters that materializing replaces: filled again
-    #: when user code first runs (the model is materialized by then)
-    stale: bool = False
 
 
 _RUN: contextvars.ContextVar[_Run | None] = contextvars.ContextVar("weightinit_mmengine_run",
@@ -168,11 +152,11 @@ def _bridged_call(module: nn.Module) -> Iterator[_Run]:
     try:
         with _mmengine_rules():
             if outermost:
-                with _init_info(module, run, _options.log_record):
+                with init_info(module, run, _options.log_record):
                     yield run
             else:
                 if run.stale:
-                    _refill(run)
+                    refill(run)
                 yield run
     finally:
         if token is not None:
@@ -275,119 +259,6 @@ def _unwind(stack: list[tuple[_Walk, nn.Module]], height: int) -> None:
         _advance(stack.pop()[0], None)
 
 
-# -- _params_init_info and _dump_init_info, as MMEngine keeps them ---------------------------
-
-
-def _mean(tensor: Tensor) -> Tensor:
-    value = tensor.detach()
-    mean = (value if value.is_floating_point() or value.is_complex() else value.double()).mean()
-    full = getattr(mean, "full_tensor", None)  # a DTensor's mean: the whole tensor's
-    return full() if callable(full) else mean
-
-
-def _nan() -> Tensor:
-    """``tmp_mean_value`` of a parameter whose values are not known (yet): never equal."""
-    return torch.tensor(float("nan"))
-
-
-def _means(params: list[Tensor]) -> list[Tensor]:
-    """Each parameter's mean on the CPU, MMEngine's ``tmp_mean_value`` (``nan`` for one with no
-    values yet, on ``meta``): one copy per device and dtype, not one synchronization each."""
-    out = [_nan() for _ in params]
-    groups: dict[tuple[Any, ...], list[int]] = {}
-    with torch.no_grad():
-        for i, p in enumerate(params):
-            if p.device.type == "meta":
-                continue
-            if type(p.data) is not torch.Tensor:  # a tensor subclass (DTensor): one by one
-                out[i] = _mean(p).cpu()
-            else:
-                groups.setdefault((p.device, p.dtype), []).append(i)
-        for idx in groups.values():
-            for i, mean in zip(idx, torch.stack([_mean(params[i]) for i in idx]).cpu()):
-                out[i] = mean
-    return out
-
-
-def _unchanged(module: nn.Module) -> str:
-    return f"not changed by init_weights of {type(module).__name__}"  # the record's wording
-
-
-#: record kinds whose writers may label their own writes with MMEngine's ``update_init_info``
-_LABELLED = (OpKind.USER.value, OpKind.INITIALIZER.value)
-
-
-def _fill_info(info: dict[Any, dict[str, Any]], module: nn.Module, record: InitRecord | None,
-               read: bool = True) -> bool:
-    """``info`` for ``module``'s parameters now: the record's text (or unchanged) and mean
-    (``nan`` without ``read``). A label user code gave a parameter it wrote, with MMEngine's
-    ``update_init_info`` during the run, is kept, as MMEngine's log would show it. Returns
-    whether some parameters are still on ``meta`` (a deferred model, not materialized yet)."""
-    named = list(module.named_parameters())
-    means = _means([p for _, p in named]) if read else [_nan() for _ in named]
-    unchanged = _unchanged(module)
-    labels = {p: e["init_info"] for p, e in info.items()
-              if e.get("init_info", unchanged) != unchanged}
-    info.clear()  # (a deferred model's parameters were replaced when materialized)
-    for (name, p), mean in zip(named, means):
-        entry = record.params.get(name) if record is not None else None
-        text = entry.info if entry is not None else unchanged
-        if entry is not None and entry.kind in _LABELLED and p in labels:
-            text = labels[p]
-        info[p]["init_info"] = text
-        info[p]["tmp_mean_value"] = mean
-    return any(p.device.type == "meta" for _, p in named)
-
-
-def _refill(run: _Run) -> None:
-    """Key ``_params_init_info`` by the parameters materializing made (before user code).
-    Reads no values: a read while the run goes on would write the planned values early
-    (and out of the eager order); ``nan`` makes MMEngine's ``update_init_info`` see any
-    value as new."""
-    if run.info is not None and run.root is not None:
-        run.stale = _fill_info(run.info, run.root, None, read=False)
-
-
-def _update_info(info: dict[Any, dict[str, Any]], module: nn.Module, record: InitRecord | None,
-                 before: InitRecord | None) -> None:
-    """The entries of ``module``'s parameters in an ``info`` MMEngine keeps: the record's
-    texts and means, so MMEngine's checks after the call see them as written."""
-    if record is None or record is before:
-        return
-    named = [(n, p) for n, p in module.named_parameters() if p in info and n in record.params]
-    for (name, p), mean in zip(named, _means([p for _, p in named])):
-        info[p]["init_info"] = record.params[name].info
-        info[p]["tmp_mean_value"] = mean
-
-
-@contextlib.contextmanager
-def _init_info(module: nn.Module, run: _Run, dump: bool) -> Iterator[None]:
-    """MMEngine's ``_params_init_info`` on every module of the tree for the run; after it,
-    the record's texts, ``_dump_init_info()``; the attribute is deleted again either way."""
-    before = get_init_record(module)
-    mine = module.__dict__.get("_params_init_info")
-    if mine is not None:  # inside MMEngine's own init_weights (not the bridge's): it dumps
-        yield
-        _update_info(mine, module, get_init_record(module), before)
-        return
-    info: defaultdict[Any, dict[str, Any]] = defaultdict(dict)
-    run.info, run.root = info, module
-    run.stale = _fill_info(info, module, None)
-    holders = list(module.modules())
-    for m in holders:
-        m._params_init_info = info
-    try:
-        yield
-        record = get_init_record(module)
-        _fill_info(info, module, record if record is not before else None)
-        dump_info = getattr(module, "_dump_init_info", None)
-        if dump and callable(dump_info):
-            dump_info()  # MMEngine calls it without arguments (it finds the logger itself)
-    finally:
-        for m in holders:
-            m.__dict__.pop("_params_init_info", None)
-
-
 # -- install / uninstall -------------------------------------------------------------------
 
 
@@ -418,10 +289,6 @@ def _on_subclass(cls: type, **kwargs: Any) -> None:
             _wrap(cls)
 
 
-def _is_builtin(cls: Any) -> bool:
-    return getattr(cls, "__module__", "") == _BUILTIN_MODULE
-
-
 def _lookup(type_value: Any) -> Any:
     """A rule type weightinit's registry should take from MMEngine's.
 
@@ -435,8 +302,9 @@ def _lookup(type_value: Any) -> Any:
             found = MM_INITIALIZERS.get(type_value)
         except (KeyError, ImportError):
             return None
-        return None if found is None or _is_builtin(found) else found
-    if isinstance(type_value, type) and _is_builtin(type_value):
+        builtin = getattr(found, "__module__", "") == _BUILTIN_MODULE
+        return None if found is None or builtin else found
+    if isinstance(type_value, type) and getattr(type_value, "__module__", "") == _BUILTIN_MODULE:
         for name, cls in MM_INITIALIZERS.module_dict.items():
             if cls is type_value:
                 return WEIGHT_INITIALIZERS.get(name)

@@ -3,6 +3,9 @@ inheritance, registry types after ``register_all_modules``), the bridge initiali
 
 from __future__ import annotations
 
+import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,3 +77,24 @@ def test_broken_override_is_a_config_error(capsys):
     cfg = config_path("mmpretrain", "deit/deit-small_4xb256_in1k.py")
     assert main(["plan", cfg, "--set", "model.head.num_classes"]) == 2
     assert "is not KEY=VALUE" in capsys.readouterr().err
+
+
+def test_a_package_whose_compiled_ops_do_not_load_is_one_error_line_not_a_traceback():
+    # What a user meets with a torchvision built for another torch (as the registry's
+    # CUDA wheel beside this CPU torch): run as a user would, without the test stand-ins.
+    probe = subprocess.run([sys.executable, "-c", "import torchvision"], capture_output=True,
+                           text=True, timeout=120)
+    if probe.returncode == 0:
+        pytest.skip("torchvision loads here: nothing to refuse")
+    config = Path(importlib.util.find_spec("mmpretrain").origin).parent / ".mim" / "configs" \
+        / "deit" / "deit-small_4xb256_in1k.py"
+    done = subprocess.run([sys.executable, "-m", "weightinit", "plan", str(config)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("weightinit: error: deit-small_4xb256_in1k.py: "
+                               "default_scope='mmpretrain': registering")
+    assert "torchvision::nms" in lines[0]
+    assert "install the torchvision release built for this torch" in lines[0]

@@ -36,12 +36,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
-import operator
 import threading
-import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -51,117 +47,25 @@ from torch.overrides import TorchFunctionMode
 
 from ..compat import TRUNC_NORMAL_HELPER, default_device
 from ..errors import MaterializeError
+from .construction import (
+    STATE,
+    Construction,
+    chain_of,
+    construction_of,
+    derive,
+    mark,
+    owner_of,
+    record_write,
+)
 
 _EMPTY_FACTORIES = {torch.empty, torch.empty_like, torch.empty_strided, Tensor.new_empty}
 _INPLACE_DUNDERS = {"__setitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__",
                     "__idiv__", "__ifloordiv__", "__ipow__"}
 _ALIAS_ATTRS = {"data"}
 _ALIAS_FUNCS = {"detach", "detach_", "requires_grad_"}
-# Per-thread nesting depth of deferred(); the patches below act only where it is > 0.
-_STATE = threading.local()
 # Guards installing/removing the process-wide patches; never held across a block's body.
 _INSTALL_LOCK = threading.Lock()
 _INSTALLED: dict[str, Any] = {"users": 0}  # threads inside deferred(), and what was patched
-# Orders recorded writes across tensors, so defaults replay in construction order
-# (and so draw from the random generator in the same order as eager construction).
-_SEQUENCE = itertools.count()
-
-
-@dataclass
-class Construction:
-    """How the constructor left one deferred tensor, to be replayed on real storage."""
-
-    device: torch.device
-    #: (write, args, kwargs, chain): ``write(view, *args)`` where ``view`` is the
-    #: tensor reached from the owner by the ``chain`` of (func, args, kwargs) steps
-    ops: list[tuple[Callable[..., Any], tuple, dict, tuple]] = field(default_factory=list)
-    broken: str | None = None  # why the recorded init cannot be replayed
-    first: int = -1  # sequence number of the first recorded write
-    #: sequence number of each op, across all tensors (eager construction's draw order)
-    order: list[int] = field(default_factory=list)
-    #: built under ``deferred(match_eager=True)``: unseeded runs draw as eager construction
-    match_eager: bool = field(default_factory=lambda: getattr(_STATE, "match_eager", False))
-    shape: tuple[int, ...] = ()
-    dtype: torch.dtype | None = None
-    #: every construction of the same outermost block, in creation order (this one too)
-    block: list | None = field(default_factory=lambda: getattr(_STATE, "block", None),
-                               repr=False)
-    created: int = field(default_factory=lambda: next(_SEQUENCE))
-    #: a run has replayed it (or dropped it in favour of a rule) and committed
-    materialized: bool = False
-    #: weak references to the tensors it describes
-    refs: list = field(default_factory=list, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.block is not None:
-            self.block.append(self)
-
-    def add(self, fn: Callable[..., Any], args: tuple, kwargs: dict, chain: tuple = ()) -> None:
-        seq = next(_SEQUENCE)
-        if not self.ops:
-            self.first = seq
-        self.ops.append((fn, args, kwargs, chain))
-        self.order.append(seq)
-
-    @property
-    def defined(self) -> bool:
-        """True if replaying the ops gives the tensor a value (it is not left as ``empty``)."""
-        return self.broken is None and bool(self.ops)
-
-    @property
-    def alive(self) -> bool:
-        """Some tensor it describes still exists (held by a model, or by anyone)."""
-        return any(r() is not None for r in self.refs)
-
-    def reads(self) -> list[Tensor]:
-        """The deferred tensors the recorded ops read (``copy_(other)``), as their owners."""
-        return [owner_of(a) for _, args, kwargs, _ in self.ops for a in (*args, *kwargs.values())
-                if isinstance(a, Tensor) and a.device.type == "meta" and owner_of(a) is not None]
-
-    def describe(self) -> str:
-        names = []
-        for fn, _, _, _ in self.ops:
-            name = "value" if fn is Tensor.copy_ else getattr(fn, "__name__", "op")
-            if name not in names:
-                names.append(name)
-        return ", ".join(names) if names else "nothing"
-
-
-def construction_of(t: Tensor) -> Construction | None:
-    """The recorded construction of a deferred tensor, or ``None`` for any other tensor."""
-    return getattr(t, "_wi_construction", None)
-
-
-def owner_of(t: Any) -> Tensor | None:
-    """The deferred tensor that ``t`` is, or was derived from (alias, view, expression)."""
-    if not isinstance(t, Tensor):
-        return None
-    if construction_of(t) is not None:
-        return t
-    path = getattr(t, "_wi_path", None)
-    return path[0] if path is not None else None
-
-
-def chain_of(t: Tensor) -> tuple:
-    path = getattr(t, "_wi_path", None)
-    return path[1] if path is not None and construction_of(t) is None else ()
-
-
-def _derive(out: Any, owner: Tensor, chain: tuple) -> None:
-    # Remember how ``out`` was computed from ``owner``, so a later in-place
-    # write to it (``weight[pad].zero_()``) can be replayed on the real tensor.
-    if isinstance(out, Tensor):
-        if out is not owner and construction_of(out) is None:
-            out._wi_path = (owner, chain)  # type: ignore[attr-defined]
-    elif isinstance(out, (tuple, list)):
-        for i, item in enumerate(out):
-            _derive(item, owner, (*chain, (operator.getitem, (i,), {})))
-
-
-def _mark(t: Tensor, construction: Construction) -> Tensor:
-    t._wi_construction = construction  # type: ignore[attr-defined]
-    construction.refs.append(weakref.ref(t))
-    return t
 
 
 def _is_inplace(func: Any) -> bool:
@@ -169,20 +73,6 @@ def _is_inplace(func: Any) -> bool:
     if name in _INPLACE_DUNDERS:
         return True
     return name.endswith("_") and not name.startswith("_") and name not in _ALIAS_FUNCS
-
-
-def _record(tensor: Tensor, func: Callable[..., Any], args: tuple, kwargs: dict) -> None:
-    """Record the in-place write ``func(tensor, *args[1:], **kwargs)`` on its owner."""
-    target = owner_of(tensor)
-    construction = construction_of(target) if target is not None else None
-    if construction is None:
-        return
-    for a in list(args[1:]) + list(kwargs.values()):
-        if isinstance(a, Tensor) and a.device.type == "meta" and owner_of(a) is None:
-            construction.broken = (f"its constructor writes it with {func.__name__} from a value "
-                                   "computed on the meta device")
-            return
-    construction.add(func, args[1:], dict(kwargs), chain_of(tensor))
 
 
 def check_not_inference_mode(where: str) -> None:
@@ -210,8 +100,8 @@ class _DeferredMode(TorchFunctionMode):
                 device = src.device if isinstance(src, Tensor) and src.device.type != "meta" \
                     else default_device()
             out = func(*args, device="meta", **out_kwargs)
-            return _mark(out, Construction(torch.device(device), shape=tuple(out.shape),
-                                           dtype=out.dtype))
+            return mark(out, Construction(torch.device(device), shape=tuple(out.shape),
+                                          dtype=out.dtype))
         if not args and isinstance(kwargs.get("tensor"), Tensor):
             # torch.nn.init functions dispatch here with the tensor as a keyword
             kwargs = dict(kwargs)
@@ -221,7 +111,7 @@ class _DeferredMode(TorchFunctionMode):
             return func(*args, **kwargs)
         module = getattr(func, "__module__", "") or ""
         if module == "torch.nn.init" or _is_inplace(func):
-            _record(args[0], func, args, kwargs)
+            record_write(args[0], func, args, kwargs)
             return args[0]
         name = getattr(func, "__name__", "")
         attr = getattr(getattr(func, "__self__", None), "__name__", None)
@@ -231,9 +121,9 @@ class _DeferredMode(TorchFunctionMode):
             return None
         out = func(*args, **kwargs)
         if (name == "__get__" and attr in _ALIAS_ATTRS) or name in _ALIAS_FUNCS:
-            _derive(out, target, chain_of(args[0]))
+            derive(out, target, chain_of(args[0]))
         elif name != "__get__":
-            _derive(out, target, (*chain_of(args[0]), (func, args[1:], kwargs)))
+            derive(out, target, (*chain_of(args[0]), (func, args[1:], kwargs)))
         return out
 
 
@@ -241,7 +131,7 @@ def _set_data(tensor: Tensor, value: Tensor) -> None:
     """``tensor.data = value`` on a deferred tensor: a whole overwrite, recorded."""
     construction = construction_of(owner_of(tensor))
     if tuple(value.shape) == tuple(tensor.shape) and value.dtype == tensor.dtype:
-        _record(tensor, Tensor.copy_, (tensor, value), {})
+        record_write(tensor, Tensor.copy_, (tensor, value), {})
     elif construction is not None:
         construction.broken = ("its constructor assigns .data a tensor of shape "
                                f"{tuple(value.shape)} and dtype {value.dtype}")
@@ -254,7 +144,7 @@ _INIT_FUNCS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "ze
 
 def _active() -> bool:
     """True if the calling thread is inside a ``deferred()`` block."""
-    return getattr(_STATE, "depth", 0) > 0
+    return getattr(STATE, "depth", 0) > 0
 
 
 def _recording(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -264,7 +154,7 @@ def _recording(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(tensor: Any, *args: Any, **kwargs: Any) -> Any:
         if not _active() or owner_of(tensor) is None:
             return fn(tensor, *args, **kwargs)
-        _record(tensor, fn, (tensor, *args), kwargs)
+        record_write(tensor, fn, (tensor, *args), kwargs)
         return tensor
 
     return wrapper
@@ -279,8 +169,8 @@ def _recording_inner(inner: Callable[..., Any], outer: Callable[..., Any]) -> Ca
                 generator: Any = None) -> Any:
         if not _active() or owner_of(tensor) is None:
             return inner(tensor, mean, std, a, b, generator=generator)
-        _record(tensor, outer, (tensor,), dict(mean=mean, std=std, a=a, b=b,
-                                                generator=generator))
+        record_write(tensor, outer, (tensor,), dict(mean=mean, std=std, a=a, b=b,
+                                                     generator=generator))
         return tensor
 
     return wrapper
@@ -315,7 +205,7 @@ def _deferred_parameter_new(original: Callable[..., Any]) -> Callable[..., Any]:
             construction.add(Tensor.copy_, (value,), {})
             data = torch.empty_like(value, device="meta")
         param = original(cls, data, requires_grad)
-        return _mark(param, construction)
+        return mark(param, construction)
 
     return new
 
@@ -385,32 +275,32 @@ def deferred(match_eager: bool = False) -> Iterator[None]:
     ``torch.inference_mode()`` (see the module docstring); use ``torch.no_grad()``.
     """
     check_not_inference_mode("weightinit.deferred() was entered")
-    outer = getattr(_STATE, "match_eager", False)
-    depth = getattr(_STATE, "depth", 0)
+    outer = getattr(STATE, "match_eager", False)
+    depth = getattr(STATE, "depth", 0)
     if depth:  # nested: the outermost entry of this thread already set everything up
-        _STATE.depth = depth + 1
-        _STATE.match_eager = outer or match_eager
+        STATE.depth = depth + 1
+        STATE.match_eager = outer or match_eager
         try:
             yield
         finally:
-            _STATE.depth = depth
-            _STATE.match_eager = outer
+            STATE.depth = depth
+            STATE.match_eager = outer
         return
     with _INSTALL_LOCK:
         if _INSTALLED["users"] == 0:
             _install()
         _INSTALLED["users"] += 1
     try:
-        _STATE.depth = 1
-        _STATE.match_eager = match_eager
-        _STATE.block = []
+        STATE.depth = 1
+        STATE.match_eager = match_eager
+        STATE.block = []
         # TorchFunctionMode stacks are per thread, so the mode only sees this thread.
         with _DeferredMode():
             yield
     finally:
-        _STATE.depth = 0
-        _STATE.match_eager = False
-        _STATE.block = None
+        STATE.depth = 0
+        STATE.match_eager = False
+        STATE.block = None
         with _INSTALL_LOCK:
             _INSTALLED["users"] -= 1
             if _INSTALLED["users"] == 0:
@@ -421,5 +311,5 @@ def note_call(func: Callable[..., Any], tensor: Tensor, *args: Any, **kwargs: An
     """Record ``func(tensor, ...)`` if ``tensor`` is deferred; True if it was recorded."""
     if owner_of(tensor) is None:
         return False
-    _record(tensor, func, (tensor, *args), kwargs)
+    record_write(tensor, func, (tensor, *args), kwargs)
     return True

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .deferred import Construction, chain_of, owner_of
+from .construction import Construction, chain_of, owner_of
 
 
 def _follow(base: Tensor, chain: tuple) -> Any:

@@ -196,6 +196,8 @@ def read_resume(path: Path, url: str) -> dict[str, Any] | None:
     try:
         with os.fdopen(open_file(path, url, new=False), "rb") as fh:
             data = json.loads(fh.read(1 << 16))
+    except CheckpointCacheError:
+        raise  # (also an OSError) a link planted after the check: refused, not ignored
     except (OSError, ValueError):
         return None
     length = data.get("length") if isinstance(data, dict) else None

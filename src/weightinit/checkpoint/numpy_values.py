@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import pickle
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -32,26 +31,15 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..compat import numpy_multiarray
-
-#: the dtype specs numpy writes for plain numbers (``np.dtype('f8', False, True)``)
-PLAIN_SPECS = ("b1", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8",
-               "f2", "f4", "f8", "c8", "c16")
-#: most dimensions an array may have (numpy 1.x's limit)
-MAX_DIMS = 32
-#: why a dtype outside :data:`PLAIN_SPECS` is refused
-_ONLY_PLAIN = "only bool, integer, float16/32/64 and complex64/128 dtypes are rebuilt"
-#: readable names of the dtype kinds numpy writes as a type character
-_KIND_NAMES = {"O": "object", "V": "void (structured)", "S": "bytes", "a": "bytes",
-               "U": "str", "M": "datetime64", "m": "timedelta64", "T": "StringDType"}
-
-
-class MetadataError(pickle.UnpicklingError):
-    """A numpy value in a checkpoint that the safe loader does not rebuild; ``entry`` is where
-    it sits (e.g. ``checkpoint['meta']['x']``), when that is known."""
-
-    def __init__(self, problem: str, entry: str | None = None) -> None:
-        super().__init__(f"{entry}: {problem}" if entry else problem)
-        self.problem, self.entry = problem, entry
+from ..errors import MetadataError
+from .numpy_rules import (
+    KIND_NAMES,
+    MAX_DIMS,
+    ONLY_PLAIN,
+    PLAIN_SPECS,
+    plain_dtype_state,
+    short,
+)
 
 
 @dataclass
@@ -119,13 +107,13 @@ class _PendingDtype(_Placeholder):
             self._fail(f"a numpy dtype {self.label} whose state is set twice")
             return
         self.built = True
-        order = _plain_dtype_state(state)
+        order = plain_dtype_state(state)
         if order is None:
             self._fail(f"a numpy dtype {self.label} whose pickled state is not a plain "
                        "dtype's: it sets fields, names, a subarray, an itemsize, an alignment, "
                        "flags, metadata or another version (a hand-made memory layout)")
         elif order not in ("<", ">", "=") and (order != "|" or self.value.itemsize > 1):
-            self._fail(f"a numpy dtype {self.label} with byte order {_short(order)}")
+            self._fail(f"a numpy dtype {self.label} with byte order {short(order)}")
         else:
             self.value = np.dtype(order + self.value.str[1:])
 
@@ -159,25 +147,13 @@ def _refuse(problem: str) -> _Placeholder:
     return _Placeholder._make(problem)  # type: ignore[no-any-return]
 
 
-def _plain_dtype_state(state: Any) -> str | None:
-    """The byte order of a plain dtype's pickled state, None if it sets anything else."""
-    if type(state) is not tuple or len(state) not in (8, 9):
-        return None
-    version, order, subarray, names, fields, *rest = state  # rest: elsize, align, flags[, meta]
-    if (not all(type(v) is int for v in (version, *rest[:3])) or type(order) is not str
-            or (version, *rest[:3]) != (len(state) - 5, -1, -1, 0)
-            or len(rest) == 4 and rest[3] is not None):
-        return None
-    return order if subarray is None and names is None and fields is None else None
-
-
 def _spec_label(spec: Any) -> str:
     """A readable name for a dtype spec from the file, without asking numpy to parse it."""
     if type(spec) is not str:
-        return "given as " + ("a numpy value" if isinstance(spec, _Placeholder) else _short(spec))
+        return "given as " + ("a numpy value" if isinstance(spec, _Placeholder) else short(spec))
     if spec in PLAIN_SPECS:
         return np.dtype(spec).name
-    kind = _KIND_NAMES.get(spec.lstrip("<>|=")[:1])
+    kind = KIND_NAMES.get(spec.lstrip("<>|=")[:1])
     return kind if kind is not None else repr(spec[:40])
 
 
@@ -200,7 +176,7 @@ def _make_dtype(args: tuple[Any, ...], kind: str | None = None) -> _PendingDtype
     if not 1 <= len(args) <= 3 or not all(type(a) is bool for a in args[1:]):
         pending._fail(f"a numpy dtype {pending.label} made with arguments numpy never writes")
     elif spec not in PLAIN_SPECS:
-        pending._fail(f"a numpy dtype {pending.label} ({_ONLY_PLAIN})")
+        pending._fail(f"a numpy dtype {pending.label} ({ONLY_PLAIN})")
     elif kind is not None and spec != kind:
         pending._fail(f"a numpy dtype {pending.label} made by the class of dtype "
                       f"{np.dtype(kind).name}")
@@ -244,7 +220,8 @@ class _Reconstruct(_StandIn):
     real = numpy_multiarray()._reconstruct
 
     def __new__(cls, *args: Any) -> Any:
-        if len(args) != 3 or args[0] is not _NDArray:
+        # (a subclass: the stand-in under numpy's name, see compat.safe_globals)
+        if len(args) != 3 or not (isinstance(args[0], type) and issubclass(args[0], _NDArray)):
             kind = getattr(args[0], "real", args[0]) if args else None  # a stand-in: its name
             name = getattr(kind, "__name__", type(kind).__name__)
             return _PendingArray._make(f"a numpy array of class {name} (only ndarray is rebuilt)")
@@ -263,7 +240,7 @@ class _EmptyBytes(_StandIn):
     real = bytes
 
     def __new__(cls, *args: Any) -> Any:
-        return _refuse(f"a bytes({', '.join(map(_short, args))}) call") if args else b""
+        return _refuse(f"a bytes({', '.join(map(short, args))}) call") if args else b""
 
 
 class _Scalar(_StandIn):
@@ -314,21 +291,21 @@ def _array_from_state(state: Any) -> np.ndarray | str:
     label = dtype.label
     if (type(shape) is not tuple or len(shape) > MAX_DIMS
             or not all(type(d) is int and d >= 0 for d in shape)):
-        return (f"a numpy array of dtype {label} whose shape {_short(shape)} is not at most "
+        return (f"a numpy array of dtype {label} whose shape {short(shape)} is not at most "
                 f"{MAX_DIMS} non-negative integers")
     if type(fortran) is not bool and (type(fortran) is not int or fortran not in (0, 1)):
-        return f"a numpy array of dtype {label} whose memory order is {_short(fortran)}"
+        return f"a numpy array of dtype {label} whose memory order is {short(fortran)}"
     if type(raw) is not bytes:
         return (f"a numpy array of dtype {label} whose data is a {type(raw).__name__}, not "
                 "bytes (as numpy writes object arrays)")
     itemsize = dtype.value.itemsize
     count = math.prod(shape)
     if count * itemsize != len(raw):
-        return (f"a numpy array of shape {_short(shape)} and dtype {label}, which needs "
-                f"{_short(count * itemsize)} bytes, but its pickle holds {len(raw)}")
+        return (f"a numpy array of shape {short(shape)} and dtype {label}, which needs "
+                f"{short(count * itemsize)} bytes, but its pickle holds {len(raw)}")
     session = _SESSION.get()
     if count == 0 and session is not None and math.prod(d for d in shape if d) > session.limit:
-        return (f"an empty numpy array of shape {_short(shape)} whose other dimensions are "
+        return (f"an empty numpy array of shape {short(shape)} whose other dimensions are "
                 f"larger than the whole file ({session.limit} bytes)")
     over = _over_budget(len(raw))
     if over is not None:
@@ -338,20 +315,6 @@ def _array_from_state(state: Any) -> np.ndarray | str:
         return np.empty(shape, dtype=dtype.value, order=order)
     flat = np.frombuffer(raw, dtype=dtype.value, count=count)
     return np.array(flat.reshape(shape, order=order), order=order, copy=True)
-
-
-def _short(value: Any) -> str:
-    """``value`` for a message: a repr only of numbers and strings (a tuple of them), since
-    anything else could be nested too deep to print; huge ints by their size."""
-    if type(value) is int and value.bit_length() > 64:
-        text = f"about {'-' if value < 0 else ''}2**{value.bit_length() - 1}"
-    elif type(value) is tuple and all(type(v) in (int, float, bool) for v in value):
-        text = "(" + ", ".join(map(_short, value)) + ("," if len(value) == 1 else "") + ")"
-    elif type(value) in (int, float, bool, str, bytes, type(None)):
-        text = repr(value[:80] if type(value) in (str, bytes) else value)
-    else:
-        return f"a {type(value).__name__}"
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _dtype_classes() -> dict[str, type]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import itertools
 import os
+import pickle
 import pickletools
 import re
 import zipfile
@@ -34,12 +35,25 @@ import numpy as np
 import torch
 
 from ..compat import safe_globals
-from ..errors import CheckpointError, UnsafeCheckpointError
-from .numpy_values import NUMPY_GLOBALS, MetadataError, reading, replacement
+from ..errors import CheckpointError, MetadataError, UnsafeCheckpointError
+from .numpy_values import NUMPY_GLOBALS, reading, replacement
+
+
+def _latin1(text: Any, encoding: Any = "latin1") -> bytes:
+    """``_codecs.encode`` as protocol-2 pickles use it to carry ``bytes`` (numpy 1.x arrays'
+    data): a ``str`` to its latin-1 bytes, nothing else. torch >= 2.5 allows the real one by
+    default (and keeps it over this); torch 2.4 does not."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(
+            f"_codecs.encode of {type(text).__name__} with {encoding!r}: only a str to "
+            "latin-1 bytes is read (how pickles carry bytes)")
+    return text.encode("latin-1")
+
 
 #: the globals a checkpoint may name beyond what ``weights_only=True`` allows: numpy's
-#: scalars, arrays and dtypes (as in OpenMMLab ``meta`` dicts), as ``(stand-in, name)``
-SAFE_GLOBALS: list[Any] = list(NUMPY_GLOBALS)
+#: scalars, arrays and dtypes (as in OpenMMLab ``meta`` dicts), and the bytes of a
+#: protocol-2 pickle, as ``(stand-in, name)``
+SAFE_GLOBALS: list[Any] = [*NUMPY_GLOBALS, (_latin1, "_codecs.encode")]
 
 
 def safe_load(path: str, map_location: Any, mmap: bool) -> Any:

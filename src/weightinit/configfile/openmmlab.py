@@ -19,6 +19,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from ..capture.deferred import deferred as deferred_ctx
@@ -93,6 +94,13 @@ def load_openmmlab_config(path: Path, overrides: list[str] | None = None) -> Ope
                            scope=cfg.get("default_scope"), mmengine_config=cfg)
 
 
+def _import_fix(err: BaseException) -> str:
+    if "torchvision::" in str(err):  # its compiled ops were built for another torch
+        return (f"install the torchvision release built for this torch ({torch.__version__}), "
+                "e.g. pip install torch==X torchvision==Y as a matching pair.")
+    return "install it (and what it needs)."
+
+
 class OpenMMLabConfig(ModelConfig):
     """A config read by MMEngine; its model is built by MMEngine's registries."""
 
@@ -108,15 +116,20 @@ class OpenMMLabConfig(ModelConfig):
         if self.scope:
             try:
                 utils = importlib.import_module(f"{self.scope}.utils")
-            except ImportError as err:
+            except Exception as err:  # a package's import can raise anything (compiled ops)
                 raise ConfigError(f"{self.path.name}: default_scope={self.scope!r}, but the "
-                                  f"package {self.scope!r} cannot be imported: {err}. Fix: "
-                                  "install it.") from err
+                                  f"package {self.scope!r} cannot be imported: "
+                                  f"{type(err).__name__}: {err}. Fix: {_import_fix(err)}") from err
             register = getattr(utils, "register_all_modules", None)
-            if register is not None:
-                register(init_default_scope=True)
-            else:
-                init_default_scope(self.scope)
+            try:  # (registering imports the whole package: its compiled ops too)
+                if register is not None:
+                    register(init_default_scope=True)
+                else:
+                    init_default_scope(self.scope)
+            except Exception as err:
+                raise ConfigError(f"{self.path.name}: default_scope={self.scope!r}: registering "
+                                  f"{self.scope!r}'s modules failed: {type(err).__name__}: "
+                                  f"{err}. Fix: {_import_fix(err)}") from err
         return MODELS
 
     def build(self, deferred: bool = True) -> nn.Module:

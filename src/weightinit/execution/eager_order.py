@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ..capture.deferred import Construction, construction_of
+from ..capture.construction import Construction, construction_of
 from ..planning import DefaultFill, Plan, UserCall, Write, subtree_tensors
 
 Scratch = tuple[Construction, tuple[int, ...], torch.dtype, torch.device]

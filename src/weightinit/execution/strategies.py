@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..capture.deferred import construction_of
+from ..capture.construction import construction_of
 from ..capture.replay import replay, replay_all
 from ..maths import Elementwise
 from ..planning import (

@@ -34,7 +34,7 @@ from ..errors import (
     warn,
 )
 from ..rules import PretrainedInit
-from .checkpoint_checks import kinds_mismatch, short
+from .checkpoint_checks import kinds_mismatch, no_match_error, short
 from .ops import CheckpointRead
 from .plan import Write
 
@@ -172,10 +172,7 @@ def match_checkpoint(target: nn.Module, init: PretrainedInit, where: str,
     fix = ("Fix: set prefix= or revise_keys= so the checkpoint's keys match the model's, "
            "or check that this is the right checkpoint.")
     if not report.loaded:
-        raise CheckpointMismatchError(
-            f"{where}: no key of {init.checkpoint} matches {label}: checkpoint keys "
-            f"start {', '.join(state.keys()[:5]) or '(none)'}; the module's start "
-            f"{', '.join(list(slots)[:5]) or '(none)'}. {fix}")
+        raise no_match_error(where, init.checkpoint, label, state, slots, dtype_of)
     if init.mismatch == "error" and report.mismatched:
         raise CheckpointMismatchError(f"{where}: shape mismatch loading {init.checkpoint} "
                                       f"into {label}: {report}. Fix: use mismatch='skip' to "

@@ -17,7 +17,7 @@ from typing import Any
 import torch.nn as nn
 from torch import Tensor
 
-from ..capture.deferred import Construction, construction_of
+from ..capture.construction import Construction, construction_of
 from ..rules import reset_method_of
 from .layout import is_sharded
 from .ops import DefaultFill, model_init_owner

@@ -28,7 +28,7 @@ from typing import Any
 import torch.nn as nn
 from torch import Tensor
 
-from ..capture.deferred import Construction
+from ..capture.construction import Construction
 from ..capture.replay import replay
 from ..checkpoint.loader import CheckpointState, LoadReport
 from ..maths import Elementwise

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..capture.deferred import Construction
+from ..capture.construction import Construction
 from ..maths import Elementwise, calculate_gain, check_choice, variance_scaling_dist
 from ..maths.fans import FAN_MODES
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..capture.deferred import Construction
+from ..capture.construction import Construction
 
 
 def _qualname(obj: Any) -> str:
