@@ -89,7 +89,8 @@ def shards(model: nn.Module) -> dict[str, tuple[tuple[int, ...], torch.Tensor]]:
     out = {}
     for name, p in model.named_parameters():
         if is_sharded(p):
-            offset, _ = local_region(p, name)
+            boxes = local_region(p, name).boxes  # one box: Shard and Replicate layouts
+            offset = boxes[0].offset if boxes else tuple(0 for _ in p.shape)
             out[name] = (offset, p._local_tensor.detach().clone())
         else:
             out[name] = (tuple(0 for _ in p.shape), p.detach().clone())

@@ -5,17 +5,24 @@ A model whose parameters are DTensors — sharded with FSDP2's
 shard by shard. Every write on a sharded tensor goes through
 :func:`write_shard`:
 
-* a checkpoint entry: the rank reads only its slice (``safetensors``
-  ``get_slice``; a memory-mapped ``.pth`` is indexed);
+A rank's shard is a set of rectangular boxes of the global tensor
+(:func:`weightinit.planning.layout.local_region`: one box for ``Shard`` and
+``Replicate`` on any mesh, several for a ``_StridedShard`` that DTensor reads
+as separate ranges), each placed in the rank's local tensor.
+
+* a checkpoint entry: the rank reads only its boxes (``safetensors``
+  ``get_slice``; a memory-mapped ``.pth`` is indexed), each into its place;
 * an elementwise rule (normal, truncated normal, uniform, Glorot/He/LeCun,
-  constants): the rank draws only the seeded blocks its shard overlaps (see
-  :func:`weightinit.seeding.fill_elementwise`) — for ``Shard(0)``, FSDP2's
-  layout, that is its shard plus at most two partial blocks;
+  constants) whose boxes are each a contiguous range of the flattened tensor
+  (``Shard(0)``, FSDP2's rows, FSDP2-over-TP's row blocks): the rank draws
+  only the seeded blocks its boxes overlap (see
+  :func:`weightinit.seeding.fill_elementwise`) — per box, its rows plus at
+  most two partial blocks;
 * anything else (orthogonal, identity, ``reset_parameters``, a replayed
-  constructor init, elementwise fills of shards that are not a contiguous
-  range of the flattened tensor): the rank fills the whole tensor in a
-  temporary with the same seeded generator and keeps its slice. Exact, but
-  each rank pays the whole tensor's time and transient memory.
+  constructor init, elementwise fills of boxes that are not contiguous
+  ranges, e.g. ``Shard(1)``): the rank fills the whole tensor in a temporary
+  with the same seeded generator and copies its boxes. Exact, but each rank
+  pays the whole tensor's time and transient memory.
 
 Sharded writes are always seeded (a seed chosen on rank 0 and broadcast
 when none is given), so all ranks agree and the gathered tensor equals what
@@ -28,6 +35,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -35,9 +43,11 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..compat import dtensor_types, fsdp_param_groups, local_tensor
-from ..planning.layout import flat_range, is_sharded, local_region, mesh_device
+from ..planning.layout import is_sharded, local_region, mesh_device
 from ..planning.ops import CheckpointRead, Op
-from .seeding import derive_seed, fill_elementwise, run_seeded
+from ..planning.regions import Region, box_flat_start
+from .parallel import draw_all
+from .seeding import derive_seed, fill_elementwise, run_seeded, seeded_fill
 
 logger = logging.getLogger("weightinit")
 
@@ -96,8 +106,27 @@ def _whole_tensors(module: nn.Module | None, tensor: Tensor, full: Tensor
             store[attr] = t
 
 
-def _index(offset: tuple[int, ...], shape: tuple[int, ...]) -> tuple[slice, ...]:
-    return tuple(slice(o, o + n) for o, n in zip(offset, shape))
+def _copy_boxes(local: Tensor, region: Region, source: Tensor) -> None:
+    """Copy this rank's boxes of the whole tensor ``source`` into its local tensor."""
+    for box in region.boxes:
+        local[box.local_index].copy_(source[box.index])
+
+
+def _fill_boxes(elem: Any, local: Tensor, region: Region, seed: int) -> bool:
+    """Draw each box of the region alone, if every box is a contiguous range of the flattened
+    tensor (``Shard(0)``, FSDP2's rows, ``_StridedShard`` row blocks); False if one is not."""
+    total = math.prod(region.global_shape)
+    starts = [box_flat_start(region.global_shape, box) for box in region.boxes]
+    if any(start is None for start in starts):
+        return False
+    if not elem.random:
+        for box in region.boxes:
+            elem.fill_(local[box.local_index])
+        return True
+    # one draw_all for every box: its pieces share the fill threads
+    draw_all([seeded_fill(elem, local[box.local_index], seed, start, total)
+              for box, start in zip(region.boxes, starts)])
+    return True
 
 
 def write_shard(tensor: Tensor, op: Op, seed: int, name: str) -> list[Tensor]:
@@ -106,13 +135,14 @@ def write_shard(tensor: Tensor, op: Op, seed: int, name: str) -> list[Tensor]:
     Returns the sharded tensors written (more than ``tensor`` for a
     module-wide write such as ``reset_parameters``).
     """
-    offset, shape = local_region(tensor, name)
+    region = local_region(tensor, name)
     local = local_tensor(tensor)
     global_shape = tuple(tensor.shape)
     with torch.no_grad():
         if isinstance(op, CheckpointRead):
+            for box in region.boxes:  # only the rank's own slices are read
+                local[box.local_index].copy_(op.value_slice(box.index))
             if local.numel():
-                local.copy_(op.value_slice(_index(offset, shape)))
                 op.check_finite(local)
             return [tensor]
         group_module = op.module if op.group is not None else None
@@ -120,10 +150,9 @@ def write_shard(tensor: Tensor, op: Op, seed: int, name: str) -> list[Tensor]:
             return [tensor]  # this rank holds none of it
         tensor_seed = derive_seed(seed, name, op.seed_key)
         elem = op.elementwise(global_shape) if group_module is None else None
-        start = flat_range(global_shape, offset, shape)
-        if elem is not None and start is not None:
-            fill_elementwise(elem, local, tensor_seed, start, math.prod(global_shape))
+        if elem is not None and _fill_boxes(elem, local, region, tensor_seed):
             return [tensor]
+        # Exact for any write and any layout, but the rank pays the whole tensor.
         full = torch.empty(global_shape, dtype=local.dtype, device=local.device)
         with _whole_tensors(group_module, tensor, full) as pairs:
             if elem is not None:
@@ -132,7 +161,7 @@ def write_shard(tensor: Tensor, op: Op, seed: int, name: str) -> list[Tensor]:
                 run_seeded(tensor_seed, [full.device], lambda: op.write(full))
         written = []
         for sharded, temp in pairs:
-            o, s = local_region(sharded, name)
-            local_tensor(sharded).copy_(temp[_index(o, s)])
+            own = region if sharded is tensor else local_region(sharded, name)
+            _copy_boxes(local_tensor(sharded), own, temp)
             written.append(sharded)
         return written
