@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -123,9 +123,16 @@ def _update_info(info: dict[Any, dict[str, Any]], module: nn.Module, record: Ini
 
 
 @contextlib.contextmanager
-def init_info(module: nn.Module, run: InfoHolder, dump: bool) -> Iterator[None]:
+def init_info(module: nn.Module, run: InfoHolder, dump: bool,
+              means_read: Callable[[nn.Module], bool] = lambda m: True) -> Iterator[None]:
     """MMEngine's ``_params_init_info`` on every module of the tree for the run; after it,
-    the record's texts, ``_dump_init_info()``; the attribute is deleted again either way."""
+    the record's texts, ``_dump_init_info()``; the attribute is deleted again either way.
+
+    Means are read at the start (MMEngine's ``update_init_info``, called by user code,
+    compares with them to see what it changed) and at the end only if
+    ``means_read(module)`` (a ``_dump_init_info`` the model replaced may read them;
+    MMEngine's own prints the texts only, and the attribute is gone after it).
+    """
     before = get_init_record(module)
     mine = module.__dict__.get("_params_init_info")
     if mine is not None:  # inside MMEngine's own init_weights (not the bridge's): it dumps
@@ -141,7 +148,8 @@ def init_info(module: nn.Module, run: InfoHolder, dump: bool) -> Iterator[None]:
     try:
         yield
         record = get_init_record(module)
-        _fill_info(info, module, record if record is not before else None)
+        _fill_info(info, module, record if record is not before else None,
+                   read=means_read(module))
         dump_info = getattr(module, "_dump_init_info", None)
         if dump and callable(dump_info):
             dump_info()  # MMEngine calls it without arguments (it finds the logger itself)

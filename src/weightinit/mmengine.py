@@ -152,7 +152,7 @@ def _bridged_call(module: nn.Module) -> Iterator[_Run]:
     try:
         with _mmengine_rules():
             if outermost:
-                with init_info(module, run, _options.log_record):
+                with init_info(module, run, _options.log_record, _dump_reads_means):
                     yield run
             else:
                 if run.stale:
@@ -161,6 +161,13 @@ def _bridged_call(module: nn.Module) -> Iterator[_Run]:
     finally:
         if token is not None:
             _RUN.reset(token)
+
+
+def _dump_reads_means(module: nn.Module) -> bool:
+    """A ``_dump_init_info`` the model replaced may read means; MMEngine's prints texts only."""
+    own = mm_model.BaseModule.__dict__.get("_dump_init_info")
+    return getattr(type(module), "_dump_init_info", None) is not own \
+        or "_dump_init_info" in vars(module)
 
 
 @planned
@@ -263,14 +270,11 @@ def _unwind(stack: list[tuple[_Walk, nn.Module]], height: int) -> None:
 
 
 def _subclasses(cls: type) -> list[type]:
-    out, todo, seen = [], [cls], {cls}
+    found: dict[type, None] = {}  # every subclass however deep, each once, in order
+    todo = [cls]
     while todo:
-        for sub in todo.pop().__subclasses__():
-            if sub not in seen:
-                seen.add(sub)
-                out.append(sub)
-                todo.append(sub)
-    return out
+        todo += [s for s in todo.pop().__subclasses__() if s not in found and not found.setdefault(s)]
+    return list(found)
 
 
 def _wrap(cls: type) -> None:
@@ -290,13 +294,10 @@ def _on_subclass(cls: type, **kwargs: Any) -> None:
 
 
 def _lookup(type_value: Any) -> Any:
-    """A rule type weightinit's registry should take from MMEngine's.
-
-    Names of MMEngine's own initializers stay weightinit's (same names, same
-    arguments); a name only MMEngine knows (a user's initializer, or one the
-    user registered over a built-in name) is MMEngine's class. MMEngine's
-    built-in classes given as ``type=`` map to weightinit's of the same name.
-    """
+    """A rule type weightinit's registry should take from MMEngine's: names of MMEngine's own
+    initializers stay weightinit's (same names, same arguments); a name only MMEngine knows (a
+    user's initializer, or one registered over a built-in name) is MMEngine's class; its
+    built-in classes given as ``type=`` map to weightinit's of the same name."""
     if isinstance(type_value, str):
         try:
             found = MM_INITIALIZERS.get(type_value)

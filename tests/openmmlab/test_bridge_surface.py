@@ -10,6 +10,7 @@ import logging
 import re
 import socket
 import threading
+import time
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -510,18 +511,24 @@ def test_install_uninstall_from_many_threads_leaves_mmengine_as_it_was():
                 wim.install()
                 wim.uninstall()
 
-    for _ in range(8):
+    for _ in range(4):
         threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
         for t in threads:
             t.start()
-        # weightinit's own matching holds here all along, whatever the threads do
-        while any(t.is_alive() for t in threads):
+        # weightinit's own matching holds here all along, whatever the threads do (a bounded
+        # number of checks, with pauses: a main thread that spins until the workers end
+        # starves them of the interpreter lock)
+        for _ in range(100):
+            if not any(t.is_alive() for t in threads):
+                break
             net = nn.Sequential(DeepConv(2, 2, 1))
             wi.initialize(net, dict(type="Constant", layer="Conv2d", val=3.0))
             if not torch.all(net[0].weight == 3.0):
                 failures.append("weightinit's layer matching switched by another thread")
+            time.sleep(0.005)
         for t in threads:
-            t.join()
+            t.join(timeout=120)
+        assert not any(t.is_alive() for t in threads), "install/uninstall threads hang"
         wim.uninstall()  # (the workers' last calls were uninstall or the end of a block)
         assert not failures, failures[:3]
         assert _mmengine_state() == before
