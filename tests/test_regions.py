@@ -85,10 +85,11 @@ SHAPES = [(5, 7), (10, 6), (7, 3), (3, 5, 4), (0, 4)]
 
 @pytest.mark.parametrize("mesh_shape", MESHES, ids=lambda m: "x".join(map(str, m)))
 def test_regions_are_the_shards_torch_cuts(mesh_shape):
-    compared = 0
+    compared = total = 0
     for placements in itertools.product(_options(), repeat=len(mesh_shape)):
         for shape in SHAPES:
             for coord in itertools.product(*(range(n) for n in mesh_shape)):
+                total += 1
                 try:
                     expected = _torch_local(shape, mesh_shape, coord, placements)
                 except (AssertionError, RuntimeError):  # an older torch: even splits only
@@ -98,7 +99,8 @@ def test_regions_are_the_shards_torch_cuts(mesh_shape):
                 assert torch.equal(_assembled(region, shape), expected), \
                     (placements, shape, coord, region.boxes)
                 compared += 1
-    assert compared >= 60  # most cases, even where an older torch cuts only even splits
+    # most cases, even where an older torch cuts only even splits (and has no _StridedShard)
+    assert compared >= max(30, total // 2), (compared, total)
 
 
 def test_local_shapes_and_offsets_agree_with_dtensor():
