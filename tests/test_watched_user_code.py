@@ -8,6 +8,7 @@ overwrites (whose old storage was set aside, not copied), seeded reruns.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -330,6 +331,40 @@ def test_numpy_views_see_planned_values_and_their_writes_are_recorded_and_undone
     assert m.init_record["src.weight"].info == "ConstantInit: val=4.0, bias=0.0"
     bad = NumpyUser()
     bad.fail = True
+    before = {n: p.detach().clone() for n, p in bad.named_parameters()}
+    with pytest.raises(RuntimeError, match="late failure"):
+        bad.init_weights()
+    for n, p in bad.named_parameters():
+        assert torch.equal(p, before[n]), n
+
+
+class RawUser(wi.BaseModule):
+    """User code that reads planned values through each way memory leaves torch, and writes
+    through a DLPack view."""
+
+    def __init__(self, how: str, fail: bool = False):
+        super().__init__(C(4.0, layer="Linear"))
+        self.src = nn.Linear(2, 2)
+        self.dst = nn.Linear(2, 2)
+        self.how, self.fail = how, fail
+
+    def init_weights(self):
+        super().init_weights()
+        w = self.src.weight.detach()
+        seen = {"tolist": lambda: np.array(w.tolist(), dtype=np.float32),
+                "asarray": lambda: np.asarray(w).copy(),
+                "dlpack": lambda: np.from_dlpack(w).copy()}[self.how]()
+        np.from_dlpack(self.dst.weight.detach())[:] = seen + 1.0  # no ATen op shows it
+        if self.fail:
+            raise RuntimeError("late failure")
+
+
+@pytest.mark.parametrize("how", ["tolist", "asarray", "dlpack"])
+def test_every_raw_read_sees_planned_values_and_raw_writes_are_undone(how):
+    m = RawUser(how)
+    m.init_weights()
+    assert torch.all(m.dst.weight == 5.0)  # read the planned 4.0, not the constructor's
+    bad = RawUser(how, fail=True)
     before = {n: p.detach().clone() for n, p in bad.named_parameters()}
     with pytest.raises(RuntimeError, match="late failure"):
         bad.init_weights()

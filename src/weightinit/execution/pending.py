@@ -32,13 +32,13 @@ from typing import Any
 import torch
 import torch.nn as nn
 from torch import Tensor
-from torch.overrides import TorchFunctionMode
 
 from ..compat import TorchDispatchMode, op_written_args
 from ..maths.fills import Elementwise
 from ..planning import Write
 from .attribution import attribute, stop_at
 from .parallel import draw_all, parallel_target
+from .rawreads import raw_reads
 from .seeding import UNSEEDED_MIN, unseeded_fill
 from .watch import TensorState
 
@@ -282,31 +282,6 @@ def _draw_in_pieces(func: Any, args: tuple, kwargs: dict) -> bool:
     return True
 
 
-#: reads of a tensor's memory no ATen op shows (NumPy views, Python lists, DLPack)
-_RAW_READS = frozenset({Tensor.numpy, Tensor.tolist, Tensor.__array__, Tensor.__dlpack__})
-
-
-class RawReads(TorchFunctionMode):
-    """While user code runs: a tensor handed out as raw memory (``.numpy()``,
-    ``np.asarray``, ``.tolist()``, DLPack) gets its pending write first, and is copied
-    for the transaction and compared after the call, since writes through it are unseen."""
-
-    def __init__(self, pending: Pending, active: list[bool]) -> None:
-        super().__init__()
-        self.pending = pending
-        self.active = active
-
-    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None):
-        if func in _RAW_READS and self.active and self.active[-1] and args \
-                and isinstance(args[0], Tensor):
-            self.active.append(False)  # the pending writes done here are the library's
-            try:
-                self.pending.raw_access(args[0])
-            finally:
-                self.active.pop()
-        return func(*args, **(kwargs or {}))
-
-
 class WriteWatch(TorchDispatchMode):
     """Routes every ATen op user code runs through :meth:`Pending.before_op` while active."""
 
@@ -336,13 +311,25 @@ class WriteWatch(TorchDispatchMode):
                 return args[0]
         return func(*args, **kwargs)
 
+    def _raw_read(self, tensor: Tensor) -> None:
+        """User code hands ``tensor``'s memory out (``.numpy()``, ...): its pending write
+        first, and a copy for the transaction (compared after the call)."""
+        if not (self.active and self.active[-1]) or not isinstance(tensor, Tensor):
+            return
+        self.active.append(False)  # the pending writes done here are the library's
+        try:
+            with self.lock:
+                self.pending.raw_access(tensor)
+        finally:
+            self.active.pop()
+
     @contextlib.contextmanager
     def state(self, active: bool) -> Iterator[None]:
         outermost = not self.active
         self.active.append(active)
         try:
             if outermost and active:
-                with self, RawReads(self.pending, self.active):
+                with self, raw_reads(self._raw_read):
                     yield
             else:
                 yield
