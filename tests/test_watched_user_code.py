@@ -340,7 +340,7 @@ def test_numpy_views_see_planned_values_and_their_writes_are_recorded_and_undone
 
 class RawUser(wi.BaseModule):
     """User code that reads planned values through each way memory leaves torch, and writes
-    through a DLPack view."""
+    through a NumPy view (numpy 1.x's DLPack arrays are read-only)."""
 
     def __init__(self, how: str, fail: bool = False):
         super().__init__(C(4.0, layer="Linear"))
@@ -354,7 +354,7 @@ class RawUser(wi.BaseModule):
         seen = {"tolist": lambda: np.array(w.tolist(), dtype=np.float32),
                 "asarray": lambda: np.asarray(w).copy(),
                 "dlpack": lambda: np.from_dlpack(w).copy()}[self.how]()
-        np.from_dlpack(self.dst.weight.detach())[:] = seen + 1.0  # no ATen op shows it
+        self.dst.weight.detach().numpy()[:] = seen + 1.0  # a write no ATen op shows
         if self.fail:
             raise RuntimeError("late failure")
 
