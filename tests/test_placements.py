@@ -14,10 +14,6 @@ the model initialized here, in one process.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +21,7 @@ import safetensors.torch
 import torch
 
 import placements_worker as worker
+from gloo_ranks import run_ranks
 from weightinit import compat
 
 dist = pytest.importorskip("torch.distributed")
@@ -45,12 +42,6 @@ LAYOUTS = ("tp_fsdp", "hsdp", "fsdp4", "mesh3d", "shard_last", "strided")
 KINDS = ("elementwise", "structured", "deferred", "meta", "checkpoint")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "net.safetensors"
@@ -61,24 +52,7 @@ def checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, checkpoint) -> dict:
     out = tmp_path_factory.mktemp("placements")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
-    for _attempt in range(3):  # a new port if another process took the free one meanwhile
-        port = str(_free_port())
-        procs = [subprocess.Popen([sys.executable, str(WORKER), str(r), str(WORLD), port,
-                                   str(out), str(checkpoint)], env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True) for r in range(WORLD)]
-        logs = []
-        try:
-            for p in procs:
-                logs.append(p.communicate(timeout=TIMEOUT_S)[0])
-        finally:
-            for p in procs:
-                p.kill()
-        if not any("EADDRINUSE" in log or "address already in use" in log.lower()
-                   for log in logs):
-            break
-    for r, p in enumerate(procs):
-        assert p.returncode == 0, f"rank {r} failed:\n{logs[r][-4000:]}"
+    run_ranks(WORKER, WORLD, out, checkpoint, TIMEOUT_S)
     return dict(full=torch.load(out / "full.pt", weights_only=False),
                 ranks=[torch.load(out / f"rank{r}.pt", weights_only=False)
                        for r in range(WORLD)])

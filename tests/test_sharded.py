@@ -8,10 +8,6 @@ the same model initialized in this process.
 from __future__ import annotations
 
 import math
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +17,7 @@ import torch.nn as nn
 
 import sharded_worker as worker
 import weightinit as wi
+from gloo_ranks import run_ranks
 from weightinit import compat
 from weightinit import maths as F
 from weightinit.execution.seeding import BLOCK, fill_elementwise
@@ -36,12 +33,6 @@ WORKER = Path(__file__).with_name("sharded_worker.py")
 TIMEOUT_S = 240
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "net.safetensors"
@@ -53,24 +44,7 @@ def checkpoint(tmp_path_factory) -> Path:
 def ranks(request, tmp_path_factory, checkpoint) -> list[dict]:
     world = request.param
     out = tmp_path_factory.mktemp(f"world{world}")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
-    for _attempt in range(3):  # a new port if another process took the free one meanwhile
-        port = str(_free_port())
-        procs = [subprocess.Popen([sys.executable, str(WORKER), str(r), str(world), port,
-                                   str(out), str(checkpoint)], env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True) for r in range(world)]
-        logs = []
-        try:
-            for p in procs:
-                logs.append(p.communicate(timeout=TIMEOUT_S)[0])
-        finally:
-            for p in procs:
-                p.kill()
-        if not any("EADDRINUSE" in log or "address already in use" in log.lower()
-                   for log in logs):
-            break
-    for r, p in enumerate(procs):
-        assert p.returncode == 0, f"rank {r} failed:\n{logs[r][-4000:]}"
+    run_ranks(WORKER, world, out, checkpoint, TIMEOUT_S)
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]
 
 
