@@ -85,14 +85,19 @@ def test_fsdp2_on_a_cuda_mesh_equals_one_process_on_cuda(tmp_path):
 
 
 def test_any_slice_of_a_seeded_cuda_fill_is_drawn_alone():
-    from weightinit.execution.seeding import BLOCK, fill_elementwise
+    from weightinit.execution.seeding import fill_elementwise
+    from weightinit.execution.tiles import TILE
     from weightinit.maths import Elementwise
 
     for dist in (Elementwise("normal", (0.0, 1.0)), Elementwise("uniform", (-1.0, 1.0)),
                  Elementwise("trunc_normal", (0.0, 1.0, -1.0, 1.0))):
-        total = BLOCK + 4321
-        whole = torch.empty(total, device="cuda")
+        whole = torch.empty(1300, 1100, device="cuda")  # 512 x 512 tiles, 3 x 3
         fill_elementwise(dist, whole, seed=5)
+        part = torch.empty(600, 700, device="cuda")
+        fill_elementwise(dist, part, seed=5, shape=(1300, 1100), offset=(400, 300))
+        assert torch.equal(part, whole[400:1000, 300:1000]), dist.kind
+        flat = torch.empty(TILE + 4321, device="cuda")
+        fill_elementwise(dist, flat, seed=5)
         part = torch.empty(2000, device="cuda")
-        fill_elementwise(dist, part, seed=5, start=BLOCK - 1000, total=total)
-        assert torch.equal(part, whole[BLOCK - 1000:BLOCK + 1000]), dist.kind
+        fill_elementwise(dist, part, seed=5, shape=(TILE + 4321,), offset=(TILE - 1000,))
+        assert torch.equal(part, flat[TILE - 1000:TILE + 1000]), dist.kind

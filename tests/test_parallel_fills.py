@@ -1,6 +1,6 @@
 """Elementwise fills of large CPU tensors are drawn in pieces on several threads (issue 16).
 
-Seeded values are those of the blockwise definition whatever the thread
+Seeded values are those of the tiled definition whatever the thread
 count; unseeded large fills follow ``torch.manual_seed`` (one draw of the
 global generator seeds every piece), are statistically right, and advance
 the global generator. Small unseeded fills are drawn as before.
@@ -18,19 +18,17 @@ import torch.nn as nn
 import weightinit as wi
 from weightinit.execution import choose, parallel
 from weightinit.execution.seeding import (
-    BLOCK,
     UNSEEDED_MIN,
-    UNSEEDED_PIECE,
-    block_seed,
     derive_seed,
     fill_elementwise,
     fill_unseeded,
 )
+from weightinit.execution.tiles import TILE, tile_seed, tile_shape
 from weightinit.maths import Elementwise
 from weightinit.planning import Write
 from weightinit.rules.registry import WEIGHT_INITIALIZERS, build_from_cfg
 
-# 2100 x 1024 = 2.05 blocks: two whole blocks and a short one
+# a 2100 x 1024 weight: tiles of 512 x 512, a 5 x 2 grid whose last row is short
 BIG = (1024, 2100)
 
 RULES = {
@@ -72,13 +70,21 @@ def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
         assert torch.equal(a[name], b[name]), name
 
 
-def reference(dist: Elementwise, numel: int, seed: int) -> torch.Tensor:
-    """The blockwise definition, drawn block by block on this thread."""
-    out = torch.empty(numel)
-    for index, lo in enumerate(range(0, numel, BLOCK)):
-        gen = torch.Generator().manual_seed(block_seed(seed, index))
-        dist.fill_(out[lo:lo + BLOCK], gen)
-    return out
+def reference(dist: Elementwise, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """The tiled definition for a 1- or 2-D tensor, drawn tile by tile on this thread: tile
+    (i, j) of the grid is drawn whole into its own buffer from a generator seeded by
+    (seed, its row-major index)."""
+    shape2 = shape if len(shape) == 2 else (1, shape[0])
+    rows, cols = tile_shape(shape) if len(shape) == 2 else (1, tile_shape(shape)[0])
+    out = torch.empty(shape2)
+    index = 0
+    for r in range(0, shape2[0], rows):
+        for c in range(0, shape2[1], cols):
+            tile = torch.empty(min(rows, shape2[0] - r), min(cols, shape2[1] - c))
+            dist.fill_(tile, torch.Generator().manual_seed(tile_seed(seed, index)))
+            out[r:r + rows, c:c + cols] = tile
+            index += 1
+    return out.view(shape)
 
 
 # ------------------------------------------------------------------------ seeded
@@ -102,7 +108,7 @@ def test_seeded_values_do_not_depend_on_the_thread_count(rule, threads, monkeypa
 
 @pytest.mark.parametrize("rule", ["normal", "uniform", "trunc_normal", "trunc_normal_narrow",
                                   "trunc_normal_vs"])
-def test_seeded_values_are_the_blockwise_definition(rule, threads):
+def test_seeded_values_are_the_tiled_definition(rule, threads):
     threads(2)
     m = big_model()
     wi.initialize(m, RULES[rule], seed=5)
@@ -110,7 +116,8 @@ def test_seeded_values_are_the_blockwise_definition(rule, threads):
     shape = tuple(m[0].weight.shape)
     dist = init.elementwise("weight", shape, m[0])
     tensor_seed = derive_seed(5, "0.weight", f"{init.seed_key}|weight")
-    expected = reference(dist, m[0].weight.numel(), tensor_seed).view(shape)
+    assert tile_shape(shape) == (512, 512)
+    expected = reference(dist, shape, tensor_seed)
     assert torch.equal(m[0].weight.detach(), expected)
     if dist.kind == "trunc_normal":
         assert m[0].weight.min() >= dist.args[2] and m[0].weight.max() <= dist.args[3]
@@ -119,26 +126,38 @@ def test_seeded_values_are_the_blockwise_definition(rule, threads):
 def test_seeded_shard_ranges_match_the_whole_tensor(threads):
     threads(2)
     dist = Elementwise("trunc_normal", (0.0, 1.0, -2.0, 2.0))
-    total = 3 * BLOCK + 17
+    total = 3 * TILE + 17
     whole = torch.empty(total)
     fill_elementwise(dist, whole, 77)
-    for start, length in ((5, BLOCK), (BLOCK - 3, BLOCK + 9), (2 * BLOCK, BLOCK + 17)):
+    assert torch.equal(whole, reference(dist, (total,), 77))
+    for start, length in ((5, TILE), (TILE - 3, TILE + 9), (2 * TILE, TILE + 17)):
         part = torch.empty(length)
-        fill_elementwise(dist, part, 77, start=start, total=total)
+        fill_elementwise(dist, part, 77, shape=(total,), offset=(start,))
         assert torch.equal(part, whole[start:start + length]), (start, length)
+
+
+def test_seeded_wide_matrix_is_cut_in_square_tiles(threads):
+    threads(2)
+    dist = Elementwise("normal", (0.0, 1.0))
+    shape = (1100, 1300)  # tiles of 512 x 512: a 3 x 3 grid with short last row and column
+    assert tile_shape(shape) == (512, 512)
+    whole = torch.empty(shape)
+    fill_elementwise(dist, whole, 4)
+    assert torch.equal(whole, reference(dist, shape, 4))
 
 
 def test_seeded_non_contiguous_tensor(threads):
     dist = Elementwise("normal", (0.0, 1.0))
-    base = torch.empty(2 * BLOCK + 5, 2)
+    base = torch.full((2 * TILE + 5, 2), float("nan"))
     threads(2)
     fill_elementwise(dist, base[:, 1], 9)
-    assert torch.equal(base[:, 1].contiguous(), reference(dist, 2 * BLOCK + 5, 9))
+    assert torch.equal(base[:, 1].contiguous(), reference(dist, (2 * TILE + 5,), 9))
+    assert base[:, 0].isnan().all()  # the other column is left alone
 
 
 def test_one_write_counts_once(threads):
     threads(2)
-    w = nn.Parameter(torch.empty(3 * BLOCK))
+    w = nn.Parameter(torch.empty(3 * TILE))
     version = w._version
     fill_elementwise(Elementwise("normal", (0.0, 1.0)), w, 3)
     assert w._version == version + 1 and w.requires_grad
@@ -188,25 +207,25 @@ def test_unseeded_fills_advance_the_global_generator(threads):
     assert not torch.equal(torch.get_rng_state(), state)
     fill_unseeded(dist, t)
     assert not torch.equal(t, first)
-    # pieces are drawn from distinct generators
-    assert not torch.equal(first[:1000], first[UNSEEDED_PIECE:UNSEEDED_PIECE + 1000])
+    # tiles are drawn from distinct generators
+    assert not torch.equal(first[:1000], first[TILE:TILE + 1000])
 
 
 @pytest.mark.parametrize("threads_n", [1, 2])
 def test_unseeded_statistics(threads_n, threads):
     threads(threads_n)
     torch.manual_seed(2024)
-    n = 4 * BLOCK
+    n = 16 * TILE
     t = torch.empty(n)
 
     fill_unseeded(Elementwise("normal", (0.1, 0.5)), t)
     se = 0.5 / math.sqrt(n)
     assert abs(t.mean().item() - 0.1) < 6 * se
     assert abs(t.std().item() - 0.5) < 6 * se / math.sqrt(2) * 1.5
-    # neighbouring pieces are uncorrelated
-    pieces = t.view(-1, UNSEEDED_PIECE)
-    corr = torch.corrcoef(pieces[:2])[0, 1].item()
-    assert abs(corr) < 6 / math.sqrt(UNSEEDED_PIECE)
+    # neighbouring tiles are uncorrelated
+    tiles = t.view(-1, TILE)
+    corr = torch.corrcoef(tiles[:2])[0, 1].item()
+    assert abs(corr) < 6 / math.sqrt(TILE)
 
     fill_unseeded(Elementwise("uniform", (-0.3, 0.7)), t)
     assert t.min().item() >= -0.3 and t.max().item() <= 0.7

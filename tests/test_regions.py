@@ -22,8 +22,8 @@ import torch.nn as nn
 import weightinit as wi
 from weightinit import compat
 from weightinit import maths as F
-from weightinit.execution import parallel
-from weightinit.execution.seeding import BLOCK, derive_seed, fill_elementwise
+from weightinit.execution import tiles
+from weightinit.execution.seeding import derive_seed, fill_elementwise
 from weightinit.execution.sharding import write_shard
 from weightinit.planning.layout import local_region
 from weightinit.planning.ops import Role, RuleFill
@@ -195,27 +195,33 @@ def test_a_layout_fsdp2_and_dtensor_read_differently_is_refused():
 
 
 def _drawn(monkeypatch) -> list[int]:
-    """Element counts of the seeded blocks drawn (whole or cut) from now on."""
+    """Element counts of the seeded tiles drawn (whole or cut) from now on."""
     counts: list[int] = []
-    draw = parallel.PieceFill.draw
+    draw = tiles.RegionFill.draw
 
-    def counting(self, lo, hi, a, b, seed):
-        counts.append(hi - lo)
-        return draw(self, lo, hi, a, b, seed)
+    def counting(self, index, first, end, scratch=None):
+        counts.append(math.prod(e - f for f, e in zip(first, end)))
+        return draw(self, index, first, end, scratch)
 
-    monkeypatch.setattr(parallel.PieceFill, "draw", counting)
+    monkeypatch.setattr(tiles.RegionFill, "draw", counting)
     return counts
 
 
-def _blocks_overlapped(start: int, stop: int, total: int) -> int:
-    """Elements of the seeding blocks that elements [start, stop) of a fill fall in."""
-    first, last = start // BLOCK, (stop - 1) // BLOCK
-    return sum(min((i + 1) * BLOCK, total) - i * BLOCK for i in range(first, last + 1))
+def _no_whole_temporaries(monkeypatch, shape) -> None:
+    """Make any allocation of the whole tensor's shape an error from now on."""
+    empty = torch.empty
+
+    def guarded(*size, **kwargs):
+        dims = tuple(size[0]) if len(size) == 1 and isinstance(size[0], (tuple, list)) else size
+        assert tuple(dims) != tuple(shape), "a whole-tensor temporary was allocated"
+        return empty(*size, **kwargs)
+
+    monkeypatch.setattr(torch, "empty", guarded)
 
 
 @pytest.mark.skipif(StridedShard is None, reason="this torch has no _StridedShard")
-def test_write_shard_draws_only_the_blocks_its_row_boxes_overlap(monkeypatch):
-    shape = (6000, 1000)  # 6 M elements: six seeding blocks; each rank two boxes of 750 rows
+def test_write_shard_draws_only_the_tiles_its_row_boxes_overlap(monkeypatch):
+    shape = (6000, 1000)  # tiles 512 x 512; each rank holds two boxes of 750 rows
     total = math.prod(shape)
     op = RuleFill(wi.rules.NormalInit(std=0.5), Role.WEIGHT, nn.Linear(1, 1), "test")
     whole = torch.empty(shape)
@@ -229,10 +235,63 @@ def test_write_shard_draws_only_the_blocks_its_row_boxes_overlap(monkeypatch):
         assert len(boxes) == 2
         for box in boxes:
             assert torch.equal(fake._local_tensor[box.local_index], whole[box.index])
-        # only the blocks its boxes overlap, each drawn once: not the whole tensor
-        expected = sum(_blocks_overlapped(b.offset[0] * 1000, (b.offset[0] + b.shape[0]) * 1000,
-                                          total) for b in boxes)
+        # only the tiles its boxes overlap, each drawn once: not the whole tensor
+        expected = sum(tiles.drawn_elements(shape, b.offset, b.shape) for b in boxes)
         assert sum(drawn) == expected < total
+        # its rows plus at most one tile's thickness (511 rows) at each of 4 box edges
+        assert expected <= 1500 * 1000 + 4 * 511 * 1000
+
+
+@pytest.mark.parametrize("placements,mesh", [
+    ([Shard(1)], (4,)),                 # row-parallel: columns
+    ([Shard(0), Shard(1)], (2, 2)),     # 2-D tiling
+    ([Replicate(), Shard(1)], (2, 2)),  # HSDP-like over columns
+])
+@pytest.mark.parametrize("rule", [wi.rules.NormalInit(std=0.5),
+                                  wi.rules.TruncNormalInit(std=1.0, a=-1.0, b=0.5),
+                                  wi.rules.KaimingInit(distribution="uniform")])
+def test_non_contiguous_shards_draw_only_their_tiles(monkeypatch, placements, mesh, rule):
+    shape = (1300, 2100)  # uneven: 2100 columns over 4 (525 each) or 2 (1050)
+    op = RuleFill(rule, Role.WEIGHT, nn.Linear(2100, 1300), "test")
+    whole = torch.empty(shape)
+    fill_elementwise(op.elementwise(shape), whole, derive_seed(2, "w", op.seed_key))
+    drawn = _drawn(monkeypatch)
+    _no_whole_temporaries(monkeypatch, shape)
+    assembled = torch.full(shape, float("nan"))
+    for coord in itertools.product(*(range(n) for n in mesh)):
+        drawn.clear()
+        fake = _fake(shape, mesh, coord, placements)
+        write_shard(fake, op, 2, "w")
+        region = local_region(fake, "w")
+        for box in region.boxes:
+            assembled[box.index] = fake._local_tensor[box.local_index]
+        local = region.numel
+        # a rank pays its elements, plus at most one tile (512) along each box edge
+        edges = sum(2 * 511 * (box.numel // box.shape[d]) for box in region.boxes
+                    for d in range(2) if box.shape[d] < shape[d])
+        assert local <= sum(drawn) <= local + edges, coord
+    assert torch.equal(assembled, whole)
+
+
+@pytest.mark.parametrize("rule,shape,module", [
+    (wi.rules.EyeInit(), (9, 13), nn.Linear(13, 9)),
+    (wi.rules.DiracInit(), (8, 4, 3, 3), nn.Conv2d(4, 8, 3, groups=2)),
+    (wi.rules.DiracInit(groups=1), (6, 6, 5), nn.Conv1d(6, 6, 5)),
+])
+def test_structured_rules_write_each_shard_directly(monkeypatch, rule, shape, module):
+    op = RuleFill(rule, Role.WEIGHT, module, "test")
+    whole = torch.empty(shape)
+    op.write(whole)
+    _no_whole_temporaries(monkeypatch, shape)
+    for placements, mesh in (([Shard(1)], (4,)), ([Shard(0), Shard(1)], (2, 2)),
+                             ([Shard(len(shape) - 1)], (3,))):
+        assembled = torch.full(shape, float("nan"))
+        for coord in itertools.product(*(range(n) for n in mesh)):
+            fake = _fake(shape, mesh, coord, placements)
+            write_shard(fake, op, 5, "w")
+            for box in local_region(fake, "w").boxes:
+                assembled[box.index] = fake._local_tensor[box.local_index]
+        assert torch.equal(assembled, whole), placements
 
 
 def test_write_shard_of_column_tiles_equals_the_whole_tensor():

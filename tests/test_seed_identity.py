@@ -95,6 +95,22 @@ def test_golden_seeded_defaults_of_a_deferred_model():
         assert got[name] == pytest.approx(want, abs=2e-6), name
 
 
+# A tensor of several 512 x 512 tiles: the first values of tiles (0, 0), (0, 1) and (2, 2).
+# Changing the tiling changes these (and every large seeded tensor).
+GOLDEN_TILES = {(0, 0): [0.013221, -0.016178, -0.018759, 0.020848],
+                (0, 512): [0.013193, 0.009548, -0.016965, -0.021583],
+                (1024, 1024): [0.017266, -0.027907, 0.03558, 0.006103]}
+
+
+def test_golden_seeded_values_of_a_tiled_tensor():
+    m = nn.Linear(1300, 1100)
+    wi.initialize(m, dict(type="Normal", layer="Linear", std=0.02), seed=1234)
+    w = m.weight.detach()
+    for (row, col), want in GOLDEN_TILES.items():
+        assert [round(v, 6) for v in w[row, col:col + 4].tolist()] == \
+            pytest.approx(want, abs=2e-6), (row, col)
+
+
 def test_other_seeds_and_names_give_other_values():
     assert values("Normal", seed=1235) != values("Normal")
     a, b = model(), model()

@@ -20,7 +20,8 @@ import weightinit as wi
 from gloo_ranks import run_ranks
 from weightinit import compat
 from weightinit import maths as F
-from weightinit.execution.seeding import BLOCK, fill_elementwise
+from weightinit.execution.seeding import fill_elementwise
+from weightinit.execution.tiles import TILE
 
 dist = pytest.importorskip("torch.distributed")
 if not dist.is_available() or not dist.is_gloo_available():
@@ -197,30 +198,29 @@ def test_sharded_mistakes_raise_before_any_allocation(ranks):
     assert message.startswith("square.weight: placement Partial(sum) is not supported")
 
 
-# -- single process: the blockwise seeding sharding relies on --------------------------------
+# -- single process: the tiled seeding sharding relies on ------------------------------------
 
 @pytest.mark.parametrize("dist_", [F.Elementwise("normal", (0.5, 2.0)),
                                    F.Elementwise("uniform", (-1.0, 3.0)),
                                    F.Elementwise("trunc_normal", (0.0, 1.0, -0.5, 1.5))])
 def test_any_slice_of_a_seeded_fill_is_drawn_alone(dist_):
-    total = 2 * BLOCK + 12345
+    total = 2 * TILE + 12345
     whole = torch.empty(total)
     fill_elementwise(dist_, whole, seed=11)
-    for start, stop in [(0, 10), (BLOCK - 5, BLOCK + 5), (BLOCK, 2 * BLOCK),
+    for start, stop in [(0, 10), (TILE - 5, TILE + 5), (TILE, 2 * TILE),
                         (123, total), (total - 7, total)]:
         part = torch.empty(stop - start)
-        fill_elementwise(dist_, part, seed=11, start=start, total=total)
+        fill_elementwise(dist_, part, seed=11, shape=(total,), offset=(start,))
         assert torch.equal(part, whole[start:stop]), (start, stop)
     assert torch.isfinite(whole).all()
 
 
-def test_blockwise_fill_has_the_rule_distribution():
-    w = torch.empty(1200, 1000)  # 1.2 M elements: two blocks
+def test_tiled_fill_has_the_rule_distribution():
+    w = torch.empty(1200, 1000)  # 1.2 M elements: tiles of 512 x 512
     fill_elementwise(F.Elementwise("trunc_normal", (0.0, 1.0, -0.5, 1.5)), w, seed=3)
     assert w.min() >= -0.5 and w.max() <= 1.5
-    flat = w.view(-1)
-    first, second = flat[:BLOCK], flat[BLOCK:]
-    # blocks are independent draws: different values, same distribution
+    first, second = w[:512, :512].reshape(-1), w[:512, 512:].reshape(-1)
+    # tiles are independent draws: different values, same distribution
     assert not torch.equal(first[:1000], second[:1000])
     assert abs(first.mean() - second.mean()) < 0.01
     w = torch.empty(1200, 1000)
@@ -230,7 +230,7 @@ def test_blockwise_fill_has_the_rule_distribution():
     assert abs(float(w.std()) - 0.02) < 6 * 0.02 / math.sqrt(2 * w.numel())
 
 
-def test_subclass_that_changes_the_fill_is_not_drawn_blockwise():
+def test_subclass_that_changes_the_fill_is_not_drawn_tilewise():
     class Doubled(wi.rules.NormalInit):
         def init_weight(self, tensor):
             super().init_weight(tensor)

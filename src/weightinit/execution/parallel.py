@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..compat import bump_version
 from .threads import unwatched
+from .tiles import RegionFill, Scratch
 
 ENV_THREADS = "WEIGHTINIT_NUM_THREADS"
 
@@ -190,59 +190,14 @@ def run_jobs(jobs: Sequence[Callable[[], None]], costs: Sequence[int],
         raise error
 
 
-def generator(device: torch.device, seed: int) -> torch.Generator:
-    g = torch.Generator(device=device)
-    g.manual_seed(seed)
-    return g
-
-
-class PieceFill:
-    """One tensor's elementwise fill, drawn in pieces ``(lo, hi, a, b, seed)``: elements
-    ``[lo, hi)`` of the whole fill are drawn as ``dist.fill_`` from a generator seeded
-    ``seed``, and ``[a, b)`` of them kept; ``out`` holds elements ``[start, ...)``."""
-
-    def __init__(self, dist: Any, out: Tensor, start: int,
-                 pieces: list[tuple[int, int, int, int, int]]) -> None:
-        self.dist, self.out, self.start, self.pieces = dist, out, start, pieces
-        #: bump ``out``'s version counter once when done (False: the caller's in-place op
-        #: does, as when user code's ``normal_`` is drawn this way)
-        self.count_write = True
-        if out.is_contiguous():
-            # an alias of out's memory with its own version counter: the pieces' writes
-            # count as one write of out (bumped once in done()), as a whole-tensor fill does
-            self.flat = torch.empty(0, dtype=out.dtype, device=out.device).set_(
-                out.untyped_storage(), out.storage_offset(), (out.numel(),), (1,))
-        else:
-            self.flat = torch.empty(out.numel(), dtype=out.dtype, device=out.device)
-
-    def draw(self, lo: int, hi: int, a: int, b: int, seed: int) -> None:
-        flat, start, device = self.flat, self.start, self.out.device
-        gen = generator(device, seed)
-        if a == lo and b == hi:
-            self.dist.draw_(flat[a - start:b - start], gen)
-        else:  # a shard's edge: the block is drawn whole, and cut
-            block = torch.empty(hi - lo, dtype=flat.dtype, device=device)
-            self.dist.draw_(block, gen)
-            flat[a - start:b - start].copy_(block[a - lo:b - lo])
-
-    def jobs(self) -> list[tuple[Callable[[], None], int]]:
-        return [(lambda p=p: self.draw(*p), p[1] - p[0]) for p in self.pieces]
-
-    def done(self) -> None:
-        if self.out.is_contiguous():
-            if self.count_write:
-                bump_version(self.out)
-        else:
-            self.out.copy_(self.flat.view_as(self.out))
-
-
-def draw_all(fills: Sequence[PieceFill]) -> None:
-    """Draw every piece of ``fills``: those of plain CPU tensors shared out between threads,
+def draw_all(fills: Sequence[RegionFill]) -> None:
+    """Draw every tile of ``fills``: those of plain CPU tensors shared out between threads,
     the others here, in order."""
     if not fills:
         return
+    scratch = Scratch()  # a tile per thread, freed when this batch is drawn
     with torch.no_grad():
-        shared = [j for f in fills if parallel_target(f.out) for j in f.jobs()]
+        shared = [j for f in fills if parallel_target(f.out) for j in f.jobs(scratch)]
         if len(shared) > 1:
             run_jobs([j for j, _ in shared], [c for _, c in shared])
         else:
@@ -250,10 +205,9 @@ def draw_all(fills: Sequence[PieceFill]) -> None:
                 job()
         for f in fills:
             if not parallel_target(f.out):
-                for job, _ in f.jobs():
+                for job, _ in f.jobs(scratch):
                     job()
             f.done()
 
 
-__all__ = ["ENV_THREADS", "PieceFill", "draw_all", "generator", "num_threads",
-           "parallel_target", "run_jobs", "split"]
+__all__ = ["ENV_THREADS", "draw_all", "num_threads", "parallel_target", "run_jobs", "split"]

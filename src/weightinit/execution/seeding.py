@@ -9,11 +9,11 @@ order, on which other modules exist, or on whether the model was built
 eagerly or deferred.
 
 Fills made of independent draws (normal, truncated normal, uniform, the
-Glorot/He/LeCun presets, constants) are drawn in fixed blocks of
-:data:`BLOCK` elements of the flattened tensor, each from its own generator
-seeded by (tensor seed, block index). Any slice of the tensor can then be
-drawn on its own, to the same values: this is how a sharded model's ranks
-each draw only their shard (see :mod:`weightinit.execution.sharding`). Other
+Glorot/He/LeCun presets, constants) are drawn in fixed N-dimensional tiles,
+each from its own generator seeded by (tensor seed, tile index)
+(:mod:`.tiles`). Any rectangular region of the tensor can then be drawn on
+its own, to the same values: this is how a sharded model's ranks each draw
+only their shard, on any placement (see :mod:`.sharding`). Other
 fills (orthogonal, identity, ``reset_parameters``, user code) draw the whole
 tensor from one generator seeded by the tensor seed: a thread-local torch
 function mode hands that generator to every random op called without one
@@ -36,7 +36,7 @@ import contextvars
 import hashlib
 import inspect
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -45,7 +45,8 @@ from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
 from ..errors import InitTypeError
-from .parallel import PieceFill, draw_all, generator, parallel_target
+from .parallel import draw_all, parallel_target
+from .tiles import RegionFill, generator
 
 _SEED: contextvars.ContextVar[int | None] = contextvars.ContextVar("weightinit_seed",
                                                                    default=None)
@@ -80,71 +81,47 @@ def derive_seed(seed: int, name: str, rule: str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-#: elements per independently seeded block of an elementwise fill (fixed: changing it
-#: changes every seeded value)
-BLOCK = 1 << 20
+def fill_elementwise(dist: Any, out: Tensor, seed: int, shape: Sequence[int] | None = None,
+                     offset: Sequence[int] | None = None) -> None:
+    """Write the region ``[offset, offset + out.shape)`` of a seeded elementwise fill of a
+    tensor of ``shape`` (default: ``out`` is the whole tensor) into ``out``.
 
-
-def block_seed(seed: int, index: int) -> int:
-    """The generator seed of block ``index`` of a tensor whose seed is ``seed``."""
-    digest = hashlib.sha256(f"{seed}|block|{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-_generator = generator  # the seeded sections make theirs the same way
-
-
-def fill_elementwise(dist: Any, out: Tensor, seed: int, start: int = 0,
-                     total: int | None = None) -> None:
-    """Write elements ``[start, start + out.numel())`` of a seeded elementwise fill into ``out``.
-
-    The fill is of a tensor of ``total`` elements (default ``out.numel()``),
-    flattened in row-major order; ``dist`` is a
-    :class:`~weightinit.maths.Elementwise`. The values do not depend on
-    ``start`` or on how the tensor is split: only blocks overlapping the
-    range are drawn, whole, and the overlapping part is kept. On the CPU
-    the blocks are shared out between threads (:mod:`.parallel`); each
-    block has its own generator, so the thread count changes nothing.
+    ``dist`` is a :class:`~weightinit.maths.Elementwise`. Only the tiles
+    overlapping the region are drawn (:mod:`.tiles`), so the values do not
+    depend on the region or on how the tensor is split; on the CPU the tiles
+    are shared out between threads, each from its own generator, so the
+    thread count changes nothing.
     """
     if out.numel() == 0:
         return
     if not dist.random:
         dist.fill_(out)
         return
-    draw_all([seeded_fill(dist, out, seed, start, total)])
+    draw_all([seeded_fill(dist, out, seed, shape, offset)])
 
 
-def seeded_fill(dist: Any, out: Tensor, seed: int, start: int = 0,
-                total: int | None = None) -> PieceFill:
-    """:func:`fill_elementwise` of a non-empty ``out``, as pieces to draw (:func:`draw_all`)."""
-    total = out.numel() if total is None else total
-    if not dist.random:
-        return PieceFill(dist, out, 0, [(0, out.numel(), 0, out.numel(), 0)])
+def seeded_fill(dist: Any, out: Tensor, seed: int, shape: Sequence[int] | None = None,
+                offset: Sequence[int] | None = None) -> RegionFill:
+    """:func:`fill_elementwise` of a non-empty ``out`` by a random ``dist``, as tiles to draw
+    (:func:`~.parallel.draw_all`)."""
     dist.check()
-    end = start + out.numel()
-    pieces = []
-    for index in range(start // BLOCK, (end - 1) // BLOCK + 1):
-        lo, hi = index * BLOCK, min((index + 1) * BLOCK, total)
-        pieces.append((lo, hi, max(lo, start), min(hi, end), block_seed(seed, index)))
-    return PieceFill(dist, out, start, pieces)
+    return RegionFill(dist, out, seed, shape, offset)
 
 
-#: unseeded elementwise fills of at least this many elements are drawn in pieces of
-#: :data:`UNSEEDED_PIECE` elements, on several threads (measured on a 2-core CPU: the
-#: pool's hand-off costs ~0.1 ms, a 2**18-element normal_ ~1 ms)
+#: unseeded elementwise fills of at least this many elements are drawn in tiles on several
+#: threads (measured on a 2-core CPU: the pool's hand-off costs ~0.1 ms, a 2**18-element
+#: normal_ ~1 ms)
 UNSEEDED_MIN = 1 << 18
-UNSEEDED_PIECE = 1 << 17
 
 
 def fill_unseeded(dist: Any, out: Tensor) -> None:
     """Fill ``out`` with ``dist`` drawing from torch's global generator, as ``dist.fill_(out)``.
 
-    A CPU tensor of at least :data:`UNSEEDED_MIN` elements is drawn in
-    pieces of :data:`UNSEEDED_PIECE`, on several threads, each piece from
-    its own generator seeded by (one 63-bit draw of the global generator,
-    piece index): ``torch.manual_seed`` still decides the values (whatever
-    the thread count) and the global generator advances. Smaller tensors
-    and other devices are drawn by ``dist.fill_(out)``, as always.
+    A CPU tensor of at least :data:`UNSEEDED_MIN` elements is drawn in tiles
+    on several threads (:mod:`.tiles`) under a key that is one 63-bit draw
+    of the global generator: ``torch.manual_seed`` still decides the values
+    (whatever the thread count) and the global generator advances. Smaller
+    tensors and other devices are drawn by ``dist.fill_(out)``, as always.
     """
     fill = unseeded_fill(dist, out)
     if fill is None:
@@ -153,20 +130,15 @@ def fill_unseeded(dist: Any, out: Tensor) -> None:
         draw_all([fill])
 
 
-def unseeded_fill(dist: Any, out: Tensor) -> PieceFill | None:
-    """:func:`fill_unseeded`'s pieces (drawing their seed now), or ``None`` where it draws
+def unseeded_fill(dist: Any, out: Tensor) -> RegionFill | None:
+    """:func:`fill_unseeded`'s tiles (drawing their key now), or ``None`` where it draws
     ``dist.fill_(out)`` instead."""
-    n = out.numel()
-    if not dist.random or n < UNSEEDED_MIN or not parallel_target(out):
+    if not dist.random or out.numel() < UNSEEDED_MIN or not parallel_target(out):
         return None
     dist.check()
     # one draw from the global generator (or the seeded section's, via its mode)
-    base = int(torch.randint(0, 1 << 62, (), dtype=torch.int64))
-    pieces = []
-    for index, lo in enumerate(range(0, n, UNSEEDED_PIECE)):
-        hi = min(lo + UNSEEDED_PIECE, n)
-        pieces.append((lo, hi, lo, hi, block_seed(base, index)))
-    return PieceFill(dist, out, 0, pieces)
+    key = int(torch.randint(0, 1 << 62, (), dtype=torch.int64))
+    return RegionFill(dist, out, key)
 
 
 _GLOBAL_RNG = threading.RLock()
@@ -210,7 +182,7 @@ class _OwnGenerators(TorchFunctionMode):
             device = torch.device("cuda", torch.cuda.current_device())
         gen = self.generators.get(device)
         if gen is None:
-            gen = self.generators[device] = _generator(device, self.seed)
+            gen = self.generators[device] = generator(device, self.seed)
         return gen
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None):

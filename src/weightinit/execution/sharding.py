@@ -12,17 +12,16 @@ as separate ranges), each placed in the rank's local tensor.
 
 * a checkpoint entry: the rank reads only its boxes (``safetensors``
   ``get_slice``; a memory-mapped ``.pth`` is indexed), each into its place;
-* an elementwise rule (normal, truncated normal, uniform, Glorot/He/LeCun,
-  constants) whose boxes are each a contiguous range of the flattened tensor
-  (``Shard(0)``, FSDP2's rows, FSDP2-over-TP's row blocks): the rank draws
-  only the seeded blocks its boxes overlap (see
-  :func:`weightinit.seeding.fill_elementwise`) — per box, its rows plus at
-  most two partial blocks;
-* anything else (orthogonal, identity, ``reset_parameters``, a replayed
-  constructor init, elementwise fills of boxes that are not contiguous
-  ranges, e.g. ``Shard(1)``): the rank fills the whole tensor in a temporary
-  with the same seeded generator and copies its boxes. Exact, but each rank
-  pays the whole tensor's time and transient memory.
+* an elementwise rule or default (normal, truncated normal, uniform,
+  Glorot/He/LeCun, constants), on any placement: the rank draws only the
+  seeded tiles its boxes overlap (:mod:`.tiles`) — its elements plus at most
+  one tile's thickness along each shard boundary;
+* identity and Dirac: the rank writes its boxes directly (zeros and the ones
+  that fall inside);
+* anything else (orthogonal, ``reset_parameters``, a replayed constructor
+  init that is not one distribution): the rank fills the whole tensor in a
+  temporary with the same seeded generator and copies its boxes. Exact, but
+  each rank pays the whole tensor's time and transient memory.
 
 Sharded writes are always seeded (a seed chosen on rank 0 and broadcast
 when none is given), so all ranks agree and the gathered tensor equals what
@@ -33,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -45,7 +43,7 @@ from torch import Tensor
 from ..compat import dtensor_types, fsdp_param_groups, local_tensor
 from ..planning.layout import is_sharded, local_region, mesh_device
 from ..planning.ops import CheckpointRead, Op
-from ..planning.regions import Region, box_flat_start
+from ..planning.regions import Region
 from .parallel import draw_all
 from .seeding import derive_seed, fill_elementwise, run_seeded, seeded_fill
 
@@ -112,21 +110,25 @@ def _copy_boxes(local: Tensor, region: Region, source: Tensor) -> None:
         local[box.local_index].copy_(source[box.index])
 
 
-def _fill_boxes(elem: Any, local: Tensor, region: Region, seed: int) -> bool:
-    """Draw each box of the region alone, if every box is a contiguous range of the flattened
-    tensor (``Shard(0)``, FSDP2's rows, ``_StridedShard`` row blocks); False if one is not."""
-    total = math.prod(region.global_shape)
-    starts = [box_flat_start(region.global_shape, box) for box in region.boxes]
-    if any(start is None for start in starts):
-        return False
+def _fill_boxes(elem: Any, local: Tensor, region: Region, seed: int) -> None:
+    """Draw each box of the region alone: only the tiles it overlaps (:mod:`.tiles`)."""
     if not elem.random:
         for box in region.boxes:
             elem.fill_(local[box.local_index])
-        return True
-    # one draw_all for every box: its pieces share the fill threads
-    draw_all([seeded_fill(elem, local[box.local_index], seed, start, total)
-              for box, start in zip(region.boxes, starts)])
-    return True
+        return
+    # one draw_all for every box: their tiles share the fill threads
+    draw_all([seeded_fill(elem, local[box.local_index], seed, region.global_shape, box.offset)
+              for box in region.boxes])
+
+
+def _write_sparse(ones: list[tuple[int, ...]], local: Tensor, region: Region) -> None:
+    """A structured fill (identity, Dirac) of the region: zeros, and a one at each of the
+    global positions ``ones`` the rank holds."""
+    local.zero_()
+    for box in region.boxes:
+        for at in ones:
+            if all(o <= i < o + n for i, o, n in zip(at, box.offset, box.shape)):
+                local[tuple(i - o + lo for i, o, lo in zip(at, box.offset, box.local))] = 1
 
 
 def write_shard(tensor: Tensor, op: Op, seed: int, name: str) -> list[Tensor]:
@@ -150,7 +152,12 @@ def write_shard(tensor: Tensor, op: Op, seed: int, name: str) -> list[Tensor]:
             return [tensor]  # this rank holds none of it
         tensor_seed = derive_seed(seed, name, op.seed_key)
         elem = op.elementwise(global_shape) if group_module is None else None
-        if elem is not None and _fill_boxes(elem, local, region, tensor_seed):
+        if elem is not None:
+            _fill_boxes(elem, local, region, tensor_seed)
+            return [tensor]
+        ones = op.sparse(global_shape) if group_module is None else None
+        if ones is not None:
+            _write_sparse(ones, local, region)
             return [tensor]
         # Exact for any write and any layout, but the rank pays the whole tensor.
         full = torch.empty(global_shape, dtype=local.dtype, device=local.device)

@@ -37,7 +37,7 @@ from ..planning.ops import default_seed_key
 from ..planning.recorded import construction_elementwise
 from . import batched
 from .eager_order import Prologue, scratch_items
-from .parallel import PieceFill, draw_all, parallel_target
+from .parallel import draw_all, parallel_target
 from .seeding import (
     UNSEEDED_MIN,
     derive_seed,
@@ -48,6 +48,7 @@ from .seeding import (
     unseeded_fill,
 )
 from .sharding import common_seed, write_shard
+from .tiles import RegionFill
 from .watch import local
 
 logger = logging.getLogger("weightinit")
@@ -84,7 +85,7 @@ class Plain:
         kernels per kind of distribution (:mod:`.batched`): the same distributions, other
         numbers than one fill per tensor (constants: the same values). Other writes run
         in order, after the pieces and groups before them are drawn."""
-        batch: list[PieceFill] = []
+        batch: list[RegionFill] = []
         gathered = batched.Batches()  # fills off the CPU (:meth:`batched_fill`)
         for tensor, op in writes:
             fill = self.piece_fill(tensor, op, name_of) if tensor.numel() else None
@@ -117,7 +118,7 @@ class Plain:
             return None
         return elem
 
-    def piece_fill(self, tensor: Tensor, op: Op, name_of: NameOf) -> PieceFill | None:
+    def piece_fill(self, tensor: Tensor, op: Op, name_of: NameOf) -> RegionFill | None:
         """The pieces :meth:`write` would draw for ``tensor``, when it draws it in pieces
         on the CPU (the seed of unseeded pieces is drawn now, in write order)."""
         if op.kind is not OpKind.RULE or op.group is not None or \
@@ -202,7 +203,7 @@ class Seeded(Plain):
             mapping[id(owner)] = scratch
         return mapping
 
-    def piece_fill(self, tensor: Tensor, op: Op, name_of: NameOf) -> PieceFill | None:
+    def piece_fill(self, tensor: Tensor, op: Op, name_of: NameOf) -> RegionFill | None:
         if not op.seed_key or op.group is not None or not parallel_target(tensor):
             return None
         elem = op.elementwise(tuple(tensor.shape))
@@ -230,7 +231,7 @@ class Sharded(Seeded):
         else:
             super().write(tensor, op, name_of)
 
-    def piece_fill(self, tensor: Tensor, op: Op, name_of: NameOf) -> PieceFill | None:
+    def piece_fill(self, tensor: Tensor, op: Op, name_of: NameOf) -> RegionFill | None:
         return None if is_sharded(tensor) else super().piece_fill(tensor, op, name_of)
 
 

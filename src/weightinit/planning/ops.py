@@ -115,6 +115,14 @@ class RuleFill:
         return self.rule.elementwise("bias" if self.role is Role.BIAS else "weight", shape,
                                      self.module)
 
+    def sparse(self, shape: tuple[int, ...]) -> list[tuple[int, ...]] | None:
+        """Where the ones are, when the fill is zeros and ones known from the shape
+        (identity, Dirac): written region by region on sharded tensors."""
+        if self.role is Role.RESET:
+            return None
+        return self.rule.sparse(self.role.value if self.role is Role.BIAS else "weight",
+                                shape, self.module)
+
     def write(self, tensor: Tensor) -> None:
         if self.role is Role.BIAS:
             self.rule.init_bias(tensor)
@@ -146,6 +154,9 @@ class CheckpointRead:
         return f"checkpoint {self.rule.checkpoint} key {self.key} ({self.where})"
 
     def elementwise(self, shape: tuple[int, ...]) -> None:
+        return None
+
+    def sparse(self, shape: tuple[int, ...]) -> None:
         return None
 
     def value(self) -> Tensor:
@@ -227,6 +238,9 @@ class DefaultFill:
 
     def elementwise(self, shape: tuple[int, ...]) -> Elementwise | None:
         return self.dist
+
+    def sparse(self, shape: tuple[int, ...]) -> None:
+        return None
 
     def write(self, tensor: Tensor) -> None:
         if self.construction is not None:

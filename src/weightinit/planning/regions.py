@@ -97,24 +97,6 @@ class Region:
                      for combo in itertools.product(*per_dim))
 
 
-def box_flat_start(global_shape: Sequence[int], box: Box) -> int | None:
-    """Start of ``box`` in the flattened tensor if its elements are consecutive there, else None.
-
-    They are when every dimension after the first one longer than 1 is whole.
-    """
-    dims = len(global_shape)
-    i = 0
-    while i < dims - 1 and box.shape[i] == 1:
-        i += 1
-    if any(box.shape[j] != global_shape[j] for j in range(i + 1, dims)):
-        return None
-    start, stride = 0, 1
-    for j in reversed(range(dims)):
-        start += box.offset[j] * stride
-        stride *= global_shape[j]
-    return start
-
-
 def chunk_span(size: int, parts: int, index: int) -> tuple[int, int]:
     """[lo, hi) of chunk ``index`` when ``size`` items are split as ``torch.chunk(parts)``."""
     chunk = -(-size // parts)  # ceil: torch.chunk's chunk size
@@ -218,5 +200,5 @@ def empty_region(global_shape: Sequence[int]) -> Region:
     return Region(tuple(global_shape), tuple(() for _ in global_shape))
 
 
-__all__ = ["Box", "Region", "Run", "Split", "box_flat_start", "chunk_span", "compute_region",
+__all__ = ["Box", "Region", "Run", "Split", "chunk_span", "compute_region",
            "empty_region", "strided_conflict"]

@@ -163,6 +163,13 @@ class BaseInit:
             return None
         return self.weight_dist(tuple(shape), module)
 
+    def sparse(self, role: str, shape: tuple[int, ...], module: nn.Module | None
+               ) -> list[tuple[int, ...]] | None:
+        """The positions of the ones when the fill of ``role`` is zeros and ones at positions
+        known from the shape alone (identity, Dirac), so any region of it is written
+        directly; ``None`` for other fills (the default)."""
+        return None
+
     def module_targets(self, module: nn.Module) -> list[tuple[str, Tensor]]:
         """The (role, tensor) pairs this rule writes in a matched module: weight and bias."""
         out = []

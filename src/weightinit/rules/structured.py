@@ -112,6 +112,18 @@ class DiracInit(BaseInit):
         with torch.no_grad():
             nn.init.dirac_(tensor, groups)
 
+    def sparse(self, role: str, shape: tuple[int, ...], module: nn.Module | None
+               ) -> list[tuple[int, ...]] | None:
+        """``nn.init.dirac_``'s ones: out channel ``g·k + d`` copies in channel ``d`` at the
+        kernel centre, for each group ``g`` of ``k`` out channels and ``d < min(k, in)``."""
+        if role == "bias" or type(self).fill_weight is not DiracInit.fill_weight \
+                or type(self).init_weight is not DiracInit.init_weight:
+            return None
+        per_group = shape[0] // self._groups(tuple(shape), module)
+        centre = tuple(n // 2 for n in shape[2:])
+        return [(g * per_group + d, d, *centre) for g in range(shape[0] // per_group)
+                for d in range(min(per_group, shape[1]))]
+
 @WEIGHT_INITIALIZERS.register_module(name="Eye")
 class EyeInit(BaseInit):
     """Identity matrix (ones on the diagonal) for a 2-D weight."""
@@ -123,6 +135,14 @@ class EyeInit(BaseInit):
     def init_weight(self, tensor: Tensor) -> None:
         with torch.no_grad():
             nn.init.eye_(tensor)
+
+    def sparse(self, role: str, shape: tuple[int, ...], module: nn.Module | None
+               ) -> list[tuple[int, ...]] | None:
+        """``nn.init.eye_``'s ones: the main diagonal."""
+        if role == "bias" or type(self).init_weight is not EyeInit.init_weight \
+                or type(self).fill_weight is not BaseInit.fill_weight:
+            return None
+        return [(i, i) for i in range(min(shape))]
 
     def weight_std(self, shape: tuple[int, ...]) -> float | None:
         """√(p(1 − p)), p = min(rows, cols)/(rows·cols): the share of ones."""
