@@ -13,14 +13,14 @@ The package is layered; every import points down::
     rules       rule values, the registry, init_cfg parsing
     planning    tree walk in MMEngine's order -> an immutable Plan of typed ops
     execution   materialize, strategies (plain / seeded / sharded), transactions
-    api         initialize, plan, load_checkpoint
+    api         initialize, run, plan, load_checkpoint
     module      BaseModule and its containers
     record, report, health, configfile, cli   tools on top
 """
 
 import logging
 
-from .api import get_init_record, initialize, load_checkpoint, plan, update_init_info
+from .api import get_init_record, initialize, load_checkpoint, plan, run, update_init_info
 from .capture.deferred import deferred
 from .checkpoint import LoadReport, cache_dir, register_scheme
 from .configfile import ModelConfig, load_config
@@ -119,7 +119,7 @@ logging.getLogger("weightinit").addHandler(logging.NullHandler())
 __all__ = [
     # modules with an init_cfg, and running it
     "BaseModule", "ModuleDict", "ModuleList", "Sequential",
-    "initialize", "plan", "load_checkpoint", "deferred", "seeded",
+    "initialize", "run", "plan", "load_checkpoint", "deferred", "seeded",
     # what happened
     "InitRecord", "ParamRecord", "get_init_record", "update_init_info", "LoadReport",
     "Plan", "PlanEntry", "OpKind",

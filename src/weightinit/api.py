@@ -32,8 +32,8 @@ from .planning import (
 from .record import InitRecord
 from .rules import PretrainedInit, Rule, install_runner, parse_init_cfg
 
-__all__ = ["get_init_record", "initialize", "load_checkpoint", "plan", "run_init_weights",
-           "update_init_info", "watched_init_weights"]
+__all__ = ["get_init_record", "initialize", "load_checkpoint", "plan", "run",
+           "run_init_weights", "update_init_info", "watched_init_weights"]
 
 #: on a wrapped (overriding) ``init_weights``: the user's own function
 USER_INIT = "__weightinit_user_init__"
@@ -200,6 +200,67 @@ def apply_initializer(module: nn.Module, init: Any) -> InitRecord | None:
 
 
 install_runner(apply_initializer)
+
+
+class _UserFunction:
+    """``fn(*args, **kwargs)`` as the user code of one run (an initializer that only defines
+    ``__call__``: planned as user code over the whole model)."""
+
+    def __init__(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+        self.name = getattr(fn, "__qualname__", None) or type(fn).__name__
+        #: its canonical identity (seeds key on it, never on its text)
+        self.seed_key = f"run|{getattr(fn, '__module__', '')}.{self.name}"
+
+    def __call__(self, module: nn.Module) -> None:
+        self.fn(*self.args, **self.kwargs)
+
+    def _get_init_info(self) -> str:
+        return f"{self.name}() via weightinit.run"
+
+
+def run(model: nn.Module, fn: Callable[..., Any], *args: Any, seed: int | None = None,
+        device: Any = None, dtype: Any = None, strict: bool = False,
+        **kwargs: Any) -> InitRecord | None:
+    """Run ``fn(*args, **kwargs)`` — a model's own init code — as one weightinit run.
+
+    ``fn`` is any function that writes ``model``'s tensors: torchtitan's
+    ``model.init_weights``, a Hugging Face model's ``init_weights``, code
+    calling ``torch.nn.init.*`` or ``Tensor.normal_``. It runs watched,
+    recorded (each tensor's entry names the call that wrote it) and
+    transactional (an exception restores the model). A model built under
+    :func:`weightinit.deferred` or on ``meta`` is materialized first.
+
+    With ``seed`` (or inside :func:`weightinit.seeded`; sharded models are
+    always seeded) every ``normal_``/``uniform_`` that overwrites a whole
+    parameter or buffer — whatever ``nn.init`` function, tensor method or
+    ``.data`` alias it comes through — is drawn from the seeded tiles under
+    (seed, the tensor's name, its *n*-th fill): a DTensor shard gets exactly
+    the slice one process gets, on any layout. Values user code computes in
+    ways that depend on the layout (draws from an explicit generator,
+    reductions) are kept, and their record entry says why
+    (``layout_dependent``).
+
+    ``seed``, ``device``, ``dtype`` and ``strict`` are this function's own
+    (keyword-only); pass ``fn`` arguments of those names with
+    :func:`functools.partial`.
+
+    Example::
+
+        >>> record = weightinit.run(model, model.init_weights, buffer_device="cpu", seed=0)
+    """
+    if not isinstance(model, nn.Module):
+        raise InitTypeError(f"weightinit.run: model must be an nn.Module, got "
+                            f"{type(model).__name__}")
+    if not callable(fn):
+        raise InitTypeError(f"weightinit.run: fn must be callable (the model's init code), got "
+                            f"{type(fn).__name__} ({fn!r}). Fix: pass the function itself, "
+                            "e.g. weightinit.run(model, model.init_weights, seed=0)")
+    init = _UserFunction(fn, args, kwargs)
+    rule = Rule(init=init, cfg={}, location=f"weightinit.run({init.name})", owner="",
+                owner_class=type(model).__name__)
+    strict = _strict(model, strict)
+    return _execute(model, Request(model, (rule,), device, dtype, strict=strict), seed)
 
 
 def plan(model: nn.Module, init_cfg: Any = None, *, device: Any = None, dtype: Any = None,

@@ -37,15 +37,21 @@ class ParamRecord:
     info: str
     declared_in: str
     rule: Any = None
+    #: why these values depend on the parallel layout (user code that draws from torch's
+    #: generator or reduces values, see ``weightinit.run``), or None
+    layout_dependent: str | None = None
 
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype,
-                "device": self.device, "kind": self.kind, "info": self.info,
-                "declared_in": self.declared_in}
+        out = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype,
+               "device": self.device, "kind": self.kind, "info": self.info,
+               "declared_in": self.declared_in}
+        if self.layout_dependent is not None:
+            out["layout_dependent"] = self.layout_dependent
+        return out
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,9 @@ class Pending:
         self.adopted: dict[int, Any] = {}
         self.release_source: Callable[[int], None] = lambda ptr: None
         self._index: dict[int, list[Tensor]] | None = None
+        #: how many times a model tensor was moved to another storage (indexes by storage
+        #: are stale when it changes)
+        self.moves = 0
 
     # -- the pending set ----------------------------------------------------------------------
     def add(self, batch: tuple[Write, ...]) -> None:
@@ -162,14 +165,19 @@ class Pending:
             self._index = index
         return self._index
 
+    def count_moves(self) -> int:
+        return self.moves
+
     def reindex(self) -> None:
         self._index = None
+        self.moves += 1
 
     def moved_by_run(self, t: Tensor, old: int) -> None:
         """The run gave ``t`` a fresh storage (its old one at ``old`` kept to undo)."""
         self._move(t, old)
 
     def _move(self, t: Tensor, old: int) -> None:
+        self.moves += 1
         new = _storage_ptr(t)
         self.moved[id(t)] = new
         if self._index is not None:
@@ -296,10 +304,15 @@ class WriteWatch(TorchDispatchMode):
         self.active: list[bool] = []
         #: one run's bookkeeping, shared with the watches of the threads its user code starts
         self.lock = lock if lock is not None else threading.RLock()
+        #: draw user code's large unseeded fills in pieces on every core (off in seeded
+        #: runs: their fills are drawn from the tiles below this watch)
+        self.pieces = True
 
     def for_thread(self) -> WriteWatch:
         """A watch of the same run for a thread user code starts (modes are per thread)."""
-        return WriteWatch(self.pending, self.lock)
+        watch = WriteWatch(self.pending, self.lock)
+        watch.pieces = self.pieces
+        return watch
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None):
         kwargs = kwargs or {}
@@ -307,7 +320,7 @@ class WriteWatch(TorchDispatchMode):
             with self.lock:
                 if self.pending.before_op(func, args, kwargs):
                     return args[0]
-            if func in _DRAWS and _draw_in_pieces(func, args, kwargs):
+            if self.pieces and func in _DRAWS and _draw_in_pieces(func, args, kwargs):
                 return args[0]
         return func(*args, **kwargs)
 

@@ -206,9 +206,11 @@ class _OwnGenerators(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def run_seeded(seed: int, devices: set[torch.device] | list[torch.device],
-               call: Callable[[], None]) -> None:
-    """Run ``call`` with the CPU generator and those of ``devices`` seeded, then restore them."""
+@contextlib.contextmanager
+def seeded_section(seed: int, devices: set[torch.device] | list[torch.device]) -> Iterator[None]:
+    """Inside the block, the CPU generator and those of ``devices`` are seeded with ``seed``
+    and random ops called without a generator draw from this section's own (seeded with
+    ``seed`` too); restored after."""
     cuda = sorted({d.index if d.index is not None else torch.cuda.current_device()
                    for d in devices if d.type == "cuda"})
     # torch's global generators are process-wide: one seeded section at a time, so
@@ -219,4 +221,11 @@ def run_seeded(seed: int, devices: set[torch.device] | list[torch.device],
             with torch.cuda.device(index):
                 torch.cuda.manual_seed(seed)
         with _OwnGenerators(seed):
-            call()
+            yield
+
+
+def run_seeded(seed: int, devices: set[torch.device] | list[torch.device],
+               call: Callable[[], None]) -> None:
+    """Run ``call`` in a :func:`seeded_section`."""
+    with seeded_section(seed, devices):
+        call()

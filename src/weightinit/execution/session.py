@@ -16,6 +16,7 @@ import contextvars
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -36,7 +37,8 @@ from .pending import Pending, WriteWatch, replaced, slot_state, stop_at
 from .strategies import Plain, Sharded, choose
 from .threads import watching_threads
 from .transaction import Transaction
-from .watch import TensorState
+from .userdraws import thread_section, thread_section_of
+from .watch import TensorState, tensors_of
 
 logger = logging.getLogger("weightinit")
 
@@ -52,6 +54,8 @@ class Entry:
     info: str
     declared_in: str
     rule: Any = None
+    #: why the values depend on the parallel layout (user code's own draws), or None
+    layout: str | None = None
 
 
 class Session:
@@ -115,6 +119,7 @@ class Session:
         self.pending.release_source = self.txn.release_source
         try:
             self.strategy = choose(self.root, self.seed)
+            self.watch.pieces = self.strategy.seed is None
             steps = plan.steps
             if plan.materialize:
                 steps = remap(steps, materialize(plan, self.txn))
@@ -190,7 +195,7 @@ class Session:
             for w in writes:
                 self.seen_writes.add(id(w.tensor))
                 if w.op.group is not None:  # one call writes the module's tensors
-                    self.seen_writes.update(id(t) for t in _tensors_of(w.op.module, False))
+                    self.seen_writes.update(id(t) for t in tensors_of(w.op.module, False))
         txn, strategy = self.txn, self.strategy
         defaults = [(w.tensor, w.op) for w in writes if isinstance(w.op, DefaultFill)
                     and w.tensor.device.type != "meta"]
@@ -262,14 +267,17 @@ class Session:
         # one call writes these several tensors: not cancellable one by one, done first
         self.flush(self.pending.take(lambda w: w.op.group is not None))
         before = slot_state(module)
-        versions = {id(t): (t, t._version) for t in _tensors_of(module)}
+        versions = {id(t): (t, t._version) for t in tensors_of(module)}
         written: set[int] = set()
         self.calls.append((entry, written))
         try:
-            with self.watch.state(True), watching_threads(self._thread_watch):
-                self.strategy.run_user(call)
+            with self.strategy.user_section(call, self.root, self.pending.count_moves) as books, \
+                    self.watch.state(True), watching_threads(partial(thread_section, books, self.watch)):
+                call.run()
         finally:
             self.calls.pop()
+        if books is not None:
+            books.annotate(self.entries)
         self._check_unwatched(call, versions)
         raw, self.pending.raw = self.pending.raw, {}
         for state in raw.values():  # handed out as raw memory: written if its bits changed
@@ -284,9 +292,6 @@ class Session:
                     if t is not None:
                         self.pending.writes.pop(id(t), None)
                 self.entries[id(new)] = (new, entry)
-
-    def _thread_watch(self) -> Any:
-        return self.watch.for_thread().state(True)
 
     def _check_unwatched(self, call: UserCall, versions: dict[int, tuple[Tensor, int]]) -> None:
         """Writes no watch saw (their version counter moved, but neither user code in a
@@ -327,10 +332,14 @@ class Session:
         snap = {id(p): TensorState.of(p) for p in module.parameters()}
         self.snapshots.append(snap)
         try:
-            self.strategy.run_user(call)
+            with self.strategy.user_section(call, self.root, self.pending.count_moves) as books, \
+                    watching_threads(thread_section_of(books)):
+                call.run()
         finally:
             self.snapshots.pop()
         self.mark_changed(module, snap, entry)
+        if books is not None:
+            books.annotate(self.entries, entry)
 
     def mark_changed(self, module: nn.Module, snap: dict[int, TensorState] | None,
                      entry: Entry) -> None:
@@ -385,10 +394,7 @@ class Session:
             device = texts.get(p.device) or texts.setdefault(p.device, str(p.device))
             params[name] = ParamRecord(
                 name=name, shape=tuple(p.shape), dtype=dtype, device=device,
-                kind=e.kind.value, info=e.info, declared_in=e.declared_in, rule=e.rule)
+                kind=e.kind.value, info=e.info, declared_in=e.declared_in, rule=e.rule,
+                layout_dependent=e.layout)
         return InitRecord(root_name, params, tuple(self.loads))
 
-
-def _tensors_of(module: nn.Module, recurse: bool = True) -> list[Tensor]:
-    return [t for t in (*module.parameters(recurse=recurse), *module.buffers(recurse=recurse))
-            if t.device.type != "meta"]

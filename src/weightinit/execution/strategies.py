@@ -13,9 +13,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -45,10 +46,12 @@ from .seeding import (
     fill_unseeded,
     run_seeded,
     seeded_fill,
+    seeded_section,
     unseeded_fill,
 )
 from .sharding import common_seed, write_shard
 from .tiles import RegionFill
+from .userdraws import Books, TiledDraws
 from .watch import local
 
 logger = logging.getLogger("weightinit")
@@ -127,8 +130,12 @@ class Plain:
         elem = op.elementwise(tuple(tensor.shape))
         return unseeded_fill(elem, tensor) if elem is not None else None
 
-    def run_user(self, call: UserCall) -> None:
-        call.run()
+    def user_section(self, call: UserCall, root: nn.Module, moves: Callable[[], int]
+                     ) -> contextlib.AbstractContextManager[Books | None]:
+        """What user code ``call`` runs inside (entered before the run's watch): nothing
+        here; seeded runs seed it and draw its fills from the tiles. ``moves()`` changes
+        when the run moves a model tensor to another storage."""
+        return contextlib.nullcontext()
 
     def replay_defaults(self, writes: list[tuple[Tensor, DefaultFill]],
                         prologue: Prologue | None = None) -> set[int]:
@@ -168,6 +175,8 @@ class Seeded(Plain):
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
+        #: name -> whole fills user code drew of it so far in this run (see :mod:`.userdraws`)
+        self.fills: dict[str, int] = {}
 
     def write(self, tensor: Tensor, op: Op, name_of: NameOf) -> None:
         if not op.seed_key:  # a checkpoint copy draws nothing
@@ -215,11 +224,17 @@ class Seeded(Plain):
                         prologue: Prologue | None = None) -> set[int]:
         return set()  # seeded: each tensor is drawn from its own generator
 
-    def run_user(self, call: UserCall) -> None:
-        # User code draws from torch's global generators: seed them from the module's
-        # path and what runs, so its values are order-free (and equal on every rank).
+    @contextlib.contextmanager
+    def user_section(self, call: UserCall, root: nn.Module, moves: Callable[[], int]
+                     ) -> Iterator[Books]:
+        # Whole-tensor normal_/uniform_ fills are drawn from the tiles under (seed, name,
+        # n-th fill) (:mod:`.userdraws`); other draws come from torch's global generators,
+        # seeded from the module's path and what runs, so values are order-free.
         devices = {local(p).device for p in call.module.parameters()}
-        run_seeded(derive_seed(self.seed, call.path, call.seed_key), devices, call.run)
+        books = Books(self.seed, f"{call.path}|{call.seed_key}", root, self.fills, moves)
+        books.section_seed = derive_seed(self.seed, call.path, call.seed_key)
+        with seeded_section(books.section_seed, devices), TiledDraws(books):
+            yield books
 
 
 class Sharded(Seeded):

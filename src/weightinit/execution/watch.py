@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn as nn
 from torch import Tensor
 
 from ..compat import local_tensor
@@ -72,3 +73,9 @@ class TensorState:
         if data.device.type != "meta" and data.data_ptr() != self.ptr:
             return True
         return digest(data) != self.digest
+
+
+def tensors_of(module: nn.Module, recurse: bool = True) -> list[Tensor]:
+    """The module's parameters and buffers that hold values (not on ``meta``)."""
+    return [t for t in (*module.parameters(recurse=recurse), *module.buffers(recurse=recurse))
+            if t.device.type != "meta"]
