@@ -281,3 +281,15 @@ def test_a_transformers_llama_under_fsdp2_and_tp_gathers_to_one_process(ranks):
         "model default (_init_weights of LlamaPreTrainedModel)")
     for rank_notes in ranks["notes"]:
         assert all(v is None for v in rank_notes["hf/own_init_weights"].values())
+
+
+@multi
+def test_a_rank_that_fails_half_way_rolls_every_rank_back(ranks):
+    got = [notes["failure"] for notes in ranks["notes"]]
+    assert got[1]["error"] == ("RuntimeError", "rank 1 gives up")
+    for rank in (0, 2, 3):
+        kind, message = got[rank]["error"]
+        assert kind == "ShardingError"
+        assert message.startswith("Net: initialization failed on rank(s) 1 of the model's "
+                                  "device mesh, so this rank's run was rolled back too")
+    assert all(g["restored"] for g in got), got

@@ -95,6 +95,27 @@ CASES = [("titan_like", "meta"), ("titan_like", "deferred"), ("hf_like", "deferr
          ("threaded", "deferred"), ("dependent", "deferred")]
 
 
+def fails_on_rank_1(model: nn.Module) -> None:
+    """Writes, then raises on rank 1 only (no collective in between)."""
+    nn.init.normal_(model.up.weight)
+    nn.init.zeros_(model.down.bias)
+    if int(os.environ["RANK"]) == 1:
+        raise RuntimeError("rank 1 gives up")
+
+
+def failure(apply) -> dict:
+    """One rank's user code fails half-way: what each rank raised, and whether its model is
+    back where it was (deferred: on meta)."""
+    model = apply(build("deferred"))
+    try:
+        wi.run(model, fails_on_rank_1, model, seed=SEED)
+    except Exception as err:  # (each rank reports what it got)
+        error = (type(err).__name__, str(err))
+    else:
+        error = ("none", "")
+    return dict(error=error, restored=all(p.device.type == "meta" for p in model.parameters()))
+
+
 def run_one(model: nn.Module, function: str) -> wi.InitRecord:
     if function == "own_init_weights":  # the model's own init code, called by its name
         return wi.run(model, model.init_weights, seed=SEED)
@@ -163,6 +184,7 @@ def main() -> None:
             gathered = {name: p.full_tensor().detach() for name, p in model.named_parameters()}
             if rank == "0":
                 full[f"{layout}/{function}/{kind}"] = gathered
+    notes["failure"] = failure(layouts(meshes)["tp_fsdp"])  # type: ignore[assignment]
     model = hf_llama()
     if model is not None:
         record = run_one(hf_tp_fsdp(model, meshes["dp_tp"]), "own_init_weights")

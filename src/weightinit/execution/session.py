@@ -135,8 +135,10 @@ class Session:
             self.flush(self.pending.take())
             self.check_user_defined()
             report_nonfinite(list(self._load_policies.values()), self.cache.strict)
-        except BaseException:
+            self.strategy.agree(self.root, None)  # a sharded model's ranks end together
+        except BaseException as err:
             self.txn.rollback()
+            self.strategy.agree(self.root, err)
             raise
         return self.commit(plan)
 
@@ -157,8 +159,7 @@ class Session:
         for block in blocks.values():  # and their recorded values are not kept alive
             block[:] = [c for c in block if not c.materialized and (c.defined or c.alive)]
         self.txn.release()
-        record = self.record()
-        record.log(logger)
+        (record := self.record()).log(logger)
         object.__setattr__(self.root, "_weightinit_record", record)
         return record
 
@@ -238,8 +239,7 @@ class Session:
         """Keep what undoes the write of ``tensor``: for a write that replaces it whole and
         reads nothing (a fill, a checkpoint read) its storage is set aside and a fresh one
         given (no copy); otherwise its values are copied."""
-        if (isinstance(op, CheckpointRead) or fills_whole(tensor, op)) \
-                and not is_sharded(tensor):
+        if (isinstance(op, CheckpointRead) or fills_whole(tensor, op)) and not is_sharded(tensor):
             old = tensor.untyped_storage().data_ptr()
             if self.txn.before_overwrite(tensor) is not None:
                 self.pending.moved_by_run(tensor, old)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -64,6 +65,34 @@ def refresh_fsdp(root: nn.Module) -> None:
             for group in fsdp_param_groups(module):
                 for fsdp_param in group.fsdp_params:
                     fsdp_param.reset_sharded_param()
+
+
+def model_mesh(root: nn.Module) -> Any:
+    """The device mesh of the model's sharded tensors (the largest, if there are several)."""
+    meshes = [t.device_mesh for t in (*root.parameters(), *root.buffers()) if is_sharded(t)]
+    return max(meshes, key=lambda m: m.size(), default=None)
+
+
+def failed_ranks(root: nn.Module, ok: bool) -> list[int]:
+    """Every rank of the model's mesh says whether its run succeeded: the global ranks that
+    failed (bounded by the process group's timeout). One sum over each mesh dimension's
+    group adds up a flag per mesh position, so no rank outside the mesh takes part."""
+    mesh = model_mesh(root)
+    if mesh is None or not (dist.is_available() and dist.is_initialized()):
+        return []
+    coord = mesh.get_coordinate()
+    if coord is None:
+        return []
+    shape = tuple(mesh.shape)
+    flags = torch.zeros(math.prod(shape), dtype=torch.int32, device=mesh.device_type)
+    flat = 0
+    for c, n in zip(coord, shape):
+        flat = flat * n + c
+    flags[flat] = 0 if ok else 1
+    for dim in range(len(shape)):
+        dist.all_reduce(flags, group=mesh.get_group(dim))
+    ranks = mesh.mesh.flatten().tolist()
+    return [ranks[i] for i in flags.nonzero().flatten().tolist()]
 
 
 def common_seed() -> int:

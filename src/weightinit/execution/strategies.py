@@ -24,6 +24,7 @@ from torch import Tensor
 
 from ..capture.construction import construction_of
 from ..capture.replay import replay, replay_all
+from ..errors import ShardingError
 from ..maths import Elementwise
 from ..planning import (
     DefaultFill,
@@ -34,7 +35,7 @@ from ..planning import (
     has_sharded,
     is_sharded,
 )
-from ..planning.ops import default_seed_key
+from ..planning.ops import class_name, default_seed_key
 from ..planning.recorded import construction_elementwise
 from . import batched
 from .eager_order import Prologue, scratch_items
@@ -49,7 +50,7 @@ from .seeding import (
     seeded_section,
     unseeded_fill,
 )
-from .sharding import common_seed, write_shard
+from .sharding import common_seed, failed_ranks, write_shard
 from .tiles import RegionFill
 from .userdraws import Books, TiledDraws
 from .watch import local
@@ -129,6 +130,9 @@ class Plain:
             return None
         elem = op.elementwise(tuple(tensor.shape))
         return unseeded_fill(elem, tensor) if elem is not None else None
+
+    def agree(self, root: nn.Module, error: BaseException | None) -> None:
+        """Sharded runs: every rank ends the run as the others (see :class:`Sharded`)."""
 
     def user_section(self, call: UserCall, root: nn.Module, moves: Callable[[], int]
                      ) -> contextlib.AbstractContextManager[Books | None]:
@@ -239,6 +243,29 @@ class Seeded(Plain):
 
 class Sharded(Seeded):
     """Seeded, and sharded tensors are written shard by shard."""
+
+    _agreed = False
+
+    def agree(self, root: nn.Module, error: BaseException | None) -> None:
+        """The ranks of the model's mesh end the run together: each says whether it
+        succeeded, and a rank whose run succeeded raises (and is rolled back) when another's
+        failed — every rank's model is restored, none is left half-initialized."""
+        if self._agreed:  # once per run (not again after this very check failed)
+            return
+        self._agreed = True
+        try:
+            failed = failed_ranks(root, error is None)
+        except Exception:
+            if error is None:
+                raise
+            logger.warning("could not tell the other ranks that this one failed", exc_info=True)
+            return
+        if error is None and failed:
+            raise ShardingError(
+                f"{class_name(root)}: initialization failed on rank(s) "
+                f"{', '.join(map(str, failed))} of the model's device mesh, so this rank's "
+                "run was rolled back too: every rank's model is as it was before the call. "
+                "Fix: see the error those ranks raised.")
 
     def write(self, tensor: Tensor, op: Op, name_of: NameOf) -> None:
         if is_sharded(tensor):
