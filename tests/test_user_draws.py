@@ -132,6 +132,22 @@ def test_layout_dependent_values_are_marked_with_the_reason():
     assert "layout_dependent" not in record["a.bias"].to_dict()
 
 
+def test_a_fill_of_part_of_a_tensor_runs_as_written_and_is_marked():
+    m = net()
+
+    def init():
+        nn.init.zeros_(m.a.weight)
+        with torch.no_grad():
+            m.a.weight[:10].normal_()  # a view of part of it: drawn by torch's generator
+            m.b.weight.t().normal_()  # a whole view in another order: also its own draw
+
+    record = wi.run(m, init, seed=2)
+    assert record["a.weight"].layout_dependent.startswith(
+        "aten.normal_ with its own generator, or of part of a tensor")
+    assert (m.a.weight[10:] == 0).all() and (m.a.weight[:10] != 0).all()
+    assert record["b.weight"].layout_dependent is not None
+
+
 def test_an_overwrite_after_a_dependent_value_clears_the_mark():
     m = net()
 
