@@ -309,3 +309,69 @@ def test_a_rank_that_fails_half_way_rolls_every_rank_back(ranks):
         assert message.startswith("Net: initialization failed on rank(s) 1 of the model's "
                                   "device mesh, so this rank's run was rolled back too")
     assert all(g["restored"] for g in got), got
+
+
+class _Layer(wi.BaseModule):
+    def __init__(self):
+        super().__init__(init_cfg=dict(type="TruncNormal", layer="Linear", std=0.02))
+        self.ffn = nn.Linear(384, 1536)
+
+    def init_weights(self):
+        super().init_weights()
+        nn.init.xavier_uniform_(self.ffn.weight)  # over the planned rule's fill
+
+
+class _Net(wi.BaseModule):
+    def __init__(self):
+        super().__init__()
+        self.layers = wi.ModuleList([_Layer(), _Layer()])
+
+    def init_weights(self):
+        super().init_weights()  # runs the layers' own init_weights: nested user calls
+
+
+@pytest.mark.parametrize("deferred", [False, True])
+def test_nested_user_calls_draw_from_the_tiles_on_every_thread(deferred, monkeypatch):
+    monkeypatch.setenv("WEIGHTINIT_NUM_THREADS", "2")  # (the tiles shared out between threads)
+    bound = math.sqrt(6 / (384 + 1536))
+    results = []
+    for _ in range(2):
+        if deferred:
+            with wi.deferred():
+                net = _Net()
+        else:
+            net = _Net()
+        net.init_weights(seed=3)
+        results.append({n: p.detach().clone() for n, p in net.named_parameters()})
+        for i in range(2):
+            want = tiled(f"layers.{i}.ffn.weight", 0, Elementwise("uniform", (-bound, bound)),
+                         (1536, 384), seed=3)
+            assert torch.equal(net.layers[i].ffn.weight.detach(), want), i
+        record = net.init_record
+        assert record["layers.0.ffn.weight"].info == "xavier_uniform_() in _Layer.init_weights"
+        assert record["layers.0.ffn.weight"].layout_dependent is None
+        assert record["layers.0.ffn.bias"].kind == "rule"
+        assert record["layers.0.ffn.bias"].layout_dependent is None
+    for name in results[0]:
+        assert torch.equal(results[0][name], results[1][name]), name
+
+
+def test_wrappers_that_rename_parameters_do_not_change_the_values():
+    wrap = pytest.importorskip("torch.distributed.algorithms._checkpoint.checkpoint_wrapper")
+
+    def init(m):
+        for p in m.parameters():
+            nn.init.normal_(p, std=0.1)
+
+    plain = net()
+    wrapped = net()
+    wrapped.a = wrap.checkpoint_wrapper(wrapped.a)  # activation checkpointing's renaming
+    assert "a._checkpoint_wrapped_module.weight" in dict(wrapped.named_parameters())
+    wi.run(plain, init, plain, seed=4)
+    wi.run(wrapped, init, wrapped, seed=4)
+    for (name, p), q in zip(plain.named_parameters(), wrapped.parameters()):
+        assert torch.equal(p, q), name
+    rules = dict(type="Normal", layer="Linear", std=0.3)
+    wi.initialize(plain, rules, seed=4)
+    wi.initialize(wrapped, rules, seed=4)
+    assert torch.equal(plain.a.weight, wrapped.a._checkpoint_wrapped_module.weight)

@@ -1,8 +1,9 @@
 """Execution: materialize, write each tensor once by the run's strategy, watch user code,
 commit or roll back."""
 
+from .entries import Entry
 from .seeding import current_seed, derive_seed, fill_elementwise, run_seeded, seeded
-from .session import Entry, Session
+from .session import Session
 from .strategies import Plain, Seeded, Sharded, choose
 from .tiles import EDGE, TILE
 from .transaction import Transaction

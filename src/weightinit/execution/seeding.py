@@ -75,8 +75,17 @@ def current_seed(explicit: int | None = None) -> int | None:
     return check_seed(explicit) if explicit is not None else _SEED.get()
 
 
+#: name segments that wrappers insert without changing what a tensor is (activation
+#: checkpointing, ``torch.compile``, FSDP1): a tensor's seed ignores them
+WRAPPER_SEGMENTS = ("_checkpoint_wrapped_module.", "_orig_mod.", "_fsdp_wrapped_module.")
+
+
 def derive_seed(seed: int, name: str, rule: str) -> int:
-    """The generator seed of one tensor: the first 63 bits of sha256(seed | name | rule)."""
+    """The generator seed of one tensor: the first 63 bits of sha256(seed | name | rule), the
+    name without the segments wrappers insert (:data:`WRAPPER_SEGMENTS`)."""
+    for segment in WRAPPER_SEGMENTS:
+        if segment in name:
+            name = name.replace(segment, "")
     digest = hashlib.sha256(f"{seed}|{name}|{rule}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 

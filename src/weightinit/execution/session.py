@@ -15,7 +15,6 @@ import contextlib
 import contextvars
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -28,10 +27,11 @@ from ..errors import CrossThreadWriteError, UndefinedParameterError
 from ..planning import CheckpointRead, DefaultFill, OpKind, Plan, PlanningCache, UserCall, Write
 from ..planning.checkpoint_checks import report_nonfinite
 from ..planning.layout import is_sharded
-from ..planning.ops import fills_whole, model_init_owner
-from ..record import InitRecord, ParamRecord
+from ..planning.ops import fills_whole
+from ..record import InitRecord
 from . import eager_order
 from .eager_order import Prologue
+from .entries import Entry, build_record
 from .materialize import materialize, remap
 from .pending import Pending, WriteWatch, replaced, slot_state, stop_at
 from .strategies import Plain, Sharded, choose
@@ -44,18 +44,6 @@ logger = logging.getLogger("weightinit")
 
 _ACTIVE: contextvars.ContextVar[Session | None] = contextvars.ContextVar(
     "weightinit_session", default=None)
-
-
-@dataclass(frozen=True)
-class Entry:
-    """What last wrote a tensor, as the record shows it."""
-
-    kind: OpKind
-    info: str
-    declared_in: str
-    rule: Any = None
-    #: why the values depend on the parallel layout (user code's own draws), or None
-    layout: str | None = None
 
 
 class Session:
@@ -205,7 +193,7 @@ class Session:
         replayed = (strategy.replay_defaults(defaults, prologue) if defaults or prologue
                     else set())
         todo: list[tuple[Tensor, Any]] = []  # written together: fills share the threads
-        with torch.no_grad():
+        with torch.no_grad(), strategy.library():  # (not user code, to its draws)
             for w in writes:
                 tensor, op = w.tensor, w.op
                 group = op.group
@@ -329,8 +317,9 @@ class Session:
         """Sharded runs: pending writes are done first, then tensors compared after the call."""
         self.flush(self.pending.take())
         module = call.module
-        snap = {id(p): TensorState.of(p) for p in module.parameters()}
+        snap = {id(t): TensorState.of(t) for t in (*module.parameters(), *module.buffers())}
         self.snapshots.append(snap)
+        before = slot_state(module)
         try:
             with self.strategy.user_section(call, self.root, self.pending.count_moves) as books, \
                     watching_threads(thread_section_of(books)):
@@ -338,6 +327,9 @@ class Session:
         finally:
             self.snapshots.pop()
         self.mark_changed(module, snap, entry)
+        for _, new in replaced(module, before, self.pending.moved):  # slots given new tensors
+            self.entries[id(new)] = (new, entry)
+        self._names = None
         if books is not None:
             books.annotate(self.entries, entry)
 
@@ -354,7 +346,7 @@ class Session:
                 if id(p) in written:
                     self.entries[id(p)] = (p, entry)
             return
-        for p in module.parameters():
+        for p in (*module.parameters(), *module.buffers()):
             if snap is not None:
                 state = snap.get(id(p))
             else:
@@ -381,20 +373,4 @@ class Session:
 
     # -- the record ------------------------------------------------------------------------------
     def record(self) -> InitRecord:
-        root_name = type(self.root).__name__
-        model_init = model_init_owner(self.root)
-        kept = (f"model default (_init_weights of {model_init}, kept from construction)"
-                if model_init else "PyTorch default (kept its value from construction)")
-        untouched = Entry(OpKind.DEFAULT, f"not changed by init_weights of {root_name}", kept)
-        params = {}
-        texts: dict[Any, str] = {}  # dtype and device names, made once each
-        for name, p in self.root.named_parameters():
-            _, e = self.entries.get(id(p), (None, untouched))
-            dtype = texts.get(p.dtype) or texts.setdefault(p.dtype, str(p.dtype)[6:])
-            device = texts.get(p.device) or texts.setdefault(p.device, str(p.device))
-            params[name] = ParamRecord(
-                name=name, shape=tuple(p.shape), dtype=dtype, device=device,
-                kind=e.kind.value, info=e.info, declared_in=e.declared_in, rule=e.rule,
-                layout_dependent=e.layout)
-        return InitRecord(root_name, params, tuple(self.loads))
-
+        return build_record(self.root, self.entries, self.loads)

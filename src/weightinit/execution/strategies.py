@@ -52,7 +52,7 @@ from .seeding import (
 )
 from .sharding import common_seed, failed_ranks, write_shard
 from .tiles import RegionFill
-from .userdraws import Books, TiledDraws
+from .userdraws import Books, Draws
 from .watch import local
 
 logger = logging.getLogger("weightinit")
@@ -134,6 +134,10 @@ class Plain:
     def agree(self, root: nn.Module, error: BaseException | None) -> None:
         """Sharded runs: every rank ends the run as the others (see :class:`Sharded`)."""
 
+    def library(self) -> contextlib.AbstractContextManager[None]:
+        """The run's own writes, made while user code runs (pending writes it forced)."""
+        return contextlib.nullcontext()
+
     def user_section(self, call: UserCall, root: nn.Module, moves: Callable[[], int]
                      ) -> contextlib.AbstractContextManager[Books | None]:
         """What user code ``call`` runs inside (entered before the run's watch): nothing
@@ -181,6 +185,7 @@ class Seeded(Plain):
         self.seed = seed
         #: name -> whole fills user code drew of it so far in this run (see :mod:`.userdraws`)
         self.fills: dict[str, int] = {}
+        self.draws = Draws()
 
     def write(self, tensor: Tensor, op: Op, name_of: NameOf) -> None:
         if not op.seed_key:  # a checkpoint copy draws nothing
@@ -228,6 +233,9 @@ class Seeded(Plain):
                         prologue: Prologue | None = None) -> set[int]:
         return set()  # seeded: each tensor is drawn from its own generator
 
+    def library(self) -> contextlib.AbstractContextManager[None]:
+        return self.draws.library()
+
     @contextlib.contextmanager
     def user_section(self, call: UserCall, root: nn.Module, moves: Callable[[], int]
                      ) -> Iterator[Books]:
@@ -237,7 +245,7 @@ class Seeded(Plain):
         devices = {local(p).device for p in call.module.parameters()}
         books = Books(self.seed, f"{call.path}|{call.seed_key}", root, self.fills, moves)
         books.section_seed = derive_seed(self.seed, call.path, call.seed_key)
-        with seeded_section(books.section_seed, devices), TiledDraws(books):
+        with seeded_section(books.section_seed, devices), self.draws.section(books):
             yield books
 
 

@@ -30,19 +30,17 @@ name all end in the same ops):
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import threading
-import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-import torch.nn as nn
 from torch import Tensor
 
 from ..compat import TorchDispatchMode, local_tensor, op_written_args
 from ..maths.fills import Elementwise
 from ..planning.layout import is_sharded, local_region
+from .drawbooks import Books, covers, storage
 from .parallel import draw_all
 from .seeding import derive_seed
 from .tiles import RegionFill
@@ -67,16 +65,6 @@ _MOVES = frozenset({
     "tril_", "triu_", "contiguous", "_local_scalar_dense", "detach", "alias"})
 
 
-def _storage(t: Tensor) -> int:
-    """The data pointer of a tensor's storage (its local shard's, for a DTensor)."""
-    if is_sharded(t):
-        t = local_tensor(t)
-    try:
-        return t.untyped_storage().data_ptr()
-    except (RuntimeError, NotImplementedError):
-        return 0
-
-
 def _tensors(value: Any) -> Iterator[Tensor]:
     if isinstance(value, Tensor):
         yield value
@@ -88,133 +76,8 @@ def _tensors(value: Any) -> Iterator[Tensor]:
             yield from _tensors(v)
 
 
-def _covers(a: Tensor, t: Tensor) -> bool:
-    """``a`` is ``t`` or covers exactly its elements in the same order (``.data``, a full
-    view); for DTensors, the same global shape over the same local elements."""
-    if a is t:
-        return True
-    if a.dtype != t.dtype or tuple(a.shape) != tuple(t.shape):
-        return False
-    if is_sharded(a) != is_sharded(t):
-        return False
-    if is_sharded(a):
-        if tuple(a.placements) != tuple(t.placements):
-            return False
-        a, t = local_tensor(a), local_tensor(t)
-    return (a.storage_offset() == t.storage_offset() and a.stride() == t.stride()
-            and _storage(a) == _storage(t))
-
-
 def _is_pointwise(func: Any) -> bool:
     return torch.Tag.pointwise in getattr(func, "tags", ())
-
-
-class Books:
-    """One run's record of user code's draws, shared by the watches of every thread it uses."""
-
-    def __init__(self, seed: int, call_key: str, root: nn.Module,
-                 fills: dict[str, int] | None = None,
-                 moves: Callable[[], int] = lambda: 0) -> None:
-        self.seed, self.call_key, self.root = seed, call_key, root
-        #: a count that changes whenever the run moves a model tensor to another storage
-        self.moves = moves
-        self._stamp = -1
-        self.lock = threading.RLock()
-        #: name -> whole fills drawn so far in the run (the n of its next key)
-        self.fills: dict[str, int] = {} if fills is None else fills
-        self.temps = 0
-        #: storage -> why the values there depend on the layout
-        self.tainted: dict[int, str] = {}
-        #: id of a model tensor -> (tensor, name, why its values depend on the layout)
-        self.dependent: dict[int, tuple[Tensor, str, str]] = {}
-        #: id of a model tensor user code wrote (on every rank, even one holding none of it)
-        self.written: dict[int, Tensor] = {}
-        self._index: dict[int, list[tuple[str, Tensor]]] | None = None
-        self._by_id: dict[int, tuple[str, Tensor]] | None = None
-        #: id of a view of a model tensor -> (weak reference, (name, tensor), covers it whole)
-        self.aliases: dict[int, tuple[Any, tuple[str, Tensor], bool]] = {}
-        #: the seed of the seeded section's own generators (handed to calls made without
-        #: one; they reach an op as new Python objects, so they are told by their seed)
-        self.section_seed: int | None = None
-
-    def explicit(self, generator: Any) -> bool:
-        """``generator`` was passed by the user code (not the seeded section's own)."""
-        return generator is not None and generator.initial_seed() != self.section_seed
-
-    def index(self) -> dict[int, list[tuple[str, Tensor]]]:
-        """The model's parameters and buffers by storage (a DTensor's by its local one)."""
-        if self._index is None or self._stamp != self.moves():
-            self._stamp = self.moves()
-            self._by_id = None
-            index: dict[int, list[tuple[str, Tensor]]] = {}
-            named = list(self.root.named_parameters()) + list(self.root.named_buffers())
-            for name, t in named:
-                if t.device.type != "meta":
-                    index.setdefault(_storage(t), []).append((name, t))
-            index.pop(0, None)
-            self._index = index
-        return self._index
-
-    def _named(self) -> dict[int, tuple[str, Tensor]]:
-        self.index()  # (rebuilt, and this with it, when the run moved tensors)
-        if self._by_id is None:
-            self._by_id = {id(t): (n, t) for n, t in (list(self.root.named_parameters())
-                                                      + list(self.root.named_buffers()))}
-        return self._by_id
-
-    def model_tensor(self, a: Tensor) -> tuple[str, Tensor] | None:
-        """The model tensor ``a`` covers whole, with its name: the tensor itself, a view of it
-        seen made (a DTensor's ``.data``), or a tensor over the same elements of its storage
-        (a plain tensor's ``.data``). Never decided by what a rank holds (an empty shard has
-        no storage to compare)."""
-        hit = self._named().get(id(a))
-        if hit is not None and hit[1] is a:
-            return hit
-        alias = self.aliases.get(id(a))
-        if alias is not None and alias[0]() is a:
-            return alias[1] if alias[2] else None
-        if is_sharded(a):
-            return None
-        for name, t in self.index().get(_storage(a), ()):
-            if _covers(a, t):
-                return name, t
-        return None
-
-    def owners(self, a: Tensor) -> list[tuple[str, Tensor]]:
-        """The model tensors ``a`` shares memory with."""
-        alias = self.aliases.get(id(a))
-        if alias is not None and alias[0]() is a:
-            return [alias[1]]
-        hit = self._named().get(id(a))
-        if hit is not None and hit[1] is a:
-            return [hit]
-        return self.index().get(_storage(a), [])
-
-    def annotate(self, entries: dict[int, tuple[Tensor, Any]], entry: Any = None) -> None:
-        """Note in the record ``entries`` (tensor id -> (tensor, entry)) the tensors user code
-        wrote from values that depend on the layout. With ``entry`` (sharded runs, which
-        compare values instead of watching), the tensors the draws saw written get it too: a
-        rank holding none of a tensor records it as every rank does."""
-        if entry is not None:
-            for tensor in self.written.values():
-                entries[id(tensor)] = (tensor, entry)
-        for tensor, _, why in self.dependent.values():
-            hit = entries.get(id(tensor))
-            if hit is not None:
-                entries[id(tensor)] = (tensor, dataclasses.replace(hit[1], layout=why))
-
-    def saw_view(self, source: Any, view: Any) -> None:
-        """``view`` was made from ``source``: remember it if ``source`` is (part of) a model
-        tensor, and whether it covers that tensor whole."""
-        if not isinstance(source, Tensor) or not isinstance(view, Tensor):
-            return
-        owners = self.owners(source)
-        if len(owners) != 1:
-            return
-        whole = self.model_tensor(source) is not None and tuple(view.shape) == tuple(
-            owners[0][1].shape) and (not is_sharded(view) or tuple(view.placements) == tuple(
-                owners[0][1].placements))
-        self.aliases[id(view)] = (weakref.ref(view), owners[0], whole)
 
 
 class TiledDraws(TorchDispatchMode):
@@ -224,9 +87,15 @@ class TiledDraws(TorchDispatchMode):
     def _should_skip_dynamo(cls) -> bool:
         return False
 
-    def __init__(self, books: Books) -> None:
+    def __init__(self, books: Books, owner: Draws | None = None) -> None:
         super().__init__()
-        self.books = books
+        #: the books of the running user calls, innermost last (nested calls push theirs)
+        self.stack = [books]
+        self.owner = owner
+
+    @property
+    def books(self) -> Books:
+        return self.stack[-1]
 
     def for_thread(self) -> TiledDraws:
         """The mode for a thread the user code starts (modes are per thread): same books."""
@@ -235,6 +104,8 @@ class TiledDraws(TorchDispatchMode):
     # -- the ops ------------------------------------------------------------------------------
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None):
         kwargs = kwargs or {}
+        if self.owner is not None and self.owner.depth:
+            return func(*args, **kwargs)  # the run's own write
         if func.is_view:
             out = func(*args, **kwargs)
             if args:
@@ -279,7 +150,7 @@ class TiledDraws(TorchDispatchMode):
             key = derive_seed(books.seed, books.call_key, f"temp|{books.temps}")
             books.temps += 1
             tensor = target
-        books.tainted.pop(_storage(target), None)
+        books.tainted.pop(storage(target), None)
         self._fill(dist, tensor, key, owner[0] if owner else "")
         return True
 
@@ -313,12 +184,12 @@ class TiledDraws(TorchDispatchMode):
             reason = f"computed by aten.{name}, whose result depends on the layout"
         if reason is None:
             for t in inputs:
-                reason = books.tainted.get(_storage(t))
+                reason = books.tainted.get(storage(t))
                 if reason is not None:
                     break
         overwrite = name in _OVERWRITES
         for t in written:  # in place: an overwrite takes its sources' status, others add theirs
-            ptr = _storage(t)
+            ptr = storage(t)
             if ptr and reason is not None:
                 books.tainted[ptr] = reason
             elif ptr and overwrite:
@@ -327,15 +198,15 @@ class TiledDraws(TorchDispatchMode):
                 books.written[id(tensor)] = tensor
                 if reason is not None:
                     books.dependent[id(tensor)] = (tensor, owner_name, reason)
-                elif overwrite and _covers(t, tensor):
+                elif overwrite and covers(t, tensor):
                     books.dependent.pop(id(tensor), None)
         for o in _tensors(out):  # new tensors (a reused storage forgets what it held)
-            if any(o is w for w in written) or not _storage(o):
+            if any(o is w for w in written) or not storage(o):
                 continue
             if reason is not None and name not in _FRESH:
-                books.tainted[_storage(o)] = reason
+                books.tainted[storage(o)] = reason
             else:
-                books.tainted.pop(_storage(o), None)
+                books.tainted.pop(storage(o), None)
 
 
 #: ops whose result does not depend on what the written tensor held
@@ -344,6 +215,49 @@ _OVERWRITES = frozenset({"copy_", "fill_", "zero_"})
 _FRESH = frozenset({"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided",
                     "zeros", "zeros_like", "new_zeros", "ones", "ones_like", "new_ones", "full",
                     "full_like", "new_full", "scalar_tensor", "arange", "eye"})
+
+
+class Draws:
+    """One run's :class:`TiledDraws` in the thread that runs it: entered by the first user
+    call, below the run's watch (so the watch sees each op first, and nothing the draws do
+    is seen as user code); a nested user call pushes its books on the same mode instead of
+    entering another above the watch."""
+
+    def __init__(self) -> None:
+        self.mode: TiledDraws | None = None
+        self.thread: int | None = None
+        #: > 0 while the run itself writes (a pending write user code forced): its draws
+        #: pass through untouched and unfollowed
+        self.depth = 0
+
+    @contextlib.contextmanager
+    def library(self) -> Iterator[None]:
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+
+    @contextlib.contextmanager
+    def section(self, books: Books) -> Iterator[None]:
+        depth, self.depth = self.depth, 0  # user code again (a nested run's user call)
+        try:
+            if self.mode is not None and self.thread == threading.get_ident():
+                self.mode.stack.append(books)
+                try:
+                    yield
+                finally:
+                    self.mode.stack.pop()
+                return
+            outer = self.mode, self.thread
+            self.mode, self.thread = TiledDraws(books, self), threading.get_ident()
+            try:
+                with self.mode:
+                    yield
+            finally:
+                self.mode, self.thread = outer
+        finally:
+            self.depth = depth
 
 
 @contextlib.contextmanager
@@ -360,4 +274,4 @@ def thread_section_of(books: Books | None) -> Callable[[], Any] | None:
     return (lambda: TiledDraws(books)) if books is not None else None
 
 
-__all__ = ["Books", "TiledDraws", "thread_section", "thread_section_of"]
+__all__ = ["Books", "Draws", "TiledDraws", "thread_section", "thread_section_of"]
