@@ -7,7 +7,10 @@
 #                                               in .venv-numpy1 and on the oldest Python and torch in
 #                                               .venv-oldest (MATRIX=0 skips both), the real
 #                                               OpenMMLab models in .venv-openmmlab (numpy 1.x;
-#                                               tests/openmmlab; OPENMMLAB=0 skips it), then
+#                                               tests/openmmlab; OPENMMLAB=0 skips it),
+#                                               torchtitan's Llama 3 under its tensor parallelism
+#                                               and FSDP2 on 4 gloo ranks in .venv-torchtitan
+#                                               (tests/torchtitan; TORCHTITAN=0 skips it), then
 #                                               build the wheel and check it in an empty venv
 #                                               (scripts/wheel_check.sh; WHEEL_CHECK=0 skips it)
 set -euo pipefail
@@ -47,7 +50,10 @@ setup() {
 # OpenMMLab suite in .venv-openmmlab (numpy 1.x too): real
 # MMPretrain/MMDetection/MMSegmentation models initialized through weightinit.mmengine and
 # compared with MMEngine (tests/openmmlab/). The OpenMMLab packages go in without their
-# dependencies (requirements-openmmlab-nodeps.txt explains why).
+# dependencies (requirements-openmmlab-nodeps.txt explains why). The torchtitan suite runs in
+# .venv-torchtitan: torchtitan's Llama 3 debugmodel laid out by its own parallelize function,
+# initialized by its init_weights through weightinit.run on 4 gloo ranks and compared with
+# one process (tests/torchtitan/).
 # The oldest Python declared (pyproject.toml: requires-python >= 3.10), for .venv-oldest:
 # python3.10 on the PATH, else pyenv's 3.10; without either, python3 (said on stderr).
 oldest_python() {
@@ -67,6 +73,7 @@ MMVENV=.venv-openmmlab
 MMPY="$MMVENV/bin/python"
 NP1VENV=.venv-numpy1
 OLDVENV=.venv-oldest
+TTVENV=.venv-torchtitan
 
 # Build the API reference (mkdocs.yml) into a temp dir, offline; any warning fails it.
 build_docs() {
@@ -104,6 +111,12 @@ case "${1:-}" in
             echo "openmmlab: real OpenMMLab models through weightinit.mmengine, numpy 1.x (.venv-openmmlab)"
             setup_venv "$MMVENV" requirements-openmmlab.txt requirements-openmmlab-nodeps.txt
             "$MMPY" -m pytest tests/openmmlab -p no:cacheprovider
+        fi
+        if [ "${TORCHTITAN:-1}" != 0 ]; then
+            echo "torchtitan: torchtitan's Llama 3 under its TP and FSDP2 on 4 gloo ranks (.venv-torchtitan)"
+            setup_venv "$TTVENV" requirements-torchtitan.txt
+            "$TTVENV/bin/python" -c 'import torch, torchtitan.models.llama3; from importlib.metadata import version; print("  torch", torch.__version__, "torchtitan", version("torchtitan"))'
+            "$TTVENV/bin/python" -m pytest tests/torchtitan -p no:cacheprovider
         fi
         if [ "${WHEEL_CHECK:-1}" != 0 ]; then
             PYTHON="$PWD/$PY" bash scripts/wheel_check.sh
