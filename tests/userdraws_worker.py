@@ -88,11 +88,28 @@ def dependent(model: nn.Module) -> None:
     nn.init.normal_(model.big.weight, generator=g)
 
 
+def relayout(model: nn.Module) -> None:
+    """The layout changes between planning and writing: user code replaces a parameter with
+    one laid out otherwise (replicated; a plain tensor in one process), then fills it."""
+    w = model.down.weight
+    if hasattr(w, "device_mesh"):
+        from weightinit import compat
+
+        dt = compat.dtensor_module()
+        value = dt.distribute_tensor(torch.zeros(w.shape), w.device_mesh,
+                                     [dt.Replicate()] * w.device_mesh.ndim)
+    else:
+        value = torch.zeros(w.shape)
+    model.down.weight = nn.Parameter(value)
+    nn.init.normal_(model.down.weight, std=0.5)
+    nn.init.uniform_(model.up.weight)
+
+
 FUNCTIONS = {"titan_like": titan_like, "hf_like": hf_like, "threaded": threaded,
-             "dependent": dependent}
+             "dependent": dependent, "relayout": relayout}
 #: (function, how the model is built) pairs each layout runs
 CASES = [("titan_like", "meta"), ("titan_like", "deferred"), ("hf_like", "deferred"),
-         ("threaded", "deferred"), ("dependent", "deferred")]
+         ("threaded", "deferred"), ("dependent", "deferred"), ("relayout", "deferred")]
 
 
 def fails_on_rank_1(model: nn.Module) -> None:

@@ -109,6 +109,9 @@ class Books:
         (a plain tensor's ``.data``). Never decided by what a rank holds (an empty shard has
         no storage to compare)."""
         hit = self._named().get(id(a))
+        if hit is None and isinstance(a, nn.Parameter):  # one user code set meanwhile
+            self._index = None
+            hit = self._named().get(id(a))
         if hit is not None and hit[1] is a:
             return hit
         alias = self.aliases.get(id(a))
