@@ -83,12 +83,11 @@ def build(kind: str) -> nn.Module:
         return Net()
 
 
-def init(model: nn.Module, kind: str, checkpoint: str) -> None:
+def init(model: nn.Module, kind: str, checkpoint: str) -> wi.InitRecord | None:
     if kind == "checkpoint":
-        wi.load_checkpoint(model, checkpoint, seed=SEED)
-    else:
-        rules = {"elementwise": ELEMENTWISE, "structured": STRUCTURED}.get(kind, DEFAULTS)
-        wi.initialize(model, rules, seed=SEED)
+        return wi.load_checkpoint(model, checkpoint, seed=SEED)
+    rules = {"elementwise": ELEMENTWISE, "structured": STRUCTURED}.get(kind, DEFAULTS)
+    return wi.initialize(model, rules, seed=SEED)
 
 
 def place(model: nn.Module, mesh, placements: Callable[[nn.Parameter], list]) -> nn.Module:
@@ -183,7 +182,9 @@ def main() -> None:
     for layout, apply in layouts(meshes).items():
         for kind in ("elementwise", "structured", "deferred", "meta", "checkpoint"):
             model = apply(build("meta" if kind == "meta" else "deferred"))
-            init(model, kind, checkpoint)
+            record = init(model, kind, checkpoint)
+            if kind == "structured" and record is not None:
+                mine.setdefault("info", {})[layout] = {r.name: r.info for r in record}
             gathered = {name: p.full_tensor().detach() for name, p in model.named_parameters()}
             if rank == "0":
                 full[f"{layout}/{kind}"] = gathered

@@ -126,3 +126,13 @@ def test_partial_placement_is_refused_before_any_allocation(run):
         assert message.startswith("down.weight: placement Partial(sum) is not supported")
         assert "Fix:" in message
         assert untouched  # every parameter still on meta: nothing allocated or written
+
+
+def test_the_record_says_which_writes_each_rank_draws_whole(run):
+    for rank in run["ranks"]:
+        for layout in LAYOUTS:
+            info = rank["info"][layout]
+            assert info["orth.weight"] == ("OrthogonalInit: gain=1.0, bias=0 "
+                                           "(each rank draws it whole)"), layout
+            assert info["eye.weight"] == "EyeInit: bias=0", layout  # written region by region
+            assert not info["big.weight"].endswith("whole)"), layout

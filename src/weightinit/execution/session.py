@@ -15,6 +15,7 @@ import contextlib
 import contextvars
 import logging
 from collections.abc import Iterator
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -34,6 +35,7 @@ from .eager_order import Prologue
 from .entries import Entry, build_record
 from .materialize import materialize, remap
 from .pending import Pending, WriteWatch, replaced, slot_state, stop_at
+from .sharding import whole_on_every_rank
 from .strategies import Plain, Sharded, choose
 from .threads import watching_threads
 from .transaction import Transaction
@@ -216,6 +218,8 @@ class Session:
                     entry = Entry(op.kind, op.info, op.declared_in, op.rule)
                     if key is not None:
                         infos[key] = entry
+                if is_sharded(tensor) and whole_on_every_rank(op, tuple(tensor.shape)):
+                    entry = replace(entry, info=f"{entry.info} (each rank draws it whole)")
                 self.entries[id(tensor)] = (tensor, entry)
             if todo:
                 strategy.write_many(todo, self.name_of)
