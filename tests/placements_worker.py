@@ -14,6 +14,7 @@ and how many boxes its shards are made of to ``OUT_DIR/rank{RANK}.pt``.
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -168,6 +169,7 @@ def main() -> None:
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
+    from weightinit.execution import tiles
     from weightinit.planning.layout import local_region
 
     # a rank that fails ends the others' collectives soon, not after gloo's 30 minutes
@@ -179,12 +181,27 @@ def main() -> None:
         **{"3d": init_device_mesh("cpu", (2, 1, 2))})
     full: dict[str, dict[str, torch.Tensor]] = {}
     mine: dict[str, dict] = {"placements": {}, "boxes": {}}
+    drawn = [0]  # elements of random tiles drawn since the last model (weightinit.plan's count)
+    draw = tiles.RegionFill.draw
+
+    def counting(self, index, first, end, scratch=None):
+        if self.dist.random:
+            drawn[0] += math.prod(e - f for f, e in zip(first, end))
+        return draw(self, index, first, end, scratch)
+
+    tiles.RegionFill.draw = counting
     for layout, apply in layouts(meshes).items():
         for kind in ("elementwise", "structured", "deferred", "meta", "checkpoint"):
             model = apply(build("meta" if kind == "meta" else "deferred"))
             record = init(model, kind, checkpoint)
             if kind == "structured" and record is not None:
                 mine.setdefault("info", {})[layout] = {r.name: r.info for r in record}
+            if kind == "elementwise":
+                mine.setdefault("regions", {})[layout] = {
+                    n: [(b.offset, b.shape) for b in local_region(p, n).boxes]
+                    for n, p in model.named_parameters()}
+                mine.setdefault("drawn", {})[layout] = drawn[0]
+            drawn[0] = 0
             gathered = {name: p.full_tensor().detach() for name, p in model.named_parameters()}
             if rank == "0":
                 full[f"{layout}/{kind}"] = gathered

@@ -136,3 +136,33 @@ def test_the_record_says_which_writes_each_rank_draws_whole(run):
                                            "(each rank draws it whole)"), layout
             assert info["eye.weight"] == "EyeInit: bias=0", layout  # written region by region
             assert not info["big.weight"].endswith("whole)"), layout
+
+
+# -- weightinit.plan(mesh=...): the simulated layout is the real one --------------------------
+
+SIMULATED = {"tp_fsdp": ("dp=2,tp=2", "fsdp_tp"), "hsdp": ("replicate=2,shard=2", "hsdp"),
+             "fsdp4": ("dp=4", "fsdp")}
+TP_PLAN = {name: "colwise" if how == "col" else "rowwise" for name, how in worker.TP_PLAN.items()}
+
+
+@pytest.mark.parametrize("layout", sorted(SIMULATED))
+def test_simulated_layouts_hold_the_real_boxes_and_draw_what_the_plan_says(run, layout):
+    import weightinit as wi
+    from weightinit.planning.meshplan import layout_splits, parse_mesh
+    from weightinit.planning.regions import compute_region
+
+    mesh, kind = SIMULATED[layout]
+    model = worker.build("deferred")
+    _, sizes = parse_mesh(mesh)
+    splits = layout_splits(model, kind, sizes, TP_PLAN)
+    coords = [(r // sizes[1], r % sizes[1]) if len(sizes) == 2 else (r,) for r in range(WORLD)]
+    for rank, coord in enumerate(coords):
+        real = run["ranks"][rank]["regions"][layout]
+        for name, p in model.named_parameters():
+            region = compute_region(tuple(p.shape), sizes, coord, splits[name])
+            assert [(b.offset, b.shape) for b in region.boxes] == real[name], (rank, name)
+    planned = wi.plan(model, worker.ELEMENTWISE, mesh=mesh, layout=kind, tp_plan=TP_PLAN).ranks
+    assert sorted(r for c in planned.classes for r in c.ranks) == list(range(WORLD))
+    for c in planned.classes:  # the plan is a contract: the elements each rank drew
+        for rank in c.ranks:
+            assert run["ranks"][rank]["drawn"][layout] == c.drawn_elements, (layout, rank)

@@ -8,6 +8,7 @@ it in a session that commits everything or, on failure, restores the model.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from .planning import (
     is_node,
     is_planned,
 )
+from .planning.meshplan import parse_mesh, plan_mesh, rank_draws
 from .record import InitRecord
 from .rules import PretrainedInit, Rule, install_runner, parse_init_cfg
 
@@ -264,7 +266,8 @@ def run(model: nn.Module, fn: Callable[..., Any], *args: Any, seed: int | None =
 
 
 def plan(model: nn.Module, init_cfg: Any = None, *, device: Any = None, dtype: Any = None,
-         allow_undefined: bool = False, strict: bool = False) -> Plan:
+         allow_undefined: bool = False, strict: bool = False, mesh: Any = None,
+         layout: str | None = None, tp_plan: dict[str, str] | None = None) -> Plan:
     """Resolve which rule finally owns each tensor, without writing anything.
 
     With ``init_cfg=None`` the model's own ``init_cfg`` tree is planned (what
@@ -275,6 +278,13 @@ def plan(model: nn.Module, init_cfg: Any = None, *, device: Any = None, dtype: A
     you would pass them to the run). ``allow_undefined=True`` lists deferred
     tensors that nothing gives a value in ``plan.undefined`` instead of raising.
     It warns what the run would warn; ``strict=True`` raises those as errors.
+
+    With ``mesh`` (``{"dp": 128, "tp": 8}`` or ``"dp=128,tp=8"``) the model is also laid
+    out as ``layout`` would lay it out on that mesh — ``"fsdp"``, ``"hsdp"``, ``"tp"``
+    or ``"fsdp_tp"`` (default: ``"fsdp"`` on one dimension, ``"fsdp_tp"`` on two), the
+    tensor-parallel ones by ``tp_plan`` (module pattern -> ``"colwise"``/``"rowwise"``;
+    default: a Llama's) — without processes, and ``plan.ranks`` says what every rank
+    holds and draws, ranks with identical work grouped (:mod:`~weightinit.planning.meshplan`).
 
     Example::
 
@@ -302,9 +312,15 @@ def plan(model: nn.Module, init_cfg: Any = None, *, device: Any = None, dtype: A
         _check_cfg(init_cfg)
         rules = parse_init_cfg(init_cfg, "", type(model).__name__, strict=strict)
     with context, collector_paused():
-        return build_plan(PlanningCache(model), Request(model, rules, device, dtype,
-                                                        allow_undefined=allow_undefined,
-                                                        strict=strict, user_root=user_root))
+        result = build_plan(PlanningCache(model), Request(model, rules, device, dtype,
+                                                          allow_undefined=allow_undefined,
+                                                          strict=strict, user_root=user_root))
+    if mesh is None:
+        return result
+    if layout is None:
+        layout = "fsdp_tp" if len(parse_mesh(mesh)[0]) == 2 else "fsdp"
+    draws = {e.name: rank_draws(e.owner, e.shape) for e in result}
+    return dataclasses.replace(result, ranks=plan_mesh(model, mesh, layout, tp_plan, draws))
 
 
 def load_checkpoint(model: nn.Module, source: str, *, prefix: str | None = None,

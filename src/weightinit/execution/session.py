@@ -28,14 +28,13 @@ from ..errors import CrossThreadWriteError, UndefinedParameterError
 from ..planning import CheckpointRead, DefaultFill, OpKind, Plan, PlanningCache, UserCall, Write
 from ..planning.checkpoint_checks import report_nonfinite
 from ..planning.layout import is_sharded
-from ..planning.ops import fills_whole
+from ..planning.ops import fills_whole, whole_on_every_rank
 from ..record import InitRecord
 from . import eager_order
 from .eager_order import Prologue
 from .entries import Entry, build_record
 from .materialize import materialize, remap
 from .pending import Pending, WriteWatch, replaced, slot_state, stop_at
-from .sharding import whole_on_every_rank
 from .strategies import Plain, Sharded, choose
 from .threads import watching_threads
 from .transaction import Transaction

@@ -160,14 +160,6 @@ def _write_sparse(ones: list[tuple[int, ...]], local: Tensor, region: Region) ->
                 local[tuple(i - o + lo for i, o, lo in zip(at, box.offset, box.local))] = 1
 
 
-def whole_on_every_rank(op: Op, shape: tuple[int, ...]) -> bool:
-    """``op`` writes a sharded tensor by filling the whole tensor on every rank (orthogonal,
-    ``reset_parameters``, a multi-step constructor init): exact, at the whole tensor's cost."""
-    if isinstance(op, CheckpointRead):
-        return False
-    return op.group is not None or (op.elementwise(shape) is None and op.sparse(shape) is None)
-
-
 def write_shard(tensor: Tensor, op: Op, seed: int, name: str) -> list[Tensor]:
     """Write this rank's shard of ``tensor`` as ``op`` would write the whole tensor.
 

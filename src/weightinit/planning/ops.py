@@ -313,3 +313,11 @@ def fills_whole(tensor: Tensor, op: Any) -> bool:
     tensor whole, alone, and reads nothing."""
     return (op.kind in (OpKind.RULE, OpKind.DEFAULT) and op.group is None
             and op.elementwise(tuple(tensor.shape)) is not None)
+
+
+def whole_on_every_rank(op: Any, shape: tuple[int, ...]) -> bool:
+    """``op`` writes a sharded tensor by filling the whole tensor on every rank (orthogonal,
+    ``reset_parameters``, a multi-step constructor init): exact, at the whole tensor's cost."""
+    if isinstance(op, CheckpointRead):
+        return False
+    return op.group is not None or (op.elementwise(shape) is None and op.sparse(shape) is None)

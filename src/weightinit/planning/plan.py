@@ -125,6 +125,9 @@ class Plan:
     #: the model's slots as planned (``slots_of``), when it is to be materialized: no user
     #: code runs between planning and allocation, so allocation walks these
     slots: tuple = field(default=(), repr=False)
+    #: with ``plan(..., mesh=...)``: what every rank of the simulated mesh does
+    #: (:class:`~.meshplan.MeshPlan`)
+    ranks: Any = field(default=None, repr=False)
 
     @functools.cached_property
     def steps(self) -> list[Step]:

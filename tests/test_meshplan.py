@@ -1,0 +1,128 @@
+"""weightinit.plan(model, mesh=..., layout=...): every rank of a simulated mesh, no processes.
+
+(The simulated boxes are compared with real 4-rank layouts, and the elements
+drawn with what the ranks drew, in tests/test_placements.py.)
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+import weightinit as wi
+from weightinit.planning.meshplan import layout_splits, parse_mesh, plan_mesh
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from models import llama  # noqa: E402
+
+
+def small() -> nn.Module:
+    with torch.device("meta"):
+        return nn.Sequential(nn.Linear(10, 7), nn.LayerNorm(7))
+
+
+@pytest.mark.parametrize("mesh,want", [
+    ("dp=128,tp=8", (("dp", "tp"), (128, 8))),
+    ({"dp": 4}, (("dp",), (4,))),
+    (" r = 2 , s=3", (("r", "s"), (2, 3))),
+])
+def test_meshes_are_read_from_text_or_a_dict(mesh, want):
+    assert parse_mesh(mesh) == want
+
+
+@pytest.mark.parametrize("mesh", ["", "dp", "dp=0", "dp=-2", "dp=x", {"dp": True}, {"dp": 2.0},
+                                  {}])
+def test_a_bad_mesh_is_refused(mesh):
+    with pytest.raises(wi.InitValueError) as err:
+        parse_mesh(mesh)
+    assert "mesh" in str(err.value) and "Fix: e.g. 'dp=128,tp=8'" in str(err.value) \
+        or "e.g. 'dp=128,tp=8'" in str(err.value)
+
+
+def test_a_layout_that_does_not_fit_the_mesh_is_refused():
+    with pytest.raises(wi.InitValueError, match=r"layout 'fsdp_tp' needs a mesh of 2 dimension"):
+        plan_mesh(small(), "dp=4", "fsdp_tp")
+    with pytest.raises(wi.InitValueError, match=r"layout must be one of fsdp, hsdp, tp, fsdp_tp"):
+        plan_mesh(small(), "dp=4", "zero3")
+
+
+def test_a_tp_plan_naming_modules_that_do_not_exist_is_refused():
+    with pytest.raises(wi.InitValueError) as err:
+        plan_mesh(small(), "tp=2", "tp", {"0": "colwise", "attn.wq": "colwise"})
+    assert str(err.value).startswith("tp_plan['attn.wq'] names no module of Sequential")
+    with pytest.raises(wi.InitValueError, match=r"'diagonal' is not 'colwise' or 'rowwise'"):
+        plan_mesh(small(), "tp=2", "tp", {"0": "diagonal"})
+
+
+def test_the_llama_plan_lays_projections_out_as_tensor_parallelism_does():
+    with torch.device("meta"):
+        m = llama(size="tiny")
+    splits = layout_splits(m, "fsdp_tp", (2, 4))
+    assert splits["layers.0.q_proj.weight"] == (("strided", 0, 4), ("shard", 0))
+    assert splits["layers.0.o_proj.weight"] == (("shard", 0), ("shard", 1))
+    assert splits["layers.0.down_proj.weight"] == (("shard", 0), ("shard", 1))
+    assert splits["embed.weight"] == (("strided", 0, 4), ("shard", 0))
+    assert splits["norm.weight"] == (("shard", 0), ("replicate",))
+
+
+def test_a_mesh_that_does_not_divide_the_model_gives_uneven_classes():
+    report = plan_mesh(small(), "dp=3", "fsdp")
+    # 7 rows of 10 and three vectors of 7, each split 3, 3, 1: two classes
+    assert [c.ranks for c in report.classes] == [[0, 1], [2]]
+    assert sum(c.local_elements * len(c.ranks) for c in report.classes) == 7 * 10 + 7 + 7 + 7
+    assert report.classes[0].local_elements == 3 * 10 + 3 + 3 + 3
+    assert report.classes[1].local_elements == 1 * 10 + 1 + 1 + 1
+
+
+def test_empty_and_one_element_tensors_and_ranks_holding_nothing():
+    with torch.device("meta"):
+        m = nn.Module()
+        m.empty = nn.Parameter(torch.empty(0, 5))
+        m.one = nn.Parameter(torch.empty(1))
+        m.scalar = nn.Parameter(torch.empty(()))
+    report = plan_mesh(m, "dp=4", "fsdp")
+    by_rank = {r: c for c in report.classes for r in c.ranks}
+    assert by_rank[0].local_elements == 1 + 1  # the one element, and the replicated scalar
+    assert by_rank[3].local_elements == 1  # only the scalar
+    assert by_rank[3].drawn_elements == 1
+
+
+def test_a_world_of_one_and_of_65536():
+    one = plan_mesh(small(), "dp=1", "fsdp")
+    assert len(one.classes) == 1 and one.classes[0].local_elements == 70 + 7 + 7 + 7
+    big = plan_mesh(small(), "dp=65536", "fsdp")
+    assert big.world == 65536
+    assert sum(len(c.ranks) for c in big.classes) == 65536
+    holding = [c for c in big.classes if c.local_elements]
+    assert [c.to_dict()["ranks"] for c in holding] == ["0-6"]  # one row each on ranks 0-6
+    assert big.to_dict()["classes"][-1]["ranks"] == "7-65535"
+
+
+def test_the_plan_of_a_model_says_which_tensors_are_drawn_whole():
+    with wi.deferred():
+        m = nn.Sequential(nn.Linear(600, 700), nn.Linear(700, 8))
+    plan = wi.plan(m, [dict(type="Normal", layer="Linear", std=0.1),
+                       dict(type="Orthogonal", override=dict(name="0"))], mesh="dp=2")
+    assert plan["0.weight"].owner_info.startswith("OrthogonalInit")
+    ranks = plan.ranks
+    assert ranks.layout == "fsdp" and ranks.world == 2
+    c0 = next(c for c in ranks.classes if 0 in c.ranks)
+    # 0.weight drawn whole; 1.weight's rows 0-3 in its one tile of 8 rows; biases constant
+    assert c0.drawn_elements == 700 * 600 + 8 * 700
+    assert c0.local_elements == 350 * 600 + 350 + 4 * 700 + 4
+    assert c0.peak_bytes == 4 * c0.local_elements + 4 * 700 * 600
+
+
+def test_planning_a_405b_llama_over_1024_ranks_groups_ranks_by_their_work():
+    with torch.device("meta"):
+        m = llama(size="405b")
+    report = plan_mesh(m, "dp=128,tp=8", "fsdp_tp")
+    assert report.world == 1024 and not report.refused
+    assert sum(len(c.ranks) for c in report.classes) == 1024
+    assert len(report.classes) <= 16
+    total = sum(p.numel() for p in m.parameters())
+    assert sum(c.local_elements * len(c.ranks) for c in report.classes) >= total
