@@ -126,3 +126,43 @@ def test_planning_a_405b_llama_over_1024_ranks_groups_ranks_by_their_work():
     assert len(report.classes) <= 16
     total = sum(p.numel() for p in m.parameters())
     assert sum(c.local_elements * len(c.ranks) for c in report.classes) >= total
+
+
+LLAMA_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "configs" / "llama.yaml"
+
+
+def _cli(*argv: str) -> tuple[int, str, str]:
+    import io
+
+    from weightinit.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    return main(list(argv), stdout=out, stderr=err), out.getvalue(), err.getvalue()
+
+
+def test_the_command_line_prints_the_plan_of_every_rank_as_json():
+    import json
+
+    rc, out, _ = _cli("plan", str(LLAMA_CONFIG), "--set", "model.size=tiny", "--mesh",
+                      "dp=2,tp=2", "--json")
+    assert rc == 0
+    got = json.loads(out)
+    assert got["layout"] == "fsdp_tp" and got["world"] == 4 and got["mesh"] == {"dp": 2, "tp": 2}
+    assert sum(c["count"] for c in got["classes"]) == 4
+    assert all(set(c["local_bytes"]) == {"bfloat16"} for c in got["classes"])  # the run's dtype
+    with torch.device("meta"):
+        model = llama(size="tiny")
+    assert sum(c["local_elements"] * c["count"] for c in got["classes"]) >= \
+        sum(p.numel() for p in model.parameters())
+
+
+def test_the_command_line_table_and_a_bad_mesh():
+    rc, out, _ = _cli("plan", str(LLAMA_CONFIG), "--set", "model.size=tiny", "--mesh", "dp=4",
+                      "--layout", "fsdp")
+    assert rc == 0
+    assert "fsdp on dp=4: 4 ranks" in out and "draw s (est.)" in out
+    rc, _, err = _cli("plan", str(LLAMA_CONFIG), "--mesh", "dp=2,tp=x")
+    assert rc == 2
+    assert "weightinit: error: mesh must name each dimension and its size" in err
+    rc, _, err = _cli("plan", str(LLAMA_CONFIG), "--mesh", "dp=2", "--layout", "fsdp_tp")
+    assert rc == 2 and "layout 'fsdp_tp' needs a mesh of 2 dimension(s)" in err

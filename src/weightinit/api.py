@@ -320,7 +320,8 @@ def plan(model: nn.Module, init_cfg: Any = None, *, device: Any = None, dtype: A
     if layout is None:
         layout = "fsdp_tp" if len(parse_mesh(mesh)[0]) == 2 else "fsdp"
     draws = {e.name: rank_draws(e.owner, e.shape) for e in result}
-    return dataclasses.replace(result, ranks=plan_mesh(model, mesh, layout, tp_plan, draws))
+    return dataclasses.replace(result, ranks=plan_mesh(model, mesh, layout, tp_plan, draws,
+                                                       result.dtype))
 
 
 def load_checkpoint(model: nn.Module, source: str, *, prefix: str | None = None,

@@ -120,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", action="store_true", help="print only the coverage summary")
     p.add_argument("--report", metavar="FILE", action="append", default=[],
                    help="also write the plan as JSON (.json) or Markdown (.md); repeatable")
+    p.add_argument("--mesh", metavar="NAME=SIZE,...",
+                   help="also plan every rank of this simulated mesh, e.g. dp=128,tp=8 (no "
+                        "processes, no memory)")
+    p.add_argument("--layout", choices=("fsdp", "hsdp", "tp", "fsdp_tp"),
+                   help="how the model is laid out on --mesh (default: fsdp on one dimension, "
+                        "fsdp_tp on two; tensor parallelism by a Llama's plan)")
+    p.add_argument("--json", action="store_true",
+                   help="with --mesh: print the per-rank plan as JSON instead of the tables")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("init", parents=[common, run],

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -13,8 +15,10 @@ import torch.nn as nn
 from ..configfile import InputSpec, ModelConfig, load_config, parse_shape, torch_dtype
 from ..errors import InitError, UsageError
 from ..health import check_health, plot_health, random_input
+from ..planning.meshplan import parse_mesh, plan_mesh, rank_draws
 from ..record import InitRecord
 from ..report import SUMMARY_SAMPLE, Report, build_report, plan_report
+from ..report.meshtable import fill_throughput, mesh_table
 from .output import Output, one_line, parameter_slots, watch_writes
 from .writing import check_output, make_parent, save_checkpoint, write_health
 
@@ -150,13 +154,33 @@ def cmd_plan(args: argparse.Namespace, out: Output) -> int:
     with out.step("planning"):  # downloads nothing: a checkpoint not cached is pending
         plan = cfg.plan(model, strict=args.strict, timeout=args.timeout)
     rep = plan_report(plan, model)
-    _print_report(rep, out, args.summary)
+    if args.mesh:
+        _plan_mesh(plan, model, args, out, plan.dtype or cfg.torch_dtype)
+    else:
+        _print_report(rep, out, args.summary)
     _write_reports(rep, args.report, out)
     if rep.undefined:
         names = ", ".join(n for n, _ in rep.undefined)
         raise InitError(f"{cfg.path.name}: {len(rep.undefined)} tensor(s) would be left without "
                         f"a defined value: {names}. Fix: add an init_cfg rule that covers them.")
     return 0
+
+
+def _plan_mesh(plan: Any, model: Any, args: argparse.Namespace, out: Output, dtype: Any) -> None:
+    """``plan --mesh``: every rank of the simulated mesh, as a table (time estimated from this
+    machine's one-thread normal_ throughput) or as JSON."""
+    layout = args.layout or ("fsdp_tp" if len(parse_mesh(args.mesh)[0]) == 2 else "fsdp")
+    draws = {e.name: rank_draws(e.owner, e.shape) for e in plan}
+    with out.step(f"laying out every rank of {args.mesh} ({layout})"):
+        ranks = plan_mesh(model, args.mesh, layout, draws=draws, dtype=dtype)
+    if args.json:
+        out.print(json.dumps(ranks.to_dict(), indent=1), soft_wrap=True)
+        return
+    out.print(mesh_table(ranks, fill_throughput()))
+    out.print("draw s: an estimate — elements drawn over this machine's one-thread normal_ "
+              "throughput; peak: the rank's shards plus its largest whole-tensor temporary")
+    for name, why in ranks.refused:
+        out.warn(f"{name}: {why}")
 
 
 def cmd_init(args: argparse.Namespace, out: Output) -> int:

@@ -200,11 +200,12 @@ def rank_draws(owner: Any, shape: tuple[int, ...]) -> str:
 
 
 def plan_mesh(model: nn.Module, mesh: Any, layout: str, tp_plan: dict[str, str] | None = None,
-              draws: dict[str, str] | None = None) -> MeshPlan:
+              draws: dict[str, str] | None = None, dtype: Any = None) -> MeshPlan:
     """Every rank's part of ``model`` on ``mesh`` laid out by ``layout``. ``draws`` says how
     each tensor is written, from the init plan: ``"tiles"`` (a random elementwise fill, the
     default), ``"whole"`` (drawn whole on every rank: orthogonal ...) or ``"none"`` (a
-    constant, a checkpoint read, kept as constructed: nothing drawn)."""
+    constant, a checkpoint read, kept as constructed: nothing drawn). ``dtype``: the run's
+    (default: each tensor's own)."""
     names, sizes = parse_mesh(mesh)
     splits = layout_splits(model, layout, sizes, tp_plan)
     draws = draws or {}
@@ -222,7 +223,8 @@ def plan_mesh(model: nn.Module, mesh: Any, layout: str, tp_plan: dict[str, str] 
                                 "dimension divisible by the mesh size"))
                 break
         else:
-            key = (shape, str(t.dtype).replace("torch.", ""), t.element_size(), splits[name],
+            kind = dtype if dtype is not None and t.is_floating_point() else t.dtype
+            key = (shape, str(kind).replace("torch.", ""), kind.itemsize, splits[name],
                    draws.get(name, "tiles"))
             kinds[key] = kinds.get(key, 0) + 1
     per_rank: dict[tuple, list[int]] = {}

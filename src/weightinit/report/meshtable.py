@@ -1,0 +1,57 @@
+"""The per-rank plan of a simulated mesh as a table, with time estimated on this machine."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import torch
+from rich.table import Table
+
+from ..planning.meshplan import MeshPlan
+
+
+def fill_throughput(elements: int = 1 << 22, repeats: int = 3) -> float:
+    """Elements per second one thread draws with ``normal_`` here (median of ``repeats``)."""
+    buf = torch.empty(elements)
+    buf.normal_()  # touched once: the pages are there
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats):
+            start = time.perf_counter()
+            buf.normal_()
+            times.append(time.perf_counter() - start)
+    return elements / statistics.median(times)
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:,.2f}"
+
+
+def mesh_table(plan: MeshPlan, throughput: float | None = None) -> Table:
+    """One row per class of ranks with identical work: what each holds, draws and needs, and
+    (with ``throughput``, elements/s) the seconds its draws take on one such thread here."""
+    mesh = " × ".join(f"{k}={v}" for k, v in plan.mesh.items())
+    table = Table(title=f"{plan.layout} on {mesh}: {plan.world:,} ranks, "
+                        f"{len(plan.classes)} classes of identical work")
+    for col in ("ranks", "count", "local elements", "local GB", "drawn elements",
+                "drawn / local", "peak GB"):
+        table.add_column(col, justify="left" if col == "ranks" else "right")
+    if throughput:
+        table.add_column("draw s (est.)", justify="right")
+    for c in plan.classes:
+        ranks = c.to_dict()["ranks"]
+        if len(ranks) > 40:
+            ranks = ranks[:37] + "..."
+        dtypes = ", ".join(f"{_gb(b)} {d}" for d, b in sorted(c.local_bytes.items()))
+        ratio = f"{c.drawn_elements / c.local_elements:.2f}" if c.local_elements else "-"
+        row: list[Any] = [ranks, f"{len(c.ranks):,}", f"{c.local_elements:,}", dtypes or "0",
+                          f"{c.drawn_elements:,}", ratio, _gb(c.peak_bytes)]
+        if throughput:
+            row.append(f"{c.drawn_elements / throughput:,.1f}")
+        table.add_row(*row)
+    return table
+
+
+__all__ = ["fill_throughput", "mesh_table"]
