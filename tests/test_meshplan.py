@@ -166,3 +166,31 @@ def test_the_command_line_table_and_a_bad_mesh():
     assert "weightinit: error: mesh must name each dimension and its size" in err
     rc, _, err = _cli("plan", str(LLAMA_CONFIG), "--mesh", "dp=2", "--layout", "fsdp_tp")
     assert rc == 2 and "layout 'fsdp_tp' needs a mesh of 2 dimension(s)" in err
+
+
+def test_each_rank_reads_its_part_of_the_checkpoint_files_it_needs(tmp_path):
+    import json
+
+    import safetensors.torch
+
+    with torch.device("meta"):
+        m = nn.Sequential(nn.Linear(6, 8), nn.Linear(8, 4))
+    state = {"0.weight": torch.zeros(8, 6, dtype=torch.float16), "0.bias": torch.zeros(8),
+             "1.weight": torch.zeros(4, 8, dtype=torch.float16), "1.bias": torch.zeros(4)}
+    safetensors.torch.save_file({k: state[k] for k in ("0.weight", "0.bias")},
+                                str(tmp_path / "a.safetensors"))
+    safetensors.torch.save_file({k: state[k] for k in ("1.weight", "1.bias")},
+                                str(tmp_path / "b.safetensors"))
+    index = tmp_path / "m.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {
+        "0.weight": "a.safetensors", "0.bias": "a.safetensors",
+        "1.weight": "b.safetensors", "1.bias": "b.safetensors"}}))
+    plan = wi.plan(m, dict(type="Pretrained", checkpoint=str(index)), mesh="dp=4")
+    by_rank = {r: c for c in plan.ranks.classes for r in c.ranks}
+    # rank 0: rows 0-1 of 0.weight (fp16 in the file), 0.bias[0:2], 1.weight row 0, 1.bias[0]
+    assert by_rank[0].read_bytes == 2 * 6 * 2 + 2 * 4 + 1 * 8 * 2 + 1 * 4
+    assert [Path(f).name for f in by_rank[0].files] == ["a.safetensors", "b.safetensors"]
+    assert by_rank[0].drawn_elements == 0  # read, not drawn
+    d = by_rank[3].to_dict()
+    assert d["checkpoint_bytes_read"] == 2 * 6 * 2 + 2 * 4 + 8 * 2 + 4
+    assert len(d["files"]) == 2

@@ -30,7 +30,7 @@ from .planning import (
     is_node,
     is_planned,
 )
-from .planning.meshplan import parse_mesh, plan_mesh, rank_draws
+from .planning.meshplan import checkpoint_reads, parse_mesh, plan_mesh, rank_draws
 from .record import InitRecord
 from .rules import PretrainedInit, Rule, install_runner, parse_init_cfg
 
@@ -321,7 +321,7 @@ def plan(model: nn.Module, init_cfg: Any = None, *, device: Any = None, dtype: A
         layout = "fsdp_tp" if len(parse_mesh(mesh)[0]) == 2 else "fsdp"
     draws = {e.name: rank_draws(e.owner, e.shape) for e in result}
     return dataclasses.replace(result, ranks=plan_mesh(model, mesh, layout, tp_plan, draws,
-                                                       result.dtype))
+                                                       result.dtype, checkpoint_reads(result)))
 
 
 def load_checkpoint(model: nn.Module, source: str, *, prefix: str | None = None,

@@ -72,6 +72,7 @@ class CheckpointState:
         self._lazy: dict[str, tuple[Any, str]] = {}
         self._read: dict[str, Tensor] = {}  # lazy entries already read (memory-mapped)
         self._guard: FileGuard | None = None  # the memory-mapped file, if any
+        self._files: dict[str, str] = {}  # lazy entry -> the file holding it
 
     @classmethod
     def from_dict(cls, source: str, state: dict[str, Any]) -> CheckpointState:
@@ -86,7 +87,12 @@ class CheckpointState:
         out._guard = FileGuard(source, path)
         handle = _safe_open(source, path, device, _prefixed(where))
         out._lazy = {k: (handle, k) for k in handle.keys()}
+        out._files = dict.fromkeys(out._lazy, path)
         return out
+
+    def file_of(self, key: str) -> str:
+        """The file entry ``key`` is read from (a sharded checkpoint's shard), else the source."""
+        return self._files.get(key, self.source)
 
     def keys(self) -> list[str]:
         return list(self._dense) + list(self._lazy)
@@ -202,6 +208,7 @@ class CheckpointState:
         for new, old in mapping.items():
             if old in self._lazy:
                 out._lazy[new] = self._lazy[old]
+                out._files[new] = self.file_of(old)
             else:
                 out._dense[new] = self._dense[old]
         return out
@@ -268,7 +275,7 @@ def _open(source: str, map_location: Any, allow_pickle: bool, sha256: str | None
         path = checkpoint_file(source, sha256, pre)
     if is_index(path):
         state = CheckpointState(source)
-        state._lazy, state._guard = open_index(
+        state._lazy, state._guard, state._files = open_index(
             source, path, lambda label, shard: _safe_open(label, shard, map_location, pre), pre)
         return state, None
     if path.endswith(".safetensors"):

@@ -133,8 +133,9 @@ class ShardGuard:
 
 
 def open_index(source: str, index_path: str, open_shard: Callable[[str, str], Any],
-               pre: str = "") -> tuple[dict[str, tuple[Any, str]], ShardGuard]:
-    """The lazy ``key -> (handle, name)`` entries of a sharded checkpoint and its guard.
+               pre: str = "") -> tuple[dict[str, tuple[Any, str]], ShardGuard, dict[str, str]]:
+    """The lazy ``key -> (handle, name)`` entries of a sharded checkpoint, its guard, and the
+    shard file of each key.
 
     ``open_shard(label, path)`` opens one shard with ``safe_open`` (``label`` names it in
     errors); it is called once per shard file, and only headers are read here.
@@ -154,4 +155,5 @@ def open_index(source: str, index_path: str, open_shard: Callable[[str, str], An
                 f"{pre}{source}: the sharded-checkpoint index {index_path} puts "
                 f"{len(absent)} tensor(s) in the shard {path}, which does not hold them: "
                 f"{shown}. {_FIX_PAIR}")
-    return {name: (handles[path], name) for name, path in located.items()}, ShardGuard(guards)
+    return ({name: (handles[path], name) for name, path in located.items()}, ShardGuard(guards),
+            located)

@@ -15,7 +15,7 @@ import torch.nn as nn
 from ..configfile import InputSpec, ModelConfig, load_config, parse_shape, torch_dtype
 from ..errors import InitError, UsageError
 from ..health import check_health, plot_health, random_input
-from ..planning.meshplan import parse_mesh, plan_mesh, rank_draws
+from ..planning.meshplan import checkpoint_reads, parse_mesh, plan_mesh, rank_draws
 from ..record import InitRecord
 from ..report import SUMMARY_SAMPLE, Report, build_report, plan_report
 from ..report.meshtable import fill_throughput, mesh_table
@@ -172,7 +172,8 @@ def _plan_mesh(plan: Any, model: Any, args: argparse.Namespace, out: Output, dty
     layout = args.layout or ("fsdp_tp" if len(parse_mesh(args.mesh)[0]) == 2 else "fsdp")
     draws = {e.name: rank_draws(e.owner, e.shape) for e in plan}
     with out.step(f"laying out every rank of {args.mesh} ({layout})"):
-        ranks = plan_mesh(model, args.mesh, layout, draws=draws, dtype=dtype)
+        ranks = plan_mesh(model, args.mesh, layout, draws=draws, dtype=dtype,
+                          reads=checkpoint_reads(plan))
     if args.json:
         out.print(json.dumps(ranks.to_dict(), indent=1), soft_wrap=True)
         return

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from ..errors import InitValueError
+from ..errors import CheckpointError, InitValueError
 from .ops import CheckpointRead, UserCall, whole_on_every_rank
 from .regions import compute_region, strided_conflict
 from .tiling import drawn_elements
@@ -143,6 +143,9 @@ class RankClass:
     drawn_elements: int
     #: largest temporary a rank allocates for one tensor drawn whole (bytes)
     whole_bytes: int
+    #: checkpoint bytes a rank reads (its part of each entry), and the files it opens
+    read_bytes: int = 0
+    files: list[str] = field(default_factory=list)
 
     @property
     def peak_bytes(self) -> int:
@@ -151,7 +154,8 @@ class RankClass:
     def to_dict(self) -> dict[str, Any]:
         return {"ranks": _ranges(self.ranks), "count": len(self.ranks),
                 "local_elements": self.local_elements, "local_bytes": self.local_bytes,
-                "drawn_elements": self.drawn_elements, "peak_bytes": self.peak_bytes}
+                "drawn_elements": self.drawn_elements, "peak_bytes": self.peak_bytes,
+                "checkpoint_bytes_read": self.read_bytes, "files": self.files}
 
 
 @dataclass
@@ -199,16 +203,32 @@ def rank_draws(owner: Any, shape: tuple[int, ...]) -> str:
     return "tiles" if dist is not None and dist.random else "none"
 
 
+def checkpoint_reads(plan: Any) -> dict[str, tuple[str, int]]:
+    """Tensor -> (file, bytes per element) of the checkpoint entry the init plan reads into it."""
+    out = {}
+    for entry in plan:
+        op = entry.owner
+        if isinstance(op, CheckpointRead) and op.key in op.state:
+            try:
+                size = op.state.dtype(op.key).itemsize
+            except CheckpointError:  # (a dtype the run refuses: planning said so already)
+                continue
+            out[entry.name] = (op.state.file_of(op.key), size)
+    return out
+
+
 def plan_mesh(model: nn.Module, mesh: Any, layout: str, tp_plan: dict[str, str] | None = None,
-              draws: dict[str, str] | None = None, dtype: Any = None) -> MeshPlan:
+              draws: dict[str, str] | None = None, dtype: Any = None,
+              reads: dict[str, tuple[str, int]] | None = None) -> MeshPlan:
     """Every rank's part of ``model`` on ``mesh`` laid out by ``layout``. ``draws`` says how
     each tensor is written, from the init plan: ``"tiles"`` (a random elementwise fill, the
     default), ``"whole"`` (drawn whole on every rank: orthogonal ...) or ``"none"`` (a
     constant, a checkpoint read, kept as constructed: nothing drawn). ``dtype``: the run's
-    (default: each tensor's own)."""
+    (default: each tensor's own). ``reads``: tensor -> (file, bytes per element) of the
+    checkpoint entries read into it (a rank reads only its part)."""
     names, sizes = parse_mesh(mesh)
     splits = layout_splits(model, layout, sizes, tp_plan)
-    draws = draws or {}
+    draws, reads = draws or {}, reads or {}
     tensors = dict(model.named_parameters())
     # one figure table per distinct (shape, dtype, placements, drawn whole)
     kinds: dict[tuple, int] = {}
@@ -225,23 +245,29 @@ def plan_mesh(model: nn.Module, mesh: Any, layout: str, tp_plan: dict[str, str] 
         else:
             kind = dtype if dtype is not None and t.is_floating_point() else t.dtype
             key = (shape, str(kind).replace("torch.", ""), kind.itemsize, splits[name],
-                   draws.get(name, "tiles"))
+                   draws.get(name, "tiles"), reads.get(name))
             kinds[key] = kinds.get(key, 0) + 1
     per_rank: dict[tuple, list[int]] = {}
     coords = list(itertools.product(*(range(n) for n in sizes)))
     tables = {key: _figures(key, sizes, coords) for key in kinds}
     for rank, _ in enumerate(coords):
-        local = drawn = biggest = 0
+        local = drawn = biggest = read = 0
         by_dtype: dict[str, int] = {}
+        files: set[str] = set()
         for key, count in kinds.items():
             n, d, temp = tables[key][rank]
             local += count * n
             drawn += count * d
             by_dtype[key[1]] = by_dtype.get(key[1], 0) + count * n * key[2]
             biggest = max(biggest, temp)
-        figures = (local, drawn, biggest, tuple(sorted(by_dtype.items())))
+            if key[5] is not None and n:
+                read += count * n * key[5][1]
+                files.add(key[5][0])
+        figures = (local, drawn, biggest, tuple(sorted(by_dtype.items())), read,
+                   tuple(sorted(files)))
         per_rank.setdefault(figures, []).append(rank)
-    classes = [RankClass(ranks, f[0], dict(f[3]), f[1], f[2]) for f, ranks in per_rank.items()]
+    classes = [RankClass(ranks, f[0], dict(f[3]), f[1], f[2], f[4], list(f[5]))
+               for f, ranks in per_rank.items()]
     classes.sort(key=lambda c: c.ranks[0])
     return MeshPlan(dict(zip(names, sizes)), layout, classes, refused)
 
@@ -250,7 +276,7 @@ def _figures(key: tuple, sizes: tuple[int, ...], coords: list[tuple[int, ...]]
              ) -> list[tuple[int, int, int]]:
     """(local elements, elements drawn, whole-tensor temporary bytes) of one kind of tensor
     on each rank, computed once per distinct coordinate along the dimensions that split it."""
-    shape, _, itemsize, splits, how = key
+    shape, _, itemsize, splits, how, _ = key
     used = [i for i, s in enumerate(splits) if s[0] != "replicate"]
     cache: dict[tuple[int, ...], tuple[int, int, int]] = {}
     out = []
@@ -274,4 +300,4 @@ def _figures(key: tuple, sizes: tuple[int, ...], coords: list[tuple[int, ...]]
 
 
 __all__ = ["LAYOUTS", "LLAMA_TP_PLAN", "MeshPlan", "RankClass", "layout_splits", "parse_mesh",
-           "plan_mesh", "rank_draws"]
+           "checkpoint_reads", "plan_mesh", "rank_draws"]

@@ -38,6 +38,10 @@ def mesh_table(plan: MeshPlan, throughput: float | None = None) -> Table:
     for col in ("ranks", "count", "local elements", "local GB", "drawn elements",
                 "drawn / local", "peak GB"):
         table.add_column(col, justify="left" if col == "ranks" else "right")
+    reads = any(c.read_bytes for c in plan.classes)
+    if reads:
+        table.add_column("checkpoint GB read", justify="right")
+        table.add_column("files", justify="right")
     if throughput:
         table.add_column("draw s (est.)", justify="right")
     for c in plan.classes:
@@ -48,6 +52,8 @@ def mesh_table(plan: MeshPlan, throughput: float | None = None) -> Table:
         ratio = f"{c.drawn_elements / c.local_elements:.2f}" if c.local_elements else "-"
         row: list[Any] = [ranks, f"{len(c.ranks):,}", f"{c.local_elements:,}", dtypes or "0",
                           f"{c.drawn_elements:,}", ratio, _gb(c.peak_bytes)]
+        if reads:
+            row += [_gb(c.read_bytes), f"{len(c.files)}"]
         if throughput:
             row.append(f"{c.drawn_elements / throughput:,.1f}")
         table.add_row(*row)
