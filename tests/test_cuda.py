@@ -91,7 +91,7 @@ def test_any_slice_of_a_seeded_cuda_fill_is_drawn_alone():
 
     for dist in (Elementwise("normal", (0.0, 1.0)), Elementwise("uniform", (-1.0, 1.0)),
                  Elementwise("trunc_normal", (0.0, 1.0, -1.0, 1.0))):
-        whole = torch.empty(1300, 1100, device="cuda")  # 512 x 512 tiles, 3 x 3
+        whole = torch.empty(1300, 1100, device="cuda")  # bands of 238 rows
         fill_elementwise(dist, whole, seed=5)
         part = torch.empty(600, 700, device="cuda")
         fill_elementwise(dist, part, seed=5, shape=(1300, 1100), offset=(400, 300))

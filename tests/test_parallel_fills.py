@@ -28,7 +28,7 @@ from weightinit.maths import Elementwise
 from weightinit.planning import Write
 from weightinit.rules.registry import WEIGHT_INITIALIZERS, build_from_cfg
 
-# a 2100 x 1024 weight: tiles of 512 x 512, a 5 x 2 grid whose last row is short
+# a 2100 x 1024 weight: bands of 256 whole rows, 9 of them, the last one short
 BIG = (1024, 2100)
 
 RULES = {
@@ -116,7 +116,7 @@ def test_seeded_values_are_the_tiled_definition(rule, threads):
     shape = tuple(m[0].weight.shape)
     dist = init.elementwise("weight", shape, m[0])
     tensor_seed = derive_seed(5, "0.weight", f"{init.seed_key}|weight")
-    assert tile_shape(shape) == (512, 512)
+    assert tile_shape(shape) == (256, 1024)
     expected = reference(dist, shape, tensor_seed)
     assert torch.equal(m[0].weight.detach(), expected)
     if dist.kind == "trunc_normal":
@@ -136,11 +136,11 @@ def test_seeded_shard_ranges_match_the_whole_tensor(threads):
         assert torch.equal(part, whole[start:start + length]), (start, length)
 
 
-def test_seeded_wide_matrix_is_cut_in_square_tiles(threads):
+def test_seeded_wide_matrix_is_cut_in_row_bands(threads):
     threads(2)
     dist = Elementwise("normal", (0.0, 1.0))
-    shape = (1100, 1300)  # tiles of 512 x 512: a 3 x 3 grid with short last row and column
-    assert tile_shape(shape) == (512, 512)
+    shape = (1100, 1300)  # bands of 201 rows: 6 of them, the last one short
+    assert tile_shape(shape) == (201, 1300)
     whole = torch.empty(shape)
     fill_elementwise(dist, whole, 4)
     assert torch.equal(whole, reference(dist, shape, 4))

@@ -221,7 +221,7 @@ def _no_whole_temporaries(monkeypatch, shape) -> None:
 
 @pytest.mark.skipif(StridedShard is None, reason="this torch has no _StridedShard")
 def test_write_shard_draws_only_the_tiles_its_row_boxes_overlap(monkeypatch):
-    shape = (6000, 1000)  # tiles 512 x 512; each rank holds two boxes of 750 rows
+    shape = (6000, 1000)  # bands of 262 rows; each rank holds two boxes of 750 rows
     total = math.prod(shape)
     op = RuleFill(wi.rules.NormalInit(std=0.5), Role.WEIGHT, nn.Linear(1, 1), "test")
     whole = torch.empty(shape)
@@ -238,8 +238,8 @@ def test_write_shard_draws_only_the_tiles_its_row_boxes_overlap(monkeypatch):
         # only the tiles its boxes overlap, each drawn once: not the whole tensor
         expected = sum(tiles.drawn_elements(shape, b.offset, b.shape) for b in boxes)
         assert sum(drawn) == expected < total
-        # its rows plus at most one tile's thickness (511 rows) at each of 4 box edges
-        assert expected <= 1500 * 1000 + 4 * 511 * 1000
+        # its rows plus at most one band (261 rows) at each of its 4 box edges
+        assert expected <= 1500 * 1000 + 4 * 261 * 1000
 
 
 @pytest.mark.parametrize("placements,mesh", [
@@ -266,8 +266,12 @@ def test_non_contiguous_shards_draw_only_their_tiles(monkeypatch, placements, me
         for box in region.boxes:
             assembled[box.index] = fake._local_tensor[box.local_index]
         local = region.numel
-        # a rank pays its elements, plus at most one tile (512) along each box edge
-        edges = sum(2 * 511 * (box.numel // box.shape[d]) for box in region.boxes
+        # exactly the tiles its boxes overlap: its elements, plus at most one tile's side
+        # along each box edge (a column cut crosses whole rows)
+        sides = tiles.tile_shape(shape)
+        assert sum(drawn) == sum(tiles.drawn_elements(shape, b.offset, b.shape)
+                                 for b in region.boxes), coord
+        edges = sum(2 * (sides[d] - 1) * (box.numel // box.shape[d]) for box in region.boxes
                     for d in range(2) if box.shape[d] < shape[d])
         assert local <= sum(drawn) <= local + edges, coord
     assert torch.equal(assembled, whole)

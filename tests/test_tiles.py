@@ -12,7 +12,7 @@ import torch
 
 from weightinit.execution import parallel, tiles
 from weightinit.execution.seeding import fill_elementwise
-from weightinit.execution.tiles import EDGE, TILE, RegionFill, tile_shape
+from weightinit.execution.tiles import TILE, RegionFill, tile_shape
 from weightinit.maths import Elementwise
 
 NORMAL = Elementwise("normal", (0.0, 1.0))
@@ -24,22 +24,24 @@ DISTS = [NORMAL, Elementwise("uniform", (-2.0, 0.5)),
     ((), ()),
     ((5,), (5,)),
     ((1 << 20,), (TILE,)),
-    ((4096, 4096), (512, 512)),            # a wide matrix: square tiles
-    ((300, 64), (300, 64)),                # short rows: whole rows, one tile
-    ((10000, 64), (4096, 64)),             # ... row ranges of TILE elements
+    ((4096, 4096), (64, 4096)),            # a wide matrix: bands of whole rows
+    ((300, 64), (300, 64)),                # short rows: one tile
+    ((10000, 64), (4096, 64)),
     ((64, 64, 3, 3), (64, 64, 3, 3)),      # a small conv: one tile
-    ((512, 512, 3, 3), (56, 512, 3, 3)),   # whole trailing dims: contiguous tiles
-    ((8, 1024, 1024), (1, 512, 512)),      # stacked experts
+    ((512, 512, 3, 3), (56, 512, 3, 3)),
+    ((8, 1024, 1024), (1, 256, 1024)),     # stacked experts
     ((3, 0), (3, 1)),
-    ((600, 600, 600), (1, 512, 512)),
-    ((2, 3, 100000), (2, 3, 43690)),       # few rows: long tiles, not 3000-element ones
-    ((1, 10 ** 7), (1, TILE)),
+    ((600, 600, 600), (1, 436, 600)),
+    ((2, 3, 100000), (1, 2, 100000)),
+    ((1, 10 ** 7), (1, TILE)),             # a row longer than a tile: pieces of it
 ])
 def test_tile_shape_is_a_fixed_function_of_the_shape(shape, tile):
     assert tile_shape(shape) == tile
     assert math.prod(tile) <= TILE
-    assert all(side <= EDGE for side, lead in zip(tile, itertools.accumulate((1, *shape),
-               lambda a, b: a * b)) if lead >= TILE // EDGE)
+    # a contiguous range: whole trailing dimensions after the first partial one, 1s before
+    partial = [d for d, (side, n) in enumerate(zip(tile, shape)) if side < n]
+    if partial:
+        assert all(side == 1 for side in tile[:partial[-1]]), tile
 
 
 def _random_boxes(shape, count, rng):
@@ -64,23 +66,26 @@ def test_any_region_drawn_alone_equals_that_region_of_the_whole(shape, dist):
 
 
 def test_regions_tile_the_tensor_exactly_once():
-    shape = (1030, 1500)
+    shape = (1030, 1500)  # bands of 174 rows: 6 of them, the last 160 rows
+    assert tile_shape(shape) == (174, 1500)
     drawn = []
     for offset, size in [((0, 0), (515, 750)), ((0, 750), (515, 750)),
                          ((515, 0), (515, 750)), ((515, 750), (515, 750))]:
         for index, _, _ in tiles.overlapping_tiles(shape, offset, size):
             drawn.append(index)
-    grid = (3, 3)  # 512-row and 512-column tiles
-    # every tile is drawn by every region it overlaps: here the middle row and column twice
-    assert sorted(set(drawn)) == list(range(grid[0] * grid[1]))
-    assert len(drawn) == 16
+    # rows 0-514 overlap bands 0-2, rows 515-1029 bands 2-5; a band is drawn by each
+    # region that overlaps it
+    assert sorted(set(drawn)) == list(range(6))
+    assert len(drawn) == 3 + 3 + 4 + 4
 
 
-def test_drawn_elements_is_the_local_part_plus_one_tile_per_boundary():
-    shape = (4096, 4096)
-    assert tiles.drawn_elements(shape, (0, 1024), (4096, 1024)) == 4096 * 1024  # aligned
-    # 1000 columns from 1000: tiles of columns 512..2047, i.e. 1536 columns drawn
-    assert tiles.drawn_elements(shape, (0, 1000), (4096, 1000)) == 4096 * 1536
+def test_drawn_elements_is_the_local_part_plus_one_band_per_boundary():
+    shape = (4096, 4096)  # bands of 64 rows
+    assert tiles.drawn_elements(shape, (1024, 0), (1024, 4096)) == 1024 * 4096  # aligned
+    # rows 1000-1999: bands from row 960 to 2047, 1088 rows drawn
+    assert tiles.drawn_elements(shape, (1000, 0), (1000, 4096)) == 1088 * 4096
+    # a column range (a row-parallel shard) draws the whole rows it crosses
+    assert tiles.drawn_elements(shape, (0, 1024), (4096, 1024)) == 4096 * 4096
     assert tiles.drawn_elements(shape, (0, 0), (0, 5)) == 0
     assert tiles.drawn_elements((), (), ()) == 1
 

@@ -5,10 +5,10 @@ from .entries import Entry
 from .seeding import current_seed, derive_seed, fill_elementwise, run_seeded, seeded
 from .session import Session
 from .strategies import Plain, Seeded, Sharded, choose
-from .tiles import EDGE, TILE
+from .tiles import TILE
 from .transaction import Transaction
 
 __all__ = [
     "Entry", "Plain", "Seeded", "Session", "Sharded", "Transaction", "choose",
-    "EDGE", "TILE", "current_seed", "derive_seed", "fill_elementwise", "run_seeded", "seeded",
+    "TILE", "current_seed", "derive_seed", "fill_elementwise", "run_seeded", "seeded",
 ]

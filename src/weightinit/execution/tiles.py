@@ -13,12 +13,12 @@ share out, a rank's shard on any placement (``Shard`` on any dimension,
 ``_StridedShard``, uneven chunks) and a fill user code makes are all the
 same :class:`RegionFill`.
 
-Tiles hold at most :data:`TILE` elements and span at most :data:`EDGE`
-indices along a dimension that has enough before it to fill a tile, so a region's boundary costs at most one
-tile's thickness of extra draws. A tile that covers whole trailing
-dimensions is a contiguous range of a contiguous tensor and is drawn in
-place; other tiles are drawn into a scratch buffer (one tile per thread at
-most) and copied. Neither the thread count nor the region changes a value.
+Tiles are bands of whole rows, at most :data:`TILE` elements, so a region's
+boundary costs at most one band of extra draws, and every tile of a
+contiguous tensor is a contiguous range, drawn in place. Where a region cuts
+rows (a row-parallel shard), the tiles it overlaps are drawn into a scratch
+buffer (one tile per thread at most) and the region's part copied. Neither
+the thread count nor the region changes a value.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from ..compat import bump_version
-from ..planning.tiling import EDGE, TILE, drawn_elements, overlapping_tiles, tile_shape
+from ..planning.tiling import TILE, drawn_elements, overlapping_tiles, tile_shape
 
 
 def tile_seed(key: int, index: int) -> int:
@@ -118,5 +118,5 @@ class RegionFill:
             bump_version(self.out)
 
 
-__all__ = ["EDGE", "TILE", "RegionFill", "Scratch", "drawn_elements", "generator", "overlapping_tiles",
+__all__ = ["TILE", "RegionFill", "Scratch", "drawn_elements", "generator", "overlapping_tiles",
            "tile_seed", "tile_shape"]

@@ -13,20 +13,18 @@ from collections.abc import Sequence
 
 #: most elements in one tile (fixed: changing it changes every seeded value)
 TILE = 1 << 18
-#: longest side of a tile along any dimension but the first (fixed, as :data:`TILE`)
-EDGE = 512
 
 
 def tile_shape(shape: Sequence[int]) -> tuple[int, ...]:
-    """The tile of a tensor of ``shape``, from the last dimension to the first: each side is
-    the dimension's size, at most what is left of :data:`TILE` and — unless the dimensions
-    before it are too few to fill a tile — at most :data:`EDGE`. So a 1-D tensor, or one
-    with short rows, is cut in row ranges, a wide matrix in 512 x 512 squares."""
+    """The tile of a tensor of ``shape``: as many whole trailing rows as fit in :data:`TILE`
+    elements — from the last dimension to the first, each side is the dimension's size, at
+    most what is left of :data:`TILE`. A matrix is cut in bands of whole rows (a row longer
+    than a tile in pieces of it), a 1-D tensor in ranges: every tile of a contiguous tensor
+    is one contiguous range, and a shard of whole rows (FSDP2, HSDP, column-parallel
+    weights) draws its rows and at most one band more at each end."""
     sides, left = [1] * len(shape), TILE
     for dim in range(len(shape) - 1, -1, -1):
-        lead = math.prod(min(n, TILE) for n in shape[:dim]) or 1
-        cap = max(EDGE, left // min(lead, left))
-        sides[dim] = max(1, min(shape[dim], cap, left))
+        sides[dim] = max(1, min(shape[dim], left))
         left = max(1, left // sides[dim])
     return tuple(sides)
 
@@ -58,4 +56,4 @@ def drawn_elements(shape: Sequence[int], offset: Sequence[int], size: Sequence[i
                for _, first, end in overlapping_tiles(shape, offset, size))
 
 
-__all__ = ["EDGE", "TILE", "drawn_elements", "overlapping_tiles", "tile_shape"]
+__all__ = ["TILE", "drawn_elements", "overlapping_tiles", "tile_shape"]
