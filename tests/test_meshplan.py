@@ -194,3 +194,16 @@ def test_each_rank_reads_its_part_of_the_checkpoint_files_it_needs(tmp_path):
     d = by_rank[3].to_dict()
     assert d["checkpoint_bytes_read"] == 2 * 6 * 2 + 2 * 4 + 8 * 2 + 4
     assert len(d["files"]) == 2
+
+
+def test_the_command_line_plots_memory_and_reads_per_rank(tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "plots" / "mesh.png"
+    rc, out, _ = _cli("plan", str(LLAMA_CONFIG), "--set", "model.size=tiny", "--mesh", "dp=3",
+                      "--plot", str(png))
+    assert rc == 0 and f"wrote {png}" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    rc, _, err = _cli("plan", str(LLAMA_CONFIG), "--plot", str(tmp_path / "x.png"))
+    assert rc == 2 and "--plot plots the per-rank plan: it needs --mesh" in err
+    rc, _, err = _cli("plan", str(LLAMA_CONFIG), "--mesh", "dp=2", "--plot", str(tmp_path / "x.jpg"))
+    assert rc == 2 and "--plot" in err and ".png" in err

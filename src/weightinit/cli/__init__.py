@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "fsdp_tp on two; tensor parallelism by a Llama's plan)")
     p.add_argument("--json", action="store_true",
                    help="with --mesh: print the per-rank plan as JSON instead of the tables")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="with --mesh: plot memory and checkpoint bytes read per rank to this PNG "
+                        "(needs matplotlib: weightinit[plot])")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("init", parents=[common, run],

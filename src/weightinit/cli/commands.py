@@ -18,7 +18,7 @@ from ..health import check_health, plot_health, random_input
 from ..planning.meshplan import checkpoint_reads, parse_mesh, plan_mesh, rank_draws
 from ..record import InitRecord
 from ..report import SUMMARY_SAMPLE, Report, build_report, plan_report
-from ..report.meshtable import fill_throughput, mesh_table
+from ..report.meshtable import fill_throughput, mesh_table, plot_mesh
 from .output import Output, one_line, parameter_slots, watch_writes
 from .writing import check_output, make_parent, save_checkpoint, write_health
 
@@ -148,6 +148,8 @@ def _write_reports(rep: Report, paths: list[str], out: Output) -> None:
 
 def cmd_plan(args: argparse.Namespace, out: Output) -> int:
     check_outputs(args)
+    if args.plot and not args.mesh:
+        raise UsageError("--plot plots the per-rank plan: it needs --mesh, e.g. --mesh dp=8")
     cfg = load_config(args.config, args.overrides, args.allowed_modules)
     with out.step(f"building {cfg.path.name} on meta"):
         model = cfg.build(deferred=True)
@@ -174,6 +176,10 @@ def _plan_mesh(plan: Any, model: Any, args: argparse.Namespace, out: Output, dty
     with out.step(f"laying out every rank of {args.mesh} ({layout})"):
         ranks = plan_mesh(model, args.mesh, layout, draws=draws, dtype=dtype,
                           reads=checkpoint_reads(plan))
+    if args.plot:
+        _parent_for(args.plot, out)
+        plot_mesh(ranks, args.plot)
+        out.print(f"wrote {args.plot}")
     if args.json:
         out.print(json.dumps(ranks.to_dict(), indent=1), soft_wrap=True)
         return

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from rich.table import Table
 
+from ..errors import PlotError
 from ..planning.meshplan import MeshPlan
 
 
@@ -60,4 +61,36 @@ def mesh_table(plan: MeshPlan, throughput: float | None = None) -> Table:
     return table
 
 
-__all__ = ["fill_throughput", "mesh_table"]
+def plot_mesh(plan: MeshPlan, path: str, dpi: int = 100) -> None:
+    """Plot, rank by rank, the memory each rank needs (its shards and its peak) and the
+    checkpoint bytes it reads, into one PNG at ``path`` (needs matplotlib)."""
+    try:  # optional (weightinit[plot]) and slow to import: only when plotting
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        raise PlotError("plotting needs matplotlib, which is not installed. Fix: pip install "
+                        "'weightinit[plot]' (or pip install matplotlib).") from err
+    shards, peaks, reads = [0.0] * plan.world, [0.0] * plan.world, [0.0] * plan.world
+    for c in plan.classes:
+        for r in c.ranks:
+            shards[r] = sum(c.local_bytes.values()) / 1e9
+            peaks[r] = c.peak_bytes / 1e9
+            reads[r] = c.read_bytes / 1e9
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    mem, read = fig.subplots(1, 2)
+    ranks = range(plan.world)
+    mem.step(ranks, peaks, where="mid", label="peak (shards + largest whole-tensor temporary)")
+    mem.step(ranks, shards, where="mid", linestyle="--", label="shards")
+    mem.set(xlabel="rank", ylabel="GB", title="memory per rank")
+    mem.set_ylim(bottom=0)
+    mem.legend(loc="lower right")
+    read.step(ranks, reads, where="mid", color="tab:green")
+    read.set(xlabel="rank", ylabel="GB", title="checkpoint bytes read per rank")
+    read.set_ylim(bottom=0)
+    mesh = " × ".join(f"{k}={v}" for k, v in plan.mesh.items())
+    fig.suptitle(f"{plan.layout} on {mesh}: {plan.world:,} ranks")
+    fig.savefig(path, dpi=dpi)
+
+
+__all__ = ["fill_throughput", "mesh_table", "plot_mesh"]
