@@ -13,9 +13,7 @@ and how many boxes its shards are made of to ``OUT_DIR/rank{RANK}.pt``.
 
 from __future__ import annotations
 
-import datetime
 import math
-import os
 import sys
 from collections.abc import Callable
 
@@ -23,6 +21,7 @@ import torch
 import torch.nn as nn
 
 import weightinit as wi
+from gloo_ranks import four_rank_meshes, join_gloo, leave, run_worker
 from weightinit import compat
 
 SEED = 4242
@@ -165,20 +164,11 @@ def partial_error(meshes: dict) -> tuple[str, str, bool]:
 
 def main() -> None:
     rank, world, port, out_dir, checkpoint = sys.argv[1:6]
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=rank, WORLD_SIZE=world)
-    import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
-
     from weightinit.execution import tiles
     from weightinit.planning.layout import local_region
 
-    # a rank that fails ends the others' collectives soon, not after gloo's 30 minutes
-    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=90))
-    meshes = dict(
-        dp_tp=init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp")),
-        hsdp=init_device_mesh("cpu", (2, 2), mesh_dim_names=("replicate", "shard")),
-        flat=init_device_mesh("cpu", (4,)),
-        **{"3d": init_device_mesh("cpu", (2, 1, 2))})
+    join_gloo(rank, world, port)
+    meshes = four_rank_meshes()
     full: dict[str, dict[str, torch.Tensor]] = {}
     mine: dict[str, dict] = {"placements": {}, "boxes": {}}
     drawn = [0]  # elements of random tiles drawn since the last model (weightinit.plan's count)
@@ -211,14 +201,8 @@ def main() -> None:
                 mine["boxes"][layout] = {n: len(local_region(p, n).boxes)
                                          for n, p in model.named_parameters()}
     mine["partial"] = partial_error(meshes)
-    torch.save(mine, os.path.join(out_dir, f"rank{rank}.pt"))
-    if rank == "0":
-        torch.save(full, os.path.join(out_dir, "full.pt"))
-    dist.barrier()
-    dist.destroy_process_group()
+    leave(out_dir, rank, mine, full)
 
 
 if __name__ == "__main__":
-    main()
-    sys.stdout.flush()
-    os._exit(0)  # skip interpreter teardown: gloo's threads may abort it after the work is done
+    run_worker(main)

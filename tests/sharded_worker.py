@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 import weightinit as wi
+from gloo_ranks import join_gloo, leave, run_worker
 from weightinit import compat
 
 SEED = 2024
@@ -134,22 +135,18 @@ def main_cuda(rank: str, world: str, port: str, out_dir: str) -> None:
     devices = {p._local_tensor.device.type for p in model.parameters()}
     results = {"fsdp": {k: (o, t.cpu()) for k, (o, t) in shards(model).items()},
                "devices": sorted(devices)}
-    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.barrier()
-    dist.destroy_process_group()
+    leave(out_dir, rank, results)
 
 
 def main() -> None:
     if sys.argv[-1] == "cuda":
         return main_cuda(*sys.argv[1:5])
     rank, world, port, out_dir, checkpoint = sys.argv[1:6]
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=rank, WORLD_SIZE=world)
-    import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     dt = compat.dtensor_module()
     Replicate, Shard = dt.Replicate, dt.Shard
 
-    dist.init_process_group("gloo")
+    join_gloo(rank, world, port)
     mesh = init_device_mesh("cpu", (int(world),))
     results = {}
 
@@ -215,12 +212,8 @@ def main() -> None:
         errors["partial"] = (type(err).__name__, str(err), model.wide.weight.device.type)
     results["errors"] = errors
 
-    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.barrier()
-    dist.destroy_process_group()
+    leave(out_dir, rank, results)
 
 
 if __name__ == "__main__":
-    main()
-    sys.stdout.flush()
-    os._exit(0)  # skip interpreter teardown: gloo's threads may abort it after the work is done
+    run_worker(main)

@@ -12,7 +12,6 @@ on ``meta`` as torchtitan does), lays it out, and runs the function with
 
 from __future__ import annotations
 
-import datetime
 import math
 import os
 import sys
@@ -24,6 +23,7 @@ import torch.nn as nn
 import weightinit as wi
 
 sys.path.insert(0, os.path.dirname(__file__))
+from gloo_ranks import four_rank_meshes, join_gloo, leave, run_worker  # noqa: E402
 from placements_worker import build, layouts  # noqa: E402
 
 SEED = 77
@@ -181,16 +181,8 @@ def hf_tp_fsdp(model: nn.Module, mesh) -> nn.Module:
 
 def main() -> None:
     rank, world, port, out_dir = sys.argv[1:5]
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=rank, WORLD_SIZE=world)
-    import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
-
-    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=90))
-    meshes = dict(
-        dp_tp=init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp")),
-        hsdp=init_device_mesh("cpu", (2, 2), mesh_dim_names=("replicate", "shard")),
-        flat=init_device_mesh("cpu", (4,)),
-        **{"3d": init_device_mesh("cpu", (2, 1, 2))})
+    join_gloo(rank, world, port)
+    meshes = four_rank_meshes()
     full: dict[str, dict[str, torch.Tensor]] = {}
     notes: dict[str, dict[str, str | None]] = {}
     for layout, apply in layouts(meshes).items():
@@ -209,14 +201,8 @@ def main() -> None:
         gathered = {name: p.full_tensor().detach() for name, p in model.named_parameters()}
         if rank == "0":
             full["hf/own_init_weights"] = gathered
-    torch.save(notes, os.path.join(out_dir, f"rank{rank}.pt"))
-    if rank == "0":
-        torch.save(full, os.path.join(out_dir, "full.pt"))
-    dist.barrier()
-    dist.destroy_process_group()
+    leave(out_dir, rank, notes, full)
 
 
 if __name__ == "__main__":
-    main()
-    sys.stdout.flush()
-    os._exit(0)  # skip interpreter teardown: gloo's threads may abort it after the work is done
+    run_worker(main)

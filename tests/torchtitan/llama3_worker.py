@@ -15,14 +15,13 @@ buffer_device=cpu, seed=SEED)``. Rank 0 saves every parameter's and buffer's ful
 
 from __future__ import annotations
 
-import datetime
-import os
 import sys
 
 import torch
 import torch.nn as nn
 
 import weightinit as wi
+from gloo_ranks import join_gloo, leave, run_worker
 
 SEED = 0
 FLAVOR = "debugmodel"
@@ -107,10 +106,7 @@ def summary(record: wi.InitRecord) -> dict[str, dict[str, str | None]]:
 
 def main() -> None:
     rank, world, port, out_dir, cases = sys.argv[1:6]
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=rank, WORLD_SIZE=world)
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=90))
+    join_gloo(rank, world, port)
     full: dict[str, dict[str, torch.Tensor]] = {}
     results: dict[str, dict] = {}
     for case in cases.split(","):
@@ -125,14 +121,8 @@ def main() -> None:
         tensors = gathered(model)
         if rank == "0":
             full[case] = tensors
-    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    if rank == "0":
-        torch.save(full, os.path.join(out_dir, "full.pt"))
-    dist.barrier()
-    dist.destroy_process_group()
+    leave(out_dir, rank, results, full)
 
 
 if __name__ == "__main__":
-    main()
-    sys.stdout.flush()
-    os._exit(0)  # skip interpreter teardown: gloo's threads may abort it after the work is done
+    run_worker(main)
