@@ -112,12 +112,14 @@ class TiledDraws(TorchDispatchMode):
                 with self.books.lock:
                     self.books.saw_view(args[0], out)
             return out
+        if func in _DRAWS:
+            with self.books.lock:  # (a fill's number and its draw together)
+                if self._draw(func, args, kwargs):
+                    return args[0]
+        out = func(*args, **kwargs)  # not under the lock: threads' own ops run side by side
         with self.books.lock:
-            if func in _DRAWS and self._draw(func, args, kwargs):
-                return args[0]
-            out = func(*args, **kwargs)
             self._follow(func, args, kwargs, out)
-            return out
+        return out
 
     def _draw(self, func: Any, args: tuple, kwargs: dict) -> bool:
         """Draw a ``normal_``/``uniform_`` from the tiles; False where it runs as written."""
