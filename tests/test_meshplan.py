@@ -54,8 +54,41 @@ def test_a_tp_plan_naming_modules_that_do_not_exist_is_refused():
     with pytest.raises(wi.InitValueError) as err:
         plan_mesh(small(), "tp=2", "tp", {"0": "colwise", "attn.wq": "colwise"})
     assert str(err.value).startswith("tp_plan['attn.wq'] names no module of Sequential")
-    with pytest.raises(wi.InitValueError, match=r"'diagonal' is not 'colwise' or 'rowwise'"):
+    with pytest.raises(wi.InitValueError) as err:
         plan_mesh(small(), "tp=2", "tp", {"0": "diagonal"})
+    assert str(err.value) == ("tp_plan['0']: 'diagonal' is not 'colwise', 'rowwise' or a "
+                              "parallelize_module style (ColwiseParallel(), RowwiseParallel(), "
+                              "...)")
+    with pytest.raises(wi.InitValueError, match=r"tp_plan must be a dict .* got list"):
+        plan_mesh(small(), "tp=2", "tp", [("0", "colwise")])
+
+
+def test_the_plan_given_to_parallelize_module_is_read_as_it_reads_it():
+    tp = pytest.importorskip("torch.distributed.tensor.parallel")
+    with torch.device("meta"):
+        m = llama(size="tiny")
+    strings = layout_splits(m, "fsdp_tp", (2, 4))
+    styles = {"embed": tp.RowwiseParallel(), "lm_head": tp.ColwiseParallel(),
+              "norm": tp.SequenceParallel(), "layers.*.input_norm": tp.SequenceParallel(),
+              **{f"layers.*.{n}": tp.ColwiseParallel()
+                 for n in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")},
+              **{f"layers.*.{n}": tp.RowwiseParallel() for n in ("o_proj", "down_proj")}}
+    assert layout_splits(m, "fsdp_tp", (2, 4), styles) == strings  # SequenceParallel: whole
+
+    class Float8Colwise(tp.ColwiseParallel):  # subclasses are read by their base
+        pass
+
+    splits = layout_splits(m, "tp", (4,), {"layers.1.q_proj": Float8Colwise()})
+    assert splits["layers.1.q_proj.weight"] == (("shard", 0),)
+    assert splits["layers.0.q_proj.weight"] == (("replicate",),)
+    # part by part, as parallelize_module matches: "*" is one module name, not a path
+    with pytest.raises(wi.InitValueError, match=r"tp_plan\['\*\.q_proj'\] names no module"):
+        layout_splits(m, "tp", (4,), {"*.q_proj": tp.ColwiseParallel()})
+    with pytest.raises(wi.InitValueError) as err:
+        layout_splits(m, "tp", (4,), {"layers.0": tp.ColwiseParallel()})
+    assert str(err.value) == ("tp_plan['layers.0']: ColwiseParallel shards nn.Linear and "
+                              "nn.Embedding only, and 'layers.0' is a DecoderLayer. Fix: name "
+                              "its Linear/Embedding children instead")
 
 
 def test_the_llama_plan_lays_projections_out_as_tensor_parallelism_does():

@@ -20,6 +20,7 @@ from .checkpoint.loader import LoadReport
 from .errors import InitRecordError, InitTypeError, RepeatedInitWarning, warn
 from .execution import Entry, Session, current_seed
 from .execution.gcpause import collector_paused
+from .execution.parallel import num_threads
 from .planning import (
     PLANNED,
     OpKind,
@@ -267,7 +268,7 @@ def run(model: nn.Module, fn: Callable[..., Any], *args: Any, seed: int | None =
 
 def plan(model: nn.Module, init_cfg: Any = None, *, device: Any = None, dtype: Any = None,
          allow_undefined: bool = False, strict: bool = False, mesh: Any = None,
-         layout: str | None = None, tp_plan: dict[str, str] | None = None) -> Plan:
+         layout: str | None = None, tp_plan: dict[str, Any] | None = None) -> Plan:
     """Resolve which rule finally owns each tensor, without writing anything.
 
     With ``init_cfg=None`` the model's own ``init_cfg`` tree is planned (what
@@ -282,8 +283,8 @@ def plan(model: nn.Module, init_cfg: Any = None, *, device: Any = None, dtype: A
     With ``mesh`` (``{"dp": 128, "tp": 8}`` or ``"dp=128,tp=8"``) the model is also laid
     out as ``layout`` would lay it out on that mesh — ``"fsdp"``, ``"hsdp"``, ``"tp"``
     or ``"fsdp_tp"`` (default: ``"fsdp"`` on one dimension, ``"fsdp_tp"`` on two), the
-    tensor-parallel ones by ``tp_plan`` (module pattern -> ``"colwise"``/``"rowwise"``;
-    default: a Llama's) — without processes, and ``plan.ranks`` says what every rank
+    tensor-parallel ones by ``tp_plan`` (module pattern -> ``"colwise"``/``"rowwise"``, or
+    the plan you give ``parallelize_module``; default: a Llama's) — without processes, and ``plan.ranks`` says what every rank
     holds and draws, ranks with identical work grouped (:mod:`~weightinit.planning.meshplan`).
 
     Example::
@@ -321,7 +322,8 @@ def plan(model: nn.Module, init_cfg: Any = None, *, device: Any = None, dtype: A
         layout = "fsdp_tp" if len(parse_mesh(mesh)[0]) == 2 else "fsdp"
     draws = {e.name: rank_draws(e.owner, e.shape) for e in result}
     return dataclasses.replace(result, ranks=plan_mesh(model, mesh, layout, tp_plan, draws,
-                                                       result.dtype, checkpoint_reads(result)))
+                                                       result.dtype, checkpoint_reads(result),
+                                                       num_threads()))
 
 
 def load_checkpoint(model: nn.Module, source: str, *, prefix: str | None = None,

@@ -185,7 +185,8 @@ def _plan_mesh(plan: Any, model: Any, args: argparse.Namespace, out: Output, dty
         return
     out.print(mesh_table(ranks, fill_throughput()))
     out.print("draw s: an estimate — elements drawn over this machine's one-thread normal_ "
-              "throughput; peak: the rank's shards plus its largest whole-tensor temporary")
+              "throughput; peak: the rank's shards plus its largest temporary (a tensor drawn "
+              "whole, a checkpoint slice, a tile buffer per fill thread)")
     for name, why in ranks.refused:
         out.warn(f"{name}: {why}")
 

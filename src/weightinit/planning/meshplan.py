@@ -25,6 +25,9 @@ weight's rows and its bias, a row-parallel one its weight's columns; an
 ``Embedding`` row-parallel splits its vocabulary rows, column-parallel its
 columns. Without a plan, a Llama's: q/k/v, gate/up and the output head by
 columns, the output and down projections by rows, the token embedding by rows.
+The plan a model is given to ``parallelize_module`` (``{"layers.*.wq":
+ColwiseParallel(), ...}``) is accepted as it is and matched as that function
+matches it.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import torch.nn as nn
 from ..errors import CheckpointError, InitValueError
 from .ops import CheckpointRead, UserCall, whole_on_every_rank
 from .regions import compute_region, strided_conflict
-from .tiling import drawn_elements
+from .tiling import drawn_elements, scratch_elements
 
 LAYOUTS = ("fsdp", "hsdp", "tp", "fsdp_tp")
 _DIMS = {"fsdp": 1, "hsdp": 2, "tp": 1, "fsdp_tp": 2}
@@ -89,9 +92,35 @@ def _tp_split(module: nn.Module, attr: str, style: str, ndim: int) -> tuple:
     return ("shard", 0) if style == "colwise" else ("shard", min(1, ndim - 1))
 
 
+def _style(pattern: str, value: Any) -> tuple[str | None, bool]:
+    """(``"colwise"``/``"rowwise"``/``None``, whether it is a ``parallelize_module`` style) of
+    one tensor-parallel plan entry. A style object is read by its class (subclasses too, such
+    as float8's): ``ColwiseParallel``/``RowwiseParallel`` shard parameters; the other styles
+    (``SequenceParallel``, ``PrepareModuleInput`` ...) move activations and keep them whole."""
+    if value in ("colwise", "rowwise"):
+        return value, False
+    bases = {c.__name__ for c in type(value).__mro__}
+    if "ColwiseParallel" in bases:
+        return "colwise", True
+    if "RowwiseParallel" in bases:
+        return "rowwise", True
+    if "ParallelStyle" in bases:
+        return None, True
+    raise InitValueError(f"tp_plan[{pattern!r}]: {value!r} is not 'colwise', 'rowwise' or a "
+                         "parallelize_module style (ColwiseParallel(), RowwiseParallel(), ...)")
+
+
+def _atoms_match(name: str, pattern: str) -> bool:
+    """``parallelize_module``'s matching: each dot-separated part against its pattern part."""
+    parts, atoms = name.split("."), pattern.split(".")
+    return len(parts) == len(atoms) and all(map(fnmatch.fnmatchcase, parts, atoms))
+
+
 def layout_splits(model: nn.Module, layout: str, sizes: tuple[int, ...],
-                  tp_plan: dict[str, str] | None = None) -> dict[str, tuple]:
-    """Each parameter's placements on the mesh, as :mod:`.regions` reads them."""
+                  tp_plan: dict[str, Any] | None = None) -> dict[str, tuple]:
+    """Each parameter's placements on the mesh, as :mod:`.regions` reads them. ``tp_plan``:
+    module pattern -> ``"colwise"``/``"rowwise"`` (``fnmatch`` over full paths), or the plan
+    given to ``parallelize_module`` (its style objects, matched part by part as it does)."""
     if layout not in LAYOUTS:
         raise InitValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     if len(sizes) != _DIMS[layout]:
@@ -101,17 +130,27 @@ def layout_splits(model: nn.Module, layout: str, sizes: tuple[int, ...],
     styles: dict[str, str] = {}
     if layout in ("tp", "fsdp_tp"):
         plan = LLAMA_TP_PLAN if tp_plan is None else tp_plan
-        names = [n for n, _ in model.named_modules() if n]
-        for pattern, style in plan.items():
-            if style not in ("colwise", "rowwise"):
-                raise InitValueError(f"tp_plan[{pattern!r}]: {style!r} is not 'colwise' or "
-                                     "'rowwise'")
-            hits = fnmatch.filter(names, pattern)
+        if not isinstance(plan, dict):
+            raise InitValueError(f"tp_plan must be a dict of module pattern -> 'colwise', "
+                                 f"'rowwise' or a parallelize_module style, got "
+                                 f"{type(plan).__name__}")
+        modules = dict(model.named_modules())
+        names = [n for n in modules if n]
+        for pattern, value in plan.items():
+            style, real = _style(pattern, value)
+            hits = ([n for n in names if _atoms_match(n, pattern)] if real
+                    else fnmatch.filter(names, pattern))
             if not hits and tp_plan is not None:
                 raise InitValueError(f"tp_plan[{pattern!r}] names no module of "
                                      f"{type(model).__name__}. Fix: use full module paths "
                                      f"or patterns, e.g. {names[:3]}")
-            styles.update((h, style) for h in hits)
+            for hit in hits if style else ():
+                if real and not isinstance(modules[hit], (nn.Linear, nn.Embedding)):
+                    raise InitValueError(
+                        f"tp_plan[{pattern!r}]: {type(value).__name__} shards nn.Linear and "
+                        f"nn.Embedding only, and {hit!r} is a {type(modules[hit]).__name__}. "
+                        "Fix: name its Linear/Embedding children instead")
+                styles[hit] = style
     out: dict[str, tuple] = {}
     for mod_name, module in model.named_modules():
         for attr, t in module.named_parameters(recurse=False):
@@ -141,20 +180,22 @@ class RankClass:
     local_elements: int
     local_bytes: dict[str, int]
     drawn_elements: int
-    #: largest temporary a rank allocates for one tensor drawn whole (bytes)
-    whole_bytes: int
+    #: largest temporary a rank holds at once (bytes): a tensor drawn whole, a checkpoint
+    #: slice read before it is copied into place, or its fill threads' tile buffers
+    temp_bytes: int
     #: checkpoint bytes a rank reads (its part of each entry), and the files it opens
     read_bytes: int = 0
     files: list[str] = field(default_factory=list)
 
     @property
     def peak_bytes(self) -> int:
-        return sum(self.local_bytes.values()) + self.whole_bytes
+        return sum(self.local_bytes.values()) + self.temp_bytes
 
     def to_dict(self) -> dict[str, Any]:
         return {"ranks": _ranges(self.ranks), "count": len(self.ranks),
                 "local_elements": self.local_elements, "local_bytes": self.local_bytes,
-                "drawn_elements": self.drawn_elements, "peak_bytes": self.peak_bytes,
+                "drawn_elements": self.drawn_elements, "temp_bytes": self.temp_bytes,
+                "peak_bytes": self.peak_bytes,
                 "checkpoint_bytes_read": self.read_bytes, "files": self.files}
 
 
@@ -217,15 +258,16 @@ def checkpoint_reads(plan: Any) -> dict[str, tuple[str, int]]:
     return out
 
 
-def plan_mesh(model: nn.Module, mesh: Any, layout: str, tp_plan: dict[str, str] | None = None,
+def plan_mesh(model: nn.Module, mesh: Any, layout: str, tp_plan: dict[str, Any] | None = None,
               draws: dict[str, str] | None = None, dtype: Any = None,
-              reads: dict[str, tuple[str, int]] | None = None) -> MeshPlan:
+              reads: dict[str, tuple[str, int]] | None = None, threads: int = 1) -> MeshPlan:
     """Every rank's part of ``model`` on ``mesh`` laid out by ``layout``. ``draws`` says how
     each tensor is written, from the init plan: ``"tiles"`` (a random elementwise fill, the
     default), ``"whole"`` (drawn whole on every rank: orthogonal ...) or ``"none"`` (a
     constant, a checkpoint read, kept as constructed: nothing drawn). ``dtype``: the run's
     (default: each tensor's own). ``reads``: tensor -> (file, bytes per element) of the
-    checkpoint entries read into it (a rank reads only its part)."""
+    checkpoint entries read into it (a rank reads only its part). ``threads``: fill threads
+    per rank (each holds a tile buffer where a shard cuts tiles)."""
     names, sizes = parse_mesh(mesh)
     splits = layout_splits(model, layout, sizes, tp_plan)
     draws, reads = draws or {}, reads or {}
@@ -249,7 +291,7 @@ def plan_mesh(model: nn.Module, mesh: Any, layout: str, tp_plan: dict[str, str] 
             kinds[key] = kinds.get(key, 0) + 1
     per_rank: dict[tuple, list[int]] = {}
     coords = list(itertools.product(*(range(n) for n in sizes)))
-    tables = {key: _figures(key, sizes, coords) for key in kinds}
+    tables = {key: _figures(key, sizes, coords, threads) for key in kinds}
     for rank, _ in enumerate(coords):
         local = drawn = biggest = read = 0
         by_dtype: dict[str, int] = {}
@@ -272,11 +314,11 @@ def plan_mesh(model: nn.Module, mesh: Any, layout: str, tp_plan: dict[str, str] 
     return MeshPlan(dict(zip(names, sizes)), layout, classes, refused)
 
 
-def _figures(key: tuple, sizes: tuple[int, ...], coords: list[tuple[int, ...]]
+def _figures(key: tuple, sizes: tuple[int, ...], coords: list[tuple[int, ...]], threads: int
              ) -> list[tuple[int, int, int]]:
-    """(local elements, elements drawn, whole-tensor temporary bytes) of one kind of tensor
-    on each rank, computed once per distinct coordinate along the dimensions that split it."""
-    shape, _, itemsize, splits, how, _ = key
+    """(local elements, elements drawn, temporary bytes) of one kind of tensor on each rank,
+    computed once per distinct coordinate along the dimensions that split it."""
+    shape, _, itemsize, splits, how, read = key
     used = [i for i, s in enumerate(splits) if s[0] != "replicate"]
     cache: dict[tuple[int, ...], tuple[int, int, int]] = {}
     out = []
@@ -286,14 +328,19 @@ def _figures(key: tuple, sizes: tuple[int, ...], coords: list[tuple[int, ...]]
         hit = cache.get(mine)
         if hit is None:
             region = compute_region(shape, sizes, coord, splits)
-            if how == "none":
+            if read is not None:  # each box read whole, then copied into place
+                hit = (region.numel, 0, max((math.prod(b.shape) * read[1]
+                                             for b in region.boxes), default=0))
+            elif how == "none":
                 hit = (region.numel, 0, 0)
             elif how == "whole":
                 hit = (region.numel, total if region.numel else 0,
                        total * itemsize if region.numel else 0)
             else:
+                scratch = max((scratch_elements(shape, b.offset, b.shape)
+                               for b in region.boxes), default=0)
                 hit = (region.numel, sum(drawn_elements(shape, b.offset, b.shape)
-                                         for b in region.boxes), 0)
+                                         for b in region.boxes), threads * scratch * itemsize)
             cache[mine] = hit
         out.append(hit)
     return out

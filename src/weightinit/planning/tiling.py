@@ -56,4 +56,14 @@ def drawn_elements(shape: Sequence[int], offset: Sequence[int], size: Sequence[i
                for _, first, end in overlapping_tiles(shape, offset, size))
 
 
-__all__ = ["TILE", "drawn_elements", "overlapping_tiles", "tile_shape"]
+def scratch_elements(shape: Sequence[int], offset: Sequence[int], size: Sequence[int]) -> int:
+    """Elements of the buffer a fill of the region needs: a tile's, if some tile it overlaps
+    sticks out of it (drawn whole into the buffer, its inside part copied), else 0."""
+    end = [o + n for o, n in zip(offset, size)]
+    for _, first, last in overlapping_tiles(shape, offset, size):
+        if any(f < o or e > x for f, e, o, x in zip(first, last, offset, end)):
+            return math.prod(tile_shape(shape))
+    return 0
+
+
+__all__ = ["TILE", "drawn_elements", "overlapping_tiles", "scratch_elements", "tile_shape"]
