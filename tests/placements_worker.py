@@ -165,7 +165,7 @@ def partial_error(meshes: dict) -> tuple[str, str, bool]:
 def main() -> None:
     rank, world, port, out_dir, checkpoint = sys.argv[1:6]
     from weightinit.execution import tiles
-    from weightinit.planning.layout import local_region
+    from weightinit.planning.layout import local_region, placement_splits
 
     join_gloo(rank, world, port)
     meshes = four_rank_meshes()
@@ -191,6 +191,8 @@ def main() -> None:
                     n: [(b.offset, b.shape) for b in local_region(p, n).boxes]
                     for n, p in model.named_parameters()}
                 mine.setdefault("drawn", {})[layout] = drawn[0]
+                mine.setdefault("splits", {})[layout] = {
+                    n: placement_splits(p, n) for n, p in model.named_parameters()}
             drawn[0] = 0
             gathered = {name: p.full_tensor().detach() for name, p in model.named_parameters()}
             if rank == "0":

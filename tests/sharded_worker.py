@@ -19,6 +19,7 @@ import torch.nn as nn
 import weightinit as wi
 from gloo_ranks import join_gloo, leave, run_worker
 from weightinit import compat
+from weightinit.planning.layout import local_region, placement_splits
 
 SEED = 2024
 
@@ -153,6 +154,9 @@ def main() -> None:
     model = fsdp(build(), mesh)
     wi.initialize(model, RULES, seed=SEED)
     results["fsdp"] = shards(model)
+    results["fsdp_layout"] = {n: (placement_splits(p, n), [(b.offset, b.shape) for b in
+                                                         local_region(p, n).boxes])
+                              for n, p in model.named_parameters()}
     ids = torch.tensor([1, 5, 3, 36, 0])
     results["fsdp_forward"] = model(ids).detach()
     # Initializing an already materialized sharded model again writes its shards in place.

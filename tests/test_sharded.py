@@ -22,6 +22,8 @@ from weightinit import compat
 from weightinit import maths as F
 from weightinit.execution.seeding import fill_elementwise
 from weightinit.execution.tiles import TILE
+from weightinit.planning.meshplan import layout_splits
+from weightinit.planning.regions import compute_region
 
 dist = pytest.importorskip("torch.distributed")
 if not dist.is_available() or not dist.is_gloo_available():
@@ -265,3 +267,19 @@ def test_single_call_constructor_defaults_are_elementwise():
     assert dist_of(net.pad, "weight") is None  # normal_ then a zeroed row: replayed whole
     assert dist_of(net.ln, "weight") == F.Elementwise("constant", (1.0,))
     assert dist_of(net.ln, "bias") == F.Elementwise("constant", (0.0,))
+
+
+def test_the_simulated_fsdp_layout_is_the_real_one_placement_for_placement(ranks):
+    """weightinit.plan(mesh=...) on 2 and 3 ranks: FSDP2's placements and each rank's boxes."""
+    world = len(ranks)
+    model = worker.build()
+    splits = layout_splits(model, "fsdp", (world,))
+    planned = wi.plan(model, worker.RULES, mesh={"dp": world}).ranks
+    held = {r: c.local_elements for c in planned.classes for r in c.ranks}
+    for rank, got in enumerate(ranks):
+        real = got["fsdp_layout"]
+        assert sorted(real) == sorted(splits)
+        for name, p in model.named_parameters():
+            region = compute_region(tuple(p.shape), (world,), (rank,), splits[name])
+            assert real[name] == (splits[name], [(b.offset, b.shape) for b in region.boxes])
+        assert held[rank] == sum(got["fsdp"][n][1].numel() for n in real)

@@ -32,7 +32,7 @@ def has_sharded(root: nn.Module) -> bool:
     return any(isinstance(t, types[0]) for t in (*root.parameters(), *root.buffers()))
 
 
-def _splits(t: Tensor, name: str) -> tuple[Split, ...]:
+def placement_splits(t: Tensor, name: str) -> tuple[Split, ...]:
     """``t``'s placements as :mod:`.regions` reads them; anything else is a ShardingError."""
     _, Replicate, Shard = dtensor_types()  # t is a DTensor: the module is loaded
     strided = strided_shard_type()
@@ -63,7 +63,7 @@ def local_region(t: Tensor, name: str = "") -> Region:
     ``_StridedShard`` layout against what FSDP2 put on every rank, so a layout
     torch reads two ways is refused by all ranks alike (:class:`ShardingError`).
     """
-    splits = _splits(t, name)
+    splits = placement_splits(t, name)
     mesh = t.device_mesh
     coord = mesh.get_coordinate()
     if coord is None:  # this rank holds no part of the mesh
