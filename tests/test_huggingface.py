@@ -117,7 +117,10 @@ def test_the_record_names_the_models_own_init_eager_and_deferred():
         deferred = cls(cfg)
     record = wi.initialize(deferred, dict(type="Constant", layer="LlamaRMSNorm", val=1))
     owner = "LlamaPreTrainedModel"
-    assert record["lm_head.weight"].declared_in == f"model default (_init_weights of {owner})"
+    # deferred: the record names the write that gave the value, and the code that made it
+    assert record["lm_head.weight"].declared_in == (
+        f"model default (_init_weights of {owner}): normal_(mean=0.0, std=0.02) in "
+        "LlamaForCausalLM._init_weights")
     assert record["model.norm.weight"].info.startswith("ConstantInit")
     eager = cls(cfg)
     record = wi.initialize(eager, dict(type="Constant", layer="LlamaRMSNorm", val=1))

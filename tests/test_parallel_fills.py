@@ -262,12 +262,38 @@ def test_thread_count_knob(monkeypatch, threads):
     assert parallel.num_threads() == 2
 
 
-def test_split_is_contiguous_and_balanced():
-    assert parallel.split([1, 1, 1, 1], 2) == [[0, 1], [2, 3]]
-    assert parallel.split([4, 4, 1], 2) == [[0], [1, 2]]
-    assert parallel.split([5], 4) == [[0]]
-    runs = parallel.split([1] * 10, 3)
-    assert [i for r in runs for i in r] == list(range(10)) and len(runs) == 3
+def test_jobs_are_taken_in_contiguous_groups_of_about_a_tile():
+    tile = parallel.CHUNK
+    assert parallel.chunks([tile] * 4, 2) == [[0], [1], [2], [3]]
+    assert parallel.chunks([tile // 2] * 64, 1) == [[i, i + 1] for i in range(0, 64, 2)]
+    # little to do: groups shrink so each thread still gets several, but not below MIN_CHUNK
+    small = parallel.chunks([1000] * 1000, 2)
+    assert [i for g in small for i in g] == list(range(1000))
+    assert len(small) >= 16 and all(len(g) * 1000 >= parallel.MIN_CHUNK for g in small[:-1])
+    assert parallel.chunks([5], 4) == [[0]] and parallel.chunks([], 2) == []
+
+
+def test_a_slow_thread_takes_fewer_jobs():
+    """Threads take the next group when they are free: one slowed down does less."""
+    import threading
+    import time
+
+    done: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def job(i):
+        def run():
+            me = threading.current_thread().name
+            if me.startswith("weightinit-fill"):
+                time.sleep(0.02)  # the pool thread is slow
+            with lock:
+                done[me] = done.get(me, 0) + 1
+        return run
+
+    parallel.run_jobs([job(i) for i in range(40)], [parallel.CHUNK] * 40, threads=2)
+    assert sum(done.values()) == 40
+    caller = done[threading.current_thread().name]
+    assert caller > 40 - caller, done
 
 
 def test_job_errors_propagate_after_all_jobs_ran():

@@ -294,7 +294,8 @@ def test_a_transformers_llama_under_fsdp2_and_tp_gathers_to_one_process(ranks):
     for name, p in model.named_parameters():
         assert torch.equal(got[name], p.detach()), name
     assert record["model.layers.0.mlp.up_proj.weight"].declared_in == (
-        "model default (_init_weights of LlamaPreTrainedModel)")
+        "model default (_init_weights of LlamaPreTrainedModel): normal_(mean=0.0, std=0.02) "
+        "in LlamaModel._init_weights")
     for rank_notes in ranks["notes"]:
         assert all(v is None for v in rank_notes["hf/own_init_weights"].values())
 

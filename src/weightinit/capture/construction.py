@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import itertools
 import operator
+import os
+import sys
 import threading
 import weakref
 from collections.abc import Callable
@@ -26,6 +28,33 @@ STATE = threading.local()
 # Orders recorded writes across tensors, so defaults replay in construction order
 # (and so draw from the random generator in the same order as eager construction).
 _SEQUENCE = itertools.count()
+# Frames a recorded write's writer is looked for above: this package, torch's own code
+# (but not its modules' constructors: ``Linear.reset_parameters`` is a writer), and the
+# libraries' init helpers (``transformers.initialization``, timm's ``weight_init``).
+_OWN = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+_TORCH = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
+_TORCH_MODULES = os.path.join(_TORCH, "nn", "modules") + os.sep
+_HELPERS = (os.path.join("transformers", "initialization.py"),
+            os.path.join("timm", "layers", "weight_init.py"))
+
+
+def writer() -> str:
+    """The code that made the write being recorded: ``Class.method`` (the class of its
+    ``self``) or the function's qualified name, of the first caller outside this package,
+    torch's internals and the libraries' init helpers; ``""`` if there is none."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        path = frame.f_code.co_filename
+        if not (path.startswith(_OWN) or path.endswith(_HELPERS) or
+                (path.startswith(_TORCH) and not path.startswith(_TORCH_MODULES))):
+            break
+        frame = frame.f_back
+    if frame is None:
+        return ""
+    code = frame.f_code
+    if code.co_argcount and code.co_varnames[0] == "self":
+        return f"{type(frame.f_locals.get('self')).__name__}.{code.co_name}"
+    return getattr(code, "co_qualname", code.co_name)
 
 
 @dataclass
@@ -40,6 +69,8 @@ class Construction:
     first: int = -1  # sequence number of the first recorded write
     #: sequence number of each op, across all tensors (eager construction's draw order)
     order: list[int] = field(default_factory=list)
+    #: the code that made each op (:func:`writer`)
+    writers: list[str] = field(default_factory=list)
     #: built under ``deferred(match_eager=True)``: unseeded runs draw as eager construction
     match_eager: bool = field(default_factory=lambda: getattr(STATE, "match_eager", False))
     shape: tuple[int, ...] = ()
@@ -63,6 +94,7 @@ class Construction:
             self.first = seq
         self.ops.append((fn, args, kwargs, chain))
         self.order.append(seq)
+        self.writers.append(writer())
 
     @property
     def defined(self) -> bool:

@@ -195,7 +195,15 @@ def _deferred_parameter_new(original: Callable[..., Any]) -> Callable[..., Any]:
         if construction is None and not chain_of(data):
             owner = owner_of(data)
             construction = construction_of(owner) if owner is not None else None
-        if construction is None and data.device.type == "meta":
+        source = owner_of(data)
+        if construction is None and source is not None and data.device.type == "meta":
+            # computed from a deferred temporary (``Parameter(t * 3)`` after drawing ``t``):
+            # its value is that computation, replayed on the temporary's value
+            made = construction_of(source)
+            construction = Construction(made.device, shape=tuple(data.shape), dtype=data.dtype)
+            construction.add(Tensor.copy_, (data,), {})
+            data = torch.empty_like(data, device="meta")
+        elif construction is None and data.device.type == "meta":
             return original(cls, data, requires_grad)  # a plain meta tensor: nothing known
         if construction is None:
             # Built from a computed value: keep it, to copy in if no rule covers it.

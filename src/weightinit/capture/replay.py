@@ -27,10 +27,12 @@ def _run_op(op: tuple, tensor: Tensor, mapping: dict[int, Tensor]) -> None:
        **{k: real(v) for k, v in kwargs.items()})
 
 
-def replay(construction: Construction, tensor: Tensor, mapping: dict[int, Tensor]) -> None:
-    """Run the recorded constructor writes on real storage, in their original order."""
+def replay(construction: Construction, tensor: Tensor, mapping: dict[int, Tensor],
+           start: int = 0) -> None:
+    """Run the recorded constructor writes (from the ``start``-th) on real storage, in their
+    original order."""
     with torch.no_grad():
-        for op in construction.ops:
+        for op in construction.ops[start:]:
             _run_op(op, tensor, mapping)
 
 

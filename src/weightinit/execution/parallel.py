@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -28,9 +29,12 @@ import torch
 from torch import Tensor
 
 from .threads import unwatched
-from .tiles import RegionFill, Scratch
+from .tiles import TILE, RegionFill, Scratch
 
 ENV_THREADS = "WEIGHTINIT_NUM_THREADS"
+#: elements a thread takes at once (one tile), and the least when there is little to do
+CHUNK = TILE
+MIN_CHUNK = 1 << 14
 
 _POOL: ThreadPoolExecutor | None = None
 _POOL_SIZE = 0
@@ -140,54 +144,59 @@ def parallel_target(tensor: Tensor) -> bool:
     return tensor.device.type == "cpu" and type(tensor) in (Tensor, torch.nn.Parameter)
 
 
-def split(costs: Sequence[int], parts: int) -> list[list[int]]:
-    """Indices of ``costs`` dealt into at most ``parts`` contiguous runs of about equal cost."""
-    parts = max(1, min(parts, len(costs)))
-    total = sum(costs)
-    runs: list[list[int]] = [[] for _ in range(parts)]
-    done, part = 0, 0
+def chunks(costs: Sequence[int], threads: int) -> list[list[int]]:
+    """Indices of ``costs`` in contiguous groups, each of about :data:`CHUNK` cost (fewer when
+    the whole is small, so every thread still gets several): the units threads take."""
+    target = max(MIN_CHUNK, min(CHUNK, sum(costs) // (8 * threads)))
+    groups: list[list[int]] = [[]]
+    held = 0
     for i, cost in enumerate(costs):
-        # move on once this run holds its share (and later runs still get something)
-        while (part < parts - 1 and runs[part]
-               and done + cost / 2 > total * (part + 1) / parts):
-            part += 1
-        runs[part].append(i)
-        done += cost
-    return [r for r in runs if r]
+        if held >= target:
+            groups.append([])
+            held = 0
+        groups[-1].append(i)
+        held += cost
+    return groups if groups[0] else []
 
 
 def run_jobs(jobs: Sequence[Callable[[], None]], costs: Sequence[int],
              threads: int | None = None) -> None:
-    """Run every job once, spread over ``threads`` threads (default :func:`num_threads`) by
-    ``costs``; the caller runs the first share. Raises the first job error after all end."""
+    """Run every job once on ``threads`` threads (default :func:`num_threads`), the caller's
+    included: each thread takes the next group of jobs (:func:`chunks`) until none is left,
+    so a thread slowed down (another process, fresh pages) takes fewer. Every job runs;
+    the first job error is raised after all end."""
     threads = num_threads() if threads is None else threads
     if threads <= 1 or len(jobs) <= 1:
         for job in jobs:
             job()
         return
-    runs = split(costs, threads)
+    groups = chunks(costs, threads)
+    take = itertools.count().__next__  # (atomic under the GIL)
+    errors: list[BaseException] = []
 
-    def run(indices: list[int]) -> None:
+    def run() -> None:
         with torch.no_grad():
-            for i in indices:
-                jobs[i]()
+            while (g := take()) < len(groups):
+                for i in groups[g]:
+                    try:
+                        jobs[i]()
+                    except Exception as err:  # the others still run; raised at the end
+                        errors.append(err)
 
     with unwatched():  # (a pool thread made while user code runs is still the library's)
         pool = _pool(threads - 1)
-        futures: list[Future[None]] = [pool.submit(run, r) for r in runs[1:]]
-    error: BaseException | None = None
+        futures: list[Future[None]] = [pool.submit(run) for _ in range(min(threads, len(groups)) - 1)]
     try:
         with _one_openmp_thread():  # the caller's share too: the pool is the parallelism
-            run(runs[0])
-    except BaseException as err:  # wait for the others before raising
-        error = err
-    for fut in futures:
-        try:
-            fut.result()
-        except BaseException as err:
-            error = error or err
-    if error is not None:
-        raise error
+            run()
+    finally:
+        for fut in futures:
+            try:
+                fut.result()
+            except BaseException as err:
+                errors.append(err)
+    if errors:
+        raise errors[0]
 
 
 def draw_all(fills: Sequence[RegionFill]) -> None:
@@ -210,4 +219,4 @@ def draw_all(fills: Sequence[RegionFill]) -> None:
             f.done()
 
 
-__all__ = ["ENV_THREADS", "draw_all", "num_threads", "parallel_target", "run_jobs", "split"]
+__all__ = ["ENV_THREADS", "chunks", "draw_all", "num_threads", "parallel_target", "run_jobs"]

@@ -44,7 +44,10 @@ import torch.nn as nn
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
+from ..capture.construction import Construction
+from ..capture.replay import replay
 from ..errors import InitTypeError
+from ..maths import Elementwise
 from .parallel import draw_all, parallel_target
 from .tiles import RegionFill, generator
 
@@ -238,3 +241,18 @@ def run_seeded(seed: int, devices: set[torch.device] | list[torch.device],
     """Run ``call`` in a :func:`seeded_section`."""
     with seeded_section(seed, devices):
         call()
+
+
+def draw_recorded(construction: Construction, tensor: Tensor, seed: int,
+                  mapping: dict[int, Tensor], last: tuple[int, Elementwise] | None) -> None:
+    """A recorded constructor init, seeded and order-free: its last whole overwrite ``last``
+    (:func:`~weightinit.planning.recorded.last_whole_write`) drawn from the seeded tiles,
+    the dead ops before it never run, the ops after it replayed; with none, every op
+    replayed from a generator seeded with ``seed``."""
+    if last is None:
+        run_seeded(seed, [tensor.device], lambda: replay(construction, tensor, mapping))
+        return
+    fill_elementwise(last[1], tensor, seed)
+    if last[0] + 1 < len(construction.ops):
+        run_seeded(seed, [tensor.device],
+                   lambda: replay(construction, tensor, mapping, last[0] + 1))

@@ -43,10 +43,10 @@ from torch import Tensor
 
 from ..compat import dtensor_types, fsdp_param_groups, local_tensor
 from ..planning.layout import is_sharded, local_region, mesh_device
-from ..planning.ops import CheckpointRead, Op
+from ..planning.ops import CheckpointRead, DefaultFill, Op
 from ..planning.regions import Region
 from .parallel import draw_all
-from .seeding import derive_seed, fill_elementwise, run_seeded, seeded_fill
+from .seeding import derive_seed, draw_recorded, fill_elementwise, run_seeded, seeded_fill
 
 logger = logging.getLogger("weightinit")
 
@@ -193,6 +193,8 @@ def write_shard(tensor: Tensor, op: Op, seed: int, name: str) -> list[Tensor]:
         with _whole_tensors(group_module, tensor, full) as pairs:
             if elem is not None:
                 fill_elementwise(elem, full, tensor_seed)
+            elif isinstance(op, DefaultFill) and op.construction is not None:
+                draw_recorded(op.construction, full, tensor_seed, op.mapping, op.last_write)
             else:
                 run_seeded(tensor_seed, [full.device], lambda: op.write(full))
         written = []

@@ -23,7 +23,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..capture.construction import construction_of
-from ..capture.replay import replay, replay_all
+from ..capture.replay import replay_all
 from ..errors import ShardingError
 from ..maths import Elementwise
 from ..planning import (
@@ -36,13 +36,14 @@ from ..planning import (
     is_sharded,
 )
 from ..planning.ops import class_name, default_seed_key
-from ..planning.recorded import construction_elementwise
+from ..planning.recorded import last_whole_write
 from . import batched
 from .eager_order import Prologue, scratch_items
 from .parallel import draw_all, parallel_target
 from .seeding import (
     UNSEEDED_MIN,
     derive_seed,
+    draw_recorded,
     fill_elementwise,
     fill_unseeded,
     run_seeded,
@@ -117,7 +118,10 @@ class Plain:
         if (op.kind not in (OpKind.RULE, OpKind.DEFAULT) or op.group is not None
                 or not tensor.numel() or not batched.batch_target(tensor)):
             return None
-        elem = op.elementwise(tuple(tensor.shape))
+        if isinstance(op, DefaultFill) and self.seed is None:
+            elem = op.eager_dist  # (dead ops still draw: the generator moves as eagerly)
+        else:
+            elem = op.elementwise(tuple(tensor.shape))
         if elem is None or (elem.random and (self.seed is not None or op.kind is not OpKind.RULE)):
             return None
         return elem
@@ -192,32 +196,35 @@ class Seeded(Plain):
             op.write(tensor)
             return
         seed = derive_seed(self.seed, name_of(tensor), op.seed_key)
-        if isinstance(op, DefaultFill) and op.construction is not None \
-                and op.construction.reads():
-            op = dataclasses.replace(op, mapping=self._sources(op, name_of))
+        if isinstance(op, DefaultFill) and op.construction is not None:
+            if op.construction.reads():
+                op = dataclasses.replace(op, mapping=self._sources(op, name_of, tensor))
+            draw_recorded(op.construction, tensor, seed, op.mapping, op.last_write)
+            return
         elem = op.elementwise(tuple(tensor.shape)) if op.group is None else None
         if elem is not None:
             fill_elementwise(elem, tensor, seed)
         else:
             run_seeded(seed, [tensor.device], lambda: op.write(tensor))
 
-    def _sources(self, op: DefaultFill, name_of: NameOf) -> dict[int, Tensor]:
+    def _sources(self, op: DefaultFill, name_of: NameOf, tensor: Tensor) -> dict[int, Tensor]:
         """The mapping a default's recorded reads of other deferred tensors (``b.copy_(a)``)
         follow: to each such tensor's own seeded default, drawn into scratch (a rule may
-        own the tensor itself, and it may not be written yet)."""
+        own the tensor itself, and it may not be written yet). A temporary the model does
+        not hold (``Parameter(t * 3)``) is drawn under the reader's name."""
         mapping = dict(op.mapping)
-        for owner in op.construction.reads():
+        for i, owner in enumerate(op.construction.reads()):
             source, real = construction_of(owner), op.mapping.get(id(owner))
-            if source is None or real is None or not source.defined:
+            if source is None or not source.defined:
                 continue
-            scratch = torch.empty_like(real)
-            seed = derive_seed(self.seed, name_of(real), default_seed_key(source))
-            dist = construction_elementwise(source, tuple(real.shape))
-            if dist is not None:
-                fill_elementwise(dist, scratch, seed)
+            if real is None:
+                scratch = torch.empty(source.shape, dtype=source.dtype, device=tensor.device)
+                name = f"{name_of(tensor)}|temporary {i}"
             else:
-                run_seeded(seed, [real.device],
-                           lambda c=source, t=scratch: replay(c, t, op.mapping))
+                scratch, name = torch.empty_like(real), name_of(real)
+            seed = derive_seed(self.seed, name, default_seed_key(source))
+            draw_recorded(source, scratch, seed, op.mapping,
+                          last_whole_write(source, tuple(scratch.shape)))
             mapping[id(owner)] = scratch
         return mapping
 

@@ -96,7 +96,10 @@ def _orphans(root: nn.Module, slots: Slots) -> tuple[Construction, ...]:
               if id(c) not in ids and c.defined and not c.materialized]
     if any(c.alive for c in others):
         gc.collect()  # tensors dropped in reference cycles are not gone yet
-    return tuple(c for c in others if not c.alive)
+    # a temporary the model's values were computed from (``Parameter(t * 3)``) is kept
+    # alive by the recorded computation only: it is the model's, drawn where it was
+    read = {id(construction_of(o)) for c in live for o in c.reads()}
+    return tuple(c for c in others if not c.alive or id(c) in read)
 
 
 def _construction(module: nn.Module, attr: str, t: Tensor) -> Construction | None:

@@ -35,7 +35,7 @@ from ..maths import Elementwise
 from ..rules import BaseInit, PretrainedInit, reset_method_of
 from ..rules.keys import canonical, construction_key
 from .checkpoint_checks import is_finite
-from .recorded import construction_elementwise
+from .recorded import construction_elementwise, describe_op, last_whole_write
 
 
 def model_init_owner(root: nn.Module) -> str | None:
@@ -223,15 +223,39 @@ class DefaultFill:
     @property
     def declared_in(self) -> str:
         if self.construction is not None:
+            last = self.last_write
+            at = self.construction.writers[last[0]] if last is not None else ""
+            said = f"{describe_op(self.construction.ops[last[0]])} in {at}" if at else ""
             if self.model_init is not None:  # what the model's constructor and init left
-                return f"model default (_init_weights of {self.model_init})"
+                return f"model default (_init_weights of {self.model_init})" + (
+                    f": {said}" if said else "")
+            if said and last[0] > 0:  # the model's own code overwrote the constructor's
+                return f"model default: {said}"
             return f"PyTorch default (constructor: {self.construction.describe()})"
         return f"PyTorch default (reset_parameters of {class_name(self.module)})"
 
     @functools.cached_property
+    def last_write(self) -> tuple[int, Elementwise] | None:
+        """The last recorded op that overwrites the tensor whole (the ops before it are
+        dead: :func:`~.recorded.last_whole_write`)."""
+        if self.construction is None:
+            return None
+        return last_whole_write(self.construction, self.shape)
+
+    @functools.cached_property
     def dist(self) -> Elementwise | None:
-        """The per-element distribution of a one-step recorded init, when it is one
-        (worked out when first asked: most defaults are dropped for a rule's write)."""
+        """The per-element distribution of the recorded init, when its last op overwrites
+        the tensor whole and the ops before it are dead (worked out when first asked: most
+        defaults are dropped for a rule's write). Order-free: runs that must draw as eager
+        construction does use :attr:`eager_dist`."""
+        last = self.last_write
+        if last is None or last[0] != len(self.construction.ops) - 1:
+            return None
+        return last[1]
+
+    @functools.cached_property
+    def eager_dist(self) -> Elementwise | None:
+        """The distribution of a one-step recorded init (replaying it draws just that)."""
         if self.construction is None:
             return None
         return construction_elementwise(self.construction, self.shape)
@@ -242,9 +266,10 @@ class DefaultFill:
     def sparse(self, shape: tuple[int, ...]) -> None:
         return None
 
-    def write(self, tensor: Tensor) -> None:
+    def write(self, tensor: Tensor, start: int = 0) -> None:
+        """Replay the recorded init (from its ``start``-th op), or ``reset_parameters()``."""
         if self.construction is not None:
-            replay(self.construction, tensor, self.mapping)
+            replay(self.construction, tensor, self.mapping, start)
         else:
             reset_method_of(self.module)()
 

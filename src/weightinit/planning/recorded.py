@@ -69,9 +69,37 @@ def construction_elementwise(construction: Construction, shape: tuple[int, ...]
     """
     if len(construction.ops) != 1:
         return None
-    fn, args, kwargs, chain = construction.ops[0]
+    return op_elementwise(construction.ops[0], shape)
+
+
+def last_whole_write(construction: Construction, shape: tuple[int, ...]
+                     ) -> tuple[int, Elementwise] | None:
+    """``(k, dist)``: the last recorded op that overwrites the tensor whole with a
+    per-element distribution (``normal_(std=0.02)`` in a model's own init, after the
+    constructor's ``kaiming_uniform_``), when the ops before it read no other deferred
+    tensor (``copy_(other)``) — they are then dead: nothing saw their values. ``None`` if there is no such op.
+
+    Order-free (seeded) runs draw op ``k`` alone and replay only the ops after it (a
+    padding row zeroed, a rescale); runs that must equal eager construction replay all."""
+    for k in range(len(construction.ops) - 1, -1, -1):
+        dist = op_elementwise(construction.ops[k], shape)
+        if dist is not None:
+            dead = construction.ops[:k]
+            if any(isinstance(a, Tensor) and a.device.type == "meta"
+                   for _, args, kwargs, _ in dead for a in (*args, *kwargs.values())):
+                return None  # (a computed value is no read: it is the op's own constant)
+            return k, dist
+    return None
+
+
+def op_elementwise(op: tuple, shape: tuple[int, ...]) -> Elementwise | None:
+    """One recorded op as a per-element distribution, when it fills the tensor whole with
+    plain arguments (a ``generator=None`` is the default generator); else ``None``."""
+    fn, args, kwargs, chain = op
     if fn is Tensor.copy_ and not chain and not kwargs and len(args) == 1:
         return uniform_value(args[0])
+    if kwargs.get("generator", 0) is None:
+        kwargs = {k: v for k, v in kwargs.items() if k != "generator"}
     if chain or "generator" in kwargs or any(
             not isinstance(a, (int, float, str)) or isinstance(a, bool)
             for a in (*args, *kwargs.values())):
@@ -96,6 +124,17 @@ def construction_elementwise(construction: Construction, shape: tuple[int, ...]
     if any(not math.isfinite(float(v)) for v in dist.args):
         return None
     return dist
+
+
+def describe_op(op: tuple) -> str:
+    """A recorded op as a call, for the record: ``normal_(mean=0.0, std=0.02)``."""
+    fn, args, kwargs, chain = op
+    shown = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()
+                                       if not (k == "generator" and v is None)]
+    steps = "".join(f".{getattr(f, '__name__', 'op')}" for f, _, _ in chain)
+    if fn is Tensor.copy_:
+        return f"{steps[1:] + '.' if steps else ''}copy_(value)"
+    return f"{steps[1:] + '.' if steps else ''}{getattr(fn, '__name__', 'op')}({', '.join(shown)})"
 
 
 _BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}

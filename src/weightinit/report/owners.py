@@ -7,6 +7,8 @@ names it:
 * a Hugging Face model's ``_init_weights`` (the record declares it
   ``model default (_init_weights of LlamaPreTrainedModel...)``):
   ``LlamaPreTrainedModel._init_weights``;
+* the model's own code that overwrote a constructor's write, built deferred (the
+  record says ``model default: normal_(std=0.02) in MyNet.post_init``): ``MyNet.post_init``;
 * a ``reset_parameters`` the model defines (its class, or a base class
   outside ``torch``): ``MyLayer.reset_parameters``;
 * a parameter of a module class outside ``torch`` that defines no
@@ -17,7 +19,7 @@ names it:
 * otherwise a ``torch.nn`` module's own ``reset_parameters``: the PyTorch
   default, which the report warns about.
 
-The first three are the model's own init (report kind ``model``), which is
+The first four are the model's own init (report kind ``model``), which is
 deliberate and not warned about.
 """
 
@@ -34,6 +36,8 @@ MODEL_LABEL = "model's own init"
 # How the record declares these defaults (weightinit.planning.ops.DefaultFill.declared_in,
 # weightinit.execution.session.Session.record).
 _MODEL_DEFAULT = re.compile(r"model default \(_init_weights of ([\w.]+)")
+#: a deferred model's own code overwrote the constructor's write: ``model default: op in X.f``
+_OVERWRITTEN = re.compile(r"model default: .* in ([\w.<>]+)$")
 _CONSTRUCTED = "PyTorch default (constructor: "
 
 
@@ -43,6 +47,9 @@ def own_init(declared_in: str, module: nn.Module | None) -> str | None:
     found = _MODEL_DEFAULT.match(declared_in)
     if found is not None:
         return f"{found.group(1)}._init_weights"
+    found = _OVERWRITTEN.match(declared_in)
+    if found is not None:
+        return found.group(1)
     if module is None:
         return None
     cls = type(module)
