@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -178,6 +179,23 @@ def _recording_inner(inner: Callable[..., Any], outer: Callable[..., Any]) -> Ca
 
 #: (helper in torch.nn.init, the public function its calls are recorded as)
 _INNER_FUNCS = ((TRUNC_NORMAL_HELPER, "trunc_normal_"),)
+#: libraries' truncated-normal helpers, which their public functions look up at call time
+#: (timm's ``trunc_normal_`` calls ``_trunc_normal_(tensor, mean, std, a, b)``: uniform,
+#: inverse error function, scale, shift, clamp): where the library is imported, a call is
+#: recorded as one call of the helper — one whole fill, replayed as itself — not as its
+#: five steps
+_LIBRARY_HELPERS = (("timm.layers.weight_init", "_trunc_normal_"),)
+
+
+def _recording_library(helper: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(helper)
+    def wrapper(tensor: Any, mean: float, std: float, a: float, b: float) -> Any:
+        if not _active() or owner_of(tensor) is None:
+            return helper(tensor, mean, std, a, b)
+        record_write(tensor, helper, (tensor,), dict(mean=mean, std=std, a=a, b=b))
+        return tensor
+
+    return wrapper
 
 
 def _deferred_parameter_new(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -242,8 +260,17 @@ def _install() -> None:
             patched_init[inner] = _recording_inner(saved_init[inner], saved_init[outer])
     for name, fn in patched_init.items():
         setattr(nn.init, name, fn)
+    libraries = []
+    for module_name, attr in _LIBRARY_HELPERS:
+        module = sys.modules.get(module_name)
+        helper = getattr(module, attr, None)
+        if callable(helper):
+            patched = _recording_library(helper)
+            setattr(module, attr, patched)
+            libraries.append((module, attr, helper, patched))
     register = getattr(nn.modules.module, "register_module_parameter_registration_hook", None)
     _INSTALLED.update(new=(saved_new, patched_new), init=(saved_init, patched_init),
+                      libraries=libraries,
                       handle=register(_note_on_module) if register is not None else None)
 
 
@@ -259,6 +286,9 @@ def _uninstall() -> None:
     for name, fn in saved_init.items():
         if getattr(nn.init, name, None) is patched_init[name]:
             setattr(nn.init, name, fn)
+    for module, attr, helper, patched in _INSTALLED.pop("libraries"):
+        if getattr(module, attr, None) is patched:
+            setattr(module, attr, helper)
 
 
 @contextlib.contextmanager

@@ -57,6 +57,12 @@ _INIT_FUNCTIONS: dict[str, Callable[..., Elementwise]] = {
 }
 
 
+#: libraries' init helpers recorded as one write (:mod:`weightinit.capture.deferred`)
+_LIBRARY_FUNCTIONS: dict[str, dict[str, Callable[..., Elementwise]]] = {
+    "timm.layers.weight_init": {"_trunc_normal_": _INIT_FUNCTIONS["trunc_normal_"]},
+}
+
+
 def construction_elementwise(construction: Construction, shape: tuple[int, ...]
                              ) -> Elementwise | None:
     """One recorded whole-tensor fill from ``torch.nn.init`` (or ``normal_``, ``fill_`` ...)
@@ -110,6 +116,8 @@ def op_elementwise(op: tuple, shape: tuple[int, ...]) -> Elementwise | None:
     if module in ("torch.nn.init", "transformers.initialization") or module.startswith(
             "weightinit.maths"):
         table = _INIT_FUNCTIONS
+    elif module in _LIBRARY_FUNCTIONS:
+        table = _LIBRARY_FUNCTIONS[module]
     elif getattr(Tensor, name, None) is fn:
         table = _TENSOR_METHODS
     else:
