@@ -1,5 +1,8 @@
 """Benchmark deferred construction: build on ``meta`` + ``init_weights()`` against eager init.
 
+``--hf`` runs the Hugging Face and timm table instead (``bench_deferred_hf.py``: their own
+eager construction against deferred + seeded and unseeded init, and the floor).
+
 What is measured
 ----------------
 For each model (``examples/models.py``: ViT-B/16, a 48-block transformer of
@@ -479,6 +482,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--hf" in argv:  # the Hugging Face and timm table (bench_deferred_hf.py)
+        sys.path.insert(0, str(SCRIPT.parent))
+        import bench_deferred_hf
+
+        return bench_deferred_hf.main([a for a in argv if a != "--hf"])
     args = parse_args(argv)
     if args.worker is not None:
         return worker_main(args.worker)
