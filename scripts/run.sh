@@ -7,7 +7,9 @@
 #                                               in .venv-numpy1 and on the oldest Python and torch in
 #                                               .venv-oldest (MATRIX=0 skips both), the real
 #                                               OpenMMLab models in .venv-openmmlab (numpy 1.x;
-#                                               tests/openmmlab; OPENMMLAB=0 skips it),
+#                                               tests/openmmlab; OPENMMLAB=0 skips it), the real
+#                                               MMCV 1.x models in .venv-mmcv1 (numpy 1.x;
+#                                               tests/mmcv1; MMCV1=0 skips it),
 #                                               torchtitan's Llama 3 under its tensor parallelism
 #                                               and FSDP2 on 4 gloo ranks in .venv-torchtitan
 #                                               (tests/torchtitan; TORCHTITAN=0 skips it), then
@@ -18,11 +20,12 @@ cd "$(dirname "$0")/.."
 VENV=.venv
 PY="$VENV/bin/python"
 
-# setup_venv DIR REQS [NODEPS_REQS]: make the venv DIR (if needed) and install REQS into it,
-# then NODEPS_REQS without their dependencies, then weightinit itself (editable). Skipped
-# while DIR/.installed is newer than every requirements file and pyproject.toml.
+# setup_venv DIR REQS [NODEPS_REQS [FLAGS]]: make the venv DIR (if needed) and install REQS
+# into it, then NODEPS_REQS without their dependencies (and with FLAGS), then weightinit itself
+# (editable). Skipped while DIR/.installed is newer than every requirements file and
+# pyproject.toml.
 setup_venv() {
-    local dir="$1" reqs="$2" nodeps="${3:-}" stamp="$1/.installed" stale=0 f
+    local dir="$1" reqs="$2" nodeps="${3:-}" flags="${4:-}" stamp="$1/.installed" stale=0 f
     if [ ! -x "$dir/bin/python" ]; then
         "${VENV_PYTHON:-python3}" -m venv "$dir"
     fi
@@ -32,8 +35,9 @@ setup_venv() {
     if [ "$stale" = 1 ]; then
         "$dir/bin/python" -m pip install --quiet --disable-pip-version-check -r "$reqs"
         if [ -n "$nodeps" ]; then
+            # shellcheck disable=SC2086
             "$dir/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
-                -r "$nodeps"
+                $flags -r "$nodeps"
         fi
         "$dir/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e .
         touch "$stamp"
@@ -74,6 +78,7 @@ MMPY="$MMVENV/bin/python"
 NP1VENV=.venv-numpy1
 OLDVENV=.venv-oldest
 TTVENV=.venv-torchtitan
+MMCV1VENV=.venv-mmcv1
 
 # Build the API reference (mkdocs.yml) into a temp dir, offline; any warning fails it.
 build_docs() {
@@ -111,6 +116,15 @@ case "${1:-}" in
             echo "openmmlab: real OpenMMLab models through weightinit.mmengine, numpy 1.x (.venv-openmmlab)"
             setup_venv "$MMVENV" requirements-openmmlab.txt requirements-openmmlab-nodeps.txt
             "$MMPY" -m pytest tests/openmmlab -p no:cacheprovider
+        fi
+        if [ "${MMCV1:-1}" != 0 ]; then
+            echo "mmcv1: real MMCV 1.x models (mmdet 2.x, mmcls 0.x, mmseg 0.x) through weightinit.mmcv, numpy 1.x (.venv-mmcv1)"
+            # mmcv 1.7 is an sdist: built as pure Python (no compiled ops) against the venv's own
+            # torch and setuptools (pinned in requirements-mmcv1.txt: its setup.py imports
+            # pkg_resources); the flag and variable leave the wheels of that list alone
+            MMCV_WITH_OPS=0 setup_venv "$MMCV1VENV" requirements-mmcv1.txt \
+                requirements-mmcv1-nodeps.txt --no-build-isolation
+            "$MMCV1VENV/bin/python" -m pytest tests/mmcv1 -p no:cacheprovider
         fi
         if [ "${TORCHTITAN:-1}" != 0 ]; then
             echo "torchtitan: torchtitan's Llama 3 under its TP and FSDP2 on 4 gloo ranks (.venv-torchtitan)"

@@ -1,12 +1,13 @@
-"""MMEngine's ``_params_init_info`` and ``_dump_init_info``, kept by a bridge as MMEngine keeps
-them.
+"""``_params_init_info`` and ``_dump_init_info``, kept by a bridge as MMEngine and MMCV keep them.
 
 During the outermost ``init_weights`` call every module of the tree holds one shared
 ``defaultdict`` keyed by Parameter, each entry ``{'init_info', 'tmp_mean_value'}`` (what
 wrote it, its mean); codebases read it from their own ``init_weights`` or replace
 ``_dump_init_info`` to inspect it. The bridge fills it from the run's exact record
 (means read once per device and dtype, not once per parameter), calls
-``_dump_init_info()`` after the run and deletes the attribute again, on failure too.
+``_dump_init_info`` after the run and deletes the attribute again, on failure too — except
+where the library's own call keeps it (MMCV's ``init_cfg=dict(type='Pretrained')`` returns
+before its dump and leaves it on every module).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class InfoHolder:
     #: ``info`` is keyed by ``meta`` parameters that materializing replaces: filled again
     #: when user code first runs (the model is materialized by then)
     stale: bool = False
+    #: means stay on each parameter's device (MMCV's ``tmp_mean_value``; MMEngine's: CPU)
+    on_device: bool = False
 
 
 def _mean(tensor: Tensor) -> Tensor:
@@ -52,9 +55,10 @@ def _nan() -> Tensor:
     return torch.tensor(float("nan"))
 
 
-def _means(params: list[Tensor]) -> list[Tensor]:
-    """Each parameter's mean on the CPU, MMEngine's ``tmp_mean_value`` (``nan`` for one with no
-    values yet, on ``meta``): one copy per device and dtype, not one synchronization each."""
+def _means(params: list[Tensor], on_device: bool = False) -> list[Tensor]:
+    """Each parameter's mean, the library's ``tmp_mean_value`` (``nan`` for one with no values
+    yet, on ``meta``): on the CPU (MMEngine's), one copy per device and dtype rather than one
+    synchronization each, or ``on_device`` (MMCV's: where the parameter is)."""
     out = [_nan() for _ in params]
     groups: dict[tuple[Any, ...], list[int]] = {}
     with torch.no_grad():
@@ -62,11 +66,12 @@ def _means(params: list[Tensor]) -> list[Tensor]:
             if p.device.type == "meta":
                 continue
             if type(p.data) is not torch.Tensor:  # a tensor subclass (DTensor): one by one
-                out[i] = _mean(p).cpu()
+                out[i] = _mean(p) if on_device else _mean(p).cpu()
             else:
                 groups.setdefault((p.device, p.dtype), []).append(i)
         for idx in groups.values():
-            for i, mean in zip(idx, torch.stack([_mean(params[i]) for i in idx]).cpu()):
+            stacked = torch.stack([_mean(params[i]) for i in idx])
+            for i, mean in zip(idx, stacked if on_device else stacked.cpu()):
                 out[i] = mean
     return out
 
@@ -80,13 +85,13 @@ _LABELLED = (OpKind.USER.value, OpKind.INITIALIZER.value)
 
 
 def _fill_info(info: dict[Any, dict[str, Any]], module: nn.Module, record: InitRecord | None,
-               read: bool = True) -> bool:
+               read: bool = True, on_device: bool = False) -> bool:
     """``info`` for ``module``'s parameters now: the record's text (or unchanged) and mean
     (``nan`` without ``read``). A label user code gave a parameter it wrote, with MMEngine's
     ``update_init_info`` during the run, is kept, as MMEngine's log would show it. Returns
     whether some parameters are still on ``meta`` (a deferred model, not materialized yet)."""
     named = list(module.named_parameters())
-    means = _means([p for _, p in named]) if read else [_nan() for _ in named]
+    means = _means([p for _, p in named], on_device) if read else [_nan() for _ in named]
     unchanged = _unchanged(module)
     labels = {p: e["init_info"] for p, e in info.items()
               if e.get("init_info", unchanged) != unchanged}
@@ -111,48 +116,53 @@ def refill(run: InfoHolder) -> None:
 
 
 def _update_info(info: dict[Any, dict[str, Any]], module: nn.Module, record: InitRecord | None,
-                 before: InitRecord | None) -> None:
-    """The entries of ``module``'s parameters in an ``info`` MMEngine keeps: the record's
-    texts and means, so MMEngine's checks after the call see them as written."""
+                 before: InitRecord | None, on_device: bool) -> None:
+    """The entries of ``module``'s parameters in an ``info`` the library keeps: the record's
+    texts and means, so the library's checks after the call see them as written."""
     if record is None or record is before:
         return
     named = [(n, p) for n, p in module.named_parameters() if p in info and n in record.params]
-    for (name, p), mean in zip(named, _means([p for _, p in named])):
+    for (name, p), mean in zip(named, _means([p for _, p in named], on_device)):
         info[p]["init_info"] = record.params[name].info
         info[p]["tmp_mean_value"] = mean
 
 
 @contextlib.contextmanager
-def init_info(module: nn.Module, run: InfoHolder, dump: bool,
-              means_read: Callable[[nn.Module], bool] = lambda m: True) -> Iterator[None]:
-    """MMEngine's ``_params_init_info`` on every module of the tree for the run; after it,
-    the record's texts, ``_dump_init_info()``; the attribute is deleted again either way.
+def init_info(module: nn.Module, run: InfoHolder, dump: Callable[[nn.Module], None] | None,
+              means_read: Callable[[nn.Module], bool] = lambda m: True, *, keep: bool = False,
+              on_device: bool = False) -> Iterator[None]:
+    """The library's ``_params_init_info`` on every module of the tree for the run; after it,
+    the record's texts, then ``dump(module)`` (the library's ``_dump_init_info`` call; None:
+    no dump). The attribute is deleted again on failure, and after success unless ``keep``
+    (MMCV's early return leaves it on every module, so later calls find it).
 
-    Means are read at the start (MMEngine's ``update_init_info``, called by user code,
+    Means are read at the start (the library's ``update_init_info``, called by user code,
     compares with them to see what it changed) and at the end only if
-    ``means_read(module)`` (a ``_dump_init_info`` the model replaced may read them;
-    MMEngine's own prints the texts only, and the attribute is gone after it).
+    ``means_read(module)`` (a ``_dump_init_info`` the model replaced may read them; the
+    libraries' own print the texts only) or ``keep``. ``on_device``: see :class:`InfoHolder`.
     """
     before = get_init_record(module)
     mine = module.__dict__.get("_params_init_info")
-    if mine is not None:  # inside MMEngine's own init_weights (not the bridge's): it dumps
+    if mine is not None:  # inside the library's own init_weights (not the bridge's): it dumps
         yield
-        _update_info(mine, module, get_init_record(module), before)
+        _update_info(mine, module, get_init_record(module), before, on_device)
         return
     info: defaultdict[Any, dict[str, Any]] = defaultdict(dict)
-    run.info, run.root = info, module
-    run.stale = _fill_info(info, module, None)
+    run.info, run.root, run.on_device = info, module, on_device
+    run.stale = _fill_info(info, module, None, on_device=on_device)
     holders = list(module.modules())
     for m in holders:
         m._params_init_info = info
+    kept = False
     try:
         yield
         record = get_init_record(module)
         _fill_info(info, module, record if record is not before else None,
-                   read=means_read(module))
-        dump_info = getattr(module, "_dump_init_info", None)
-        if dump and callable(dump_info):
-            dump_info()  # MMEngine calls it without arguments (it finds the logger itself)
+                   read=keep or means_read(module), on_device=on_device)
+        kept = keep
+        if dump is not None and callable(getattr(module, "_dump_init_info", None)):
+            dump(module)
     finally:
-        for m in holders:
-            m.__dict__.pop("_params_init_info", None)
+        if not kept:
+            for m in holders:
+                m.__dict__.pop("_params_init_info", None)

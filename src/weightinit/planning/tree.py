@@ -111,6 +111,8 @@ class Walker:
     # -- BaseModule.init_weights ---------------------------------------------------
     def plan_init_weights(self, module: nn.Module) -> None:
         """Events of ``init_weights()`` of ``module``: own rules, children, late rules."""
+        if (walk := getattr(type(module).init_weights, "__weightinit_walk__", None)) is not None:
+            return walk(self, module)  # another library's order (weightinit.mmcv: MMCV 1.x's)
         self.visited.append(module)
         self._visited.add(id(module))
         rules = self.rules_of(module) if module.init_cfg else ()
