@@ -32,9 +32,7 @@ import argparse
 import gc
 import logging
 import os
-import statistics
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -53,9 +51,8 @@ from mmcv.utils import get_logger  # noqa: E402
 for _package in ("mmdet", "mmcls", "mmseg"):  # the codebases' own loggers: their backbones log
     get_logger(_package, log_level=logging.WARNING)
 
+from bridge_bench import measure, report  # noqa: E402
 from mmcv1_models import CASES, build, localize_checkpoints  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
 
 import weightinit.mmcv as wimc  # noqa: E402
 
@@ -75,13 +72,6 @@ def timed(name: str, bridged: bool, directory: Path) -> float:
             wimc.uninstall()
 
 
-def floor(n: int) -> float:
-    gc.collect()
-    start = time.perf_counter()
-    torch.empty(n).normal_()
-    return time.perf_counter() - start
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=list(CASES), choices=list(CASES),
@@ -93,49 +83,15 @@ def main() -> None:
     args = parser.parse_args()
     logging.getLogger("weightinit").setLevel(logging.WARNING)
     warnings.simplefilter("ignore")  # the codebases' deprecation notices, at every build
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        os.environ["TORCH_HOME"] = str(Path(tmp) / "torch")
-        os.environ["MMCV_HOME"] = str(Path(tmp) / "mmcv")
-        for name in args.models:
-            files = Path(tmp) / name  # each model's own local checkpoint files
-            files.mkdir()
-            n = sum(p.numel() for p in build(name, 0).parameters())
-            times = {(t, k): [] for t in args.threads for k in ("mm", "wi", "floor")}
-            timed(name, True, files)  # warm-up (imports, caches, first allocations)
-            for r in range(args.repeats):
-                for threads in args.threads:
-                    torch.set_num_threads(threads)
-                    order = [("mm", False), ("wi", True)]
-                    for key, bridged in order if r % 2 == 0 else order[::-1]:
-                        times[(threads, key)].append(timed(name, bridged, files))
-                    times[(threads, "floor")].append(floor(n))
-            for threads in args.threads:
-                med = {k: statistics.median(times[(threads, k)]) for k in ("mm", "wi", "floor")}
-                rows.append((name, threads, n, med))
-                print(f"{name} ({threads} threads): {med}", file=sys.stderr)
-    headers = ["model", "threads", "params", "floor s", "MMCV s", "weightinit s",
-               "MMCV/weightinit", "weightinit/floor"]
-    cells = [[name, str(threads), f"{n / 1e6:.1f} M", f"{m['floor']:.3f}", f"{m['mm']:.3f}",
-              f"{m['wi']:.3f}", f"{m['mm'] / m['wi']:.2f}x", f"{m['wi'] / m['floor']:.2f}"]
-             for name, threads, n, m in rows]
-    slower = [f"{name} ({threads} threads)" for name, threads, _, m in rows if m["wi"] > m["mm"]]
-    title = (f"init_weights() on real MMCV 1.x models, medians of {args.repeats} "
-             f"(torch {torch.__version__})")
-    verdict = ("weightinit slower than MMCV on: " + ", ".join(slower) if slower
-               else "weightinit faster than MMCV on every row")
-    if args.markdown:
-        print(f"{title}\n\n| " + " | ".join(headers) + " |\n|" + "---|" * len(headers))
-        for c in cells:
-            print("| " + " | ".join(c) + " |")
-        print(f"\n{verdict}")
-        return
-    table = Table(title=title, caption=verdict)
-    for h in headers:
-        table.add_column(h, justify="left" if h == "model" else "right")
-    for c in cells:
-        table.add_row(*c)
-    Console().print(table)
+
+    def setup(tmp: Path) -> None:  # where MMCV and torch.hub look for the files
+        os.environ["TORCH_HOME"] = str(tmp / "torch")
+        os.environ["MMCV_HOME"] = str(tmp / "mmcv")
+
+    rows = measure(args.models, args.threads, args.repeats, timed,
+                   lambda name: sum(p.numel() for p in build(name, 0).parameters()), setup)
+    report(rows, "MMCV", f"init_weights() on real MMCV 1.x models, medians of {args.repeats} "
+           f"(torch {torch.__version__})", args.markdown)
 
 
 if __name__ == "__main__":

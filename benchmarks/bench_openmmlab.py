@@ -32,9 +32,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
-import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -47,9 +45,8 @@ from support import install_standins  # noqa: E402
 
 install_standins()
 
+from bridge_bench import measure, report  # noqa: E402
 from mmengine.logging import MMLogger  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
 from test_real_models import CASES, MORE_CASES, build, localize_checkpoints  # noqa: E402
 
 import weightinit.mmengine as wim  # noqa: E402
@@ -70,13 +67,6 @@ def timed(name: str, bridged: bool, directory: Path) -> float:
             wim.uninstall()
 
 
-def floor(n: int) -> float:
-    gc.collect()
-    start = time.perf_counter()
-    torch.empty(n).normal_()
-    return time.perf_counter() - start
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     every = list(CASES) + list(MORE_CASES)
@@ -92,47 +82,10 @@ def main() -> None:
         args.models = every
     MMLogger.get_current_instance().setLevel(logging.WARNING)
     logging.getLogger("weightinit").setLevel(logging.WARNING)
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models:
-            files = Path(tmp) / name  # each model's own checkpoint files
-            files.mkdir()
-            n = sum(p.numel() for p in build(name, 0).parameters())
-            times = {(t, k): [] for t in args.threads for k in ("mm", "wi", "floor")}
-            timed(name, True, files)  # warm-up (imports, caches, first allocations)
-            for r in range(args.repeats):
-                for threads in args.threads:
-                    torch.set_num_threads(threads)
-                    order = [("mm", False), ("wi", True)]
-                    for key, bridged in order if r % 2 == 0 else order[::-1]:
-                        times[(threads, key)].append(timed(name, bridged, files))
-                    times[(threads, "floor")].append(floor(n))
-            for threads in args.threads:
-                med = {k: statistics.median(times[(threads, k)]) for k in ("mm", "wi", "floor")}
-                rows.append((name, threads, n, med))
-                print(f"{name} ({threads} threads): {med}", file=sys.stderr)
-    headers = ["model", "threads", "params", "floor s", "MMEngine s", "weightinit s",
-               "MMEngine/weightinit", "weightinit/floor"]
-    cells = [[name, str(threads), f"{n / 1e6:.1f} M", f"{m['floor']:.3f}", f"{m['mm']:.3f}",
-              f"{m['wi']:.3f}", f"{m['mm'] / m['wi']:.2f}x", f"{m['wi'] / m['floor']:.2f}"]
-             for name, threads, n, m in rows]
-    slower = [f"{name} ({threads} threads)" for name, threads, _, m in rows if m["wi"] > m["mm"]]
-    title = (f"init_weights() on real OpenMMLab models, medians of {args.repeats} "
-             f"(torch {torch.__version__})")
-    verdict = ("weightinit slower than MMEngine on: " + ", ".join(slower) if slower
-               else "weightinit faster than MMEngine on every row")
-    if args.markdown:
-        print(f"{title}\n\n| " + " | ".join(headers) + " |\n|" + "---|" * len(headers))
-        for c in cells:
-            print("| " + " | ".join(c) + " |")
-        print(f"\n{verdict}")
-        return
-    table = Table(title=title, caption=verdict)
-    for h in headers:
-        table.add_column(h, justify="left" if h == "model" else "right")
-    for c in cells:
-        table.add_row(*c)
-    Console().print(table)
+    rows = measure(args.models, args.threads, args.repeats, timed,
+                   lambda name: sum(p.numel() for p in build(name, 0).parameters()))
+    report(rows, "MMEngine", f"init_weights() on real OpenMMLab models, medians of {args.repeats} "
+           f"(torch {torch.__version__})", args.markdown)
 
 
 if __name__ == "__main__":

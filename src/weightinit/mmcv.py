@@ -69,7 +69,7 @@ except ImportError as err:  # pragma: no cover - exercised without mmcv installe
 from ._bridge import Bridge, Dialect, Walk
 from ._bridge_mmcv import PretrainedInit, log_load, log_mismatch
 from .errors import CheckpointKeysWarning, RepeatedInitWarning, warn
-from .planning import UserCall, is_planned, planned
+from .planning import is_planned, planned
 from .planning.tree import Walker
 from .rules import WEIGHT_INITIALIZERS, UniformInit
 
@@ -141,18 +141,7 @@ def _plan(walker: Walker, module: nn.Module) -> None:
             run.found.setdefault(id(module), []).append(
                 (report, module if i == 0 and rule.pretrained else None))
     if not early:
-        for child in module.children():
-            if not hasattr(child, "init_weights"):
-                if not walker.validate_only:
-                    walker._warn_unreached(child)
-                continue
-            if getattr(child, "is_init", False) or id(child) in walker._visited:
-                continue
-            if is_planned(child):
-                walker.plan_init_weights(child)
-            else:
-                walker._visited.add(id(child))
-                walker.events.append(UserCall(child, walker.cache.path(child)))
+        walker.plan_children(module, unwrap=False)
     _BRIDGE.planned_walk(module)
 
 

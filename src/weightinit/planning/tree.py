@@ -119,9 +119,20 @@ class Walker:
         for rule in rules:
             if not rule.late:
                 self.apply_rule(module, rule)
+        self.plan_children(module)
+        for rule in rules:
+            if rule.late:
+                self.apply_rule(module, rule)
+
+    def plan_children(self, module: nn.Module, unwrap: bool = True) -> None:
+        """Each child's ``init_weights()`` as ``BaseModule`` calls it: a planned one walked,
+        an overriding one run as user code, an initialized or visited one skipped, one without
+        ``init_weights`` noted as unreached (``unwrap``: MMEngine's model wrappers are looked
+        through; MMCV 1.x does not)."""
         for child in module.children():
             target = child
-            if not hasattr(target, "init_weights") and isinstance(target, self._wrappers):
+            if unwrap and not hasattr(target, "init_weights") and \
+                    isinstance(target, self._wrappers):
                 target = target.module
             if not hasattr(target, "init_weights"):
                 if not self.validate_only:
@@ -134,9 +145,6 @@ class Walker:
             else:
                 self._visited.add(id(target))
                 self.events.append(UserCall(target, self.cache.path(target)))
-        for rule in rules:
-            if rule.late:
-                self.apply_rule(module, rule)
 
     def validate_tree(self, module: nn.Module) -> None:
         """Check the init_cfg of every node under ``module`` the walk did not reach.

@@ -1,0 +1,84 @@
+"""What ``bench_openmmlab.py`` (MMEngine) and ``bench_mmcv1.py`` (MMCV 1.x) share: timing a
+library's own ``init_weights()`` against weightinit's bridge and the floor, on real models,
+and the table of the results."""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+#: ``timed(name, bridged, directory)``: seconds of one ``init_weights()`` of model ``name``
+Timed = Callable[[str, bool, Path], float]
+
+
+def floor(n: int) -> float:
+    """``torch.empty(n).normal_()``: one draw per element, allocation and first touch."""
+    gc.collect()
+    start = time.perf_counter()
+    torch.empty(n).normal_()
+    return time.perf_counter() - start
+
+
+def measure(models: list[str], threads: list[int], repeats: int, timed: Timed,
+            params: Callable[[str], int], setup: Callable[[Path], None] | None = None
+            ) -> list[tuple[str, int, int, dict[str, float]]]:
+    """``(model, threads, parameter elements, medians)`` rows, medians of ``mm`` (the
+    library), ``wi`` (the bridge) and ``floor``; the rounds of all thread counts rotate
+    together and the two sides alternate who goes first, so a busy moment hits both."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        if setup is not None:
+            setup(Path(tmp))
+        for name in models:
+            files = Path(tmp) / name  # each model's own checkpoint files
+            files.mkdir()
+            n = params(name)
+            times: dict[tuple[int, str], list[float]] = {
+                (t, k): [] for t in threads for k in ("mm", "wi", "floor")}
+            timed(name, True, files)  # warm-up (imports, caches, first allocations)
+            for r in range(repeats):
+                for t in threads:
+                    torch.set_num_threads(t)
+                    order = [("mm", False), ("wi", True)]
+                    for key, bridged in order if r % 2 == 0 else order[::-1]:
+                        times[(t, key)].append(timed(name, bridged, files))
+                    times[(t, "floor")].append(floor(n))
+            for t in threads:
+                med = {k: statistics.median(times[(t, k)]) for k in ("mm", "wi", "floor")}
+                rows.append((name, t, n, med))
+                print(f"{name} ({t} threads): {med}", file=sys.stderr)
+    return rows
+
+
+def report(rows: list[tuple[str, int, int, dict[str, float]]], library: str, title: str,
+           markdown: bool) -> None:
+    """The table of :func:`measure`'s rows (rich, or Markdown), and which rows are slower."""
+    headers = ["model", "threads", "params", "floor s", f"{library} s", "weightinit s",
+               f"{library}/weightinit", "weightinit/floor"]
+    cells = [[name, str(t), f"{n / 1e6:.1f} M", f"{m['floor']:.3f}", f"{m['mm']:.3f}",
+              f"{m['wi']:.3f}", f"{m['mm'] / m['wi']:.2f}x", f"{m['wi'] / m['floor']:.2f}"]
+             for name, t, n, m in rows]
+    slower = [f"{name} ({t} threads)" for name, t, _, m in rows if m["wi"] > m["mm"]]
+    verdict = (f"weightinit slower than {library} on: " + ", ".join(slower) if slower
+               else f"weightinit faster than {library} on every row")
+    if markdown:
+        print(f"{title}\n\n| " + " | ".join(headers) + " |\n|" + "---|" * len(headers))
+        for c in cells:
+            print("| " + " | ".join(c) + " |")
+        print(f"\n{verdict}")
+        return
+    table = Table(title=title, caption=verdict)
+    for h in headers:
+        table.add_column(h, justify="left" if h == "model" else "right")
+    for c in cells:
+        table.add_row(*c)
+    Console().print(table)
