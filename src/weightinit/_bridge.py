@@ -190,7 +190,7 @@ class Bridge:
                 if outermost:
                     keep = self.dialect.keeps_info(module)
                     dump = None if keep or not self._options.log_record else self.dialect.dump
-                    with init_info(module, run, dump, self._dump_reads_means, keep=keep,
+                    with init_info(module, run, dump, keep=keep,
                                    on_device=self.dialect.means_on_device):
                         yield run
                 else:
@@ -200,12 +200,6 @@ class Bridge:
         finally:
             if token is not None:
                 self._run.reset(token)
-
-    def _dump_reads_means(self, module: nn.Module) -> bool:
-        """A ``_dump_init_info`` the model replaced may read means; the library's prints texts."""
-        own = self.dialect.base.__dict__.get("_dump_init_info")
-        return getattr(type(module), "_dump_init_info", None) is not own \
-            or "_dump_init_info" in vars(module)
 
     def init_weights(self, module: nn.Module, device: Any, dtype: Any, seed: int | None,
                      strict: bool) -> None:

@@ -3,11 +3,19 @@
 During the outermost ``init_weights`` call every module of the tree holds one shared
 ``defaultdict`` keyed by Parameter, each entry ``{'init_info', 'tmp_mean_value'}`` (what
 wrote it, its mean); codebases read it from their own ``init_weights`` or replace
-``_dump_init_info`` to inspect it. The bridge fills it from the run's exact record
-(means read once per device and dtype, not once per parameter), calls
+``_dump_init_info`` to inspect it. The bridge fills it from the run's exact record, calls
 ``_dump_init_info`` after the run and deletes the attribute again, on failure too — except
 where the library's own call keeps it (MMCV's ``init_cfg=dict(type='Pretrained')`` returns
 before its dump and leaves it on every module).
+
+Means are read only when something reads them: each entry's ``tmp_mean_value`` is
+computed on first access (:class:`LazyEntry`), from the value the parameter had before
+the run (the transaction keeps it for every tensor written while user code could still
+look) or after the run's rule wrote it, as the library's entry would hold it, or at the end of the run from the value it has then. The libraries read
+every parameter's mean twice per call, a pass over all the model's memory each; code that
+never looks (almost all) pays for neither. Parameters of a tensor subclass (DTensor, whose
+mean is a collective every rank must join) are read up front, in the same order on
+every rank, as the libraries do.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from .api import get_init_record
+from .execution import Session
 from .planning import OpKind
 from .record import InitRecord
 
@@ -55,6 +64,89 @@ def _nan() -> Tensor:
     return torch.tensor(float("nan"))
 
 
+class LazyEntry(dict):
+    """One parameter's entry in ``_params_init_info``; its ``tmp_mean_value`` is read on first
+    access (then kept): at the ``start`` of a run, what the library's would hold when it is read
+    (:func:`_lazy_mean`); otherwise the mean of its value at that moment. Every way of reading
+    the entry (``[]``, ``get``, ``in``, iteration, ``dict(entry)``, ``repr``) sees it."""
+
+    def __init__(self, param: Tensor, on_device: bool, start: bool) -> None:
+        super().__init__()
+        self._lazy: tuple[Tensor, bool, bool] | None = (param, on_device, start)
+
+    def _resolve(self) -> None:
+        lazy, self._lazy = self._lazy, None
+        if lazy is not None and not dict.__contains__(self, "tmp_mean_value"):
+            dict.__setitem__(self, "tmp_mean_value", _lazy_mean(*lazy))
+
+    def __missing__(self, key: Any) -> Any:
+        if key == "tmp_mean_value" and self._lazy is not None:
+            self._resolve()
+            return dict.__getitem__(self, key)
+        raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:
+        return dict.__contains__(self, key) or (key == "tmp_mean_value" and self._lazy is not None)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self[key] if key in self else default
+
+    def __iter__(self) -> Iterator[Any]:
+        self._resolve()
+        return dict.__iter__(self)
+
+    def __len__(self) -> int:
+        self._resolve()
+        return dict.__len__(self)
+
+    def __repr__(self) -> str:
+        self._resolve()
+        return dict.__repr__(self)
+
+    def __eq__(self, other: object) -> bool:
+        self._resolve()
+        return dict.__eq__(self, other)
+
+    __hash__ = None  # type: ignore[assignment]  # (as dict's)
+
+    def keys(self) -> Any:
+        self._resolve()
+        return dict.keys(self)
+
+    def items(self) -> Any:
+        self._resolve()
+        return dict.items(self)
+
+    def values(self) -> Any:
+        self._resolve()
+        return dict.values(self)
+
+    def copy(self) -> dict[str, Any]:
+        self._resolve()
+        return dict(dict.items(self))
+
+
+def _lazy_mean(param: Tensor, on_device: bool, start: bool) -> Tensor:
+    """``param``'s mean now, or (``start``) the one the library's entry holds at this point
+    of the run: after a rule or checkpoint read wrote it (the library's initializers update
+    the entry as they write), else of the value it had before the run, which the running
+    session's transaction keeps (``nan`` if it had none: allocated by the run). User code's
+    own writes are not seen, as the library does not see them. Read with the session's
+    write watch off: the read is the library's, it must not do a pending write."""
+    session = Session.current()
+    with contextlib.ExitStack() as stack:
+        value: Tensor | None = param
+        if session is not None:
+            stack.enter_context(session.watch.state(False))
+            if start and not session.written_by_run(param):
+                value = session.txn.original(param)
+        if value is None or value.device.type == "meta":
+            return _nan()
+        stack.enter_context(torch.no_grad())
+        mean = _mean(value)
+    return mean if on_device else mean.cpu()
+
+
 def _means(params: list[Tensor], on_device: bool = False) -> list[Tensor]:
     """Each parameter's mean, the library's ``tmp_mean_value`` (``nan`` for one with no values
     yet, on ``meta``): on the CPU (MMEngine's), one copy per device and dtype rather than one
@@ -85,34 +177,41 @@ _LABELLED = (OpKind.USER.value, OpKind.INITIALIZER.value)
 
 
 def _fill_info(info: dict[Any, dict[str, Any]], module: nn.Module, record: InitRecord | None,
-               read: bool = True, on_device: bool = False) -> bool:
+               read: str = "now", on_device: bool = False) -> bool:
     """``info`` for ``module``'s parameters now: the record's text (or unchanged) and mean
-    (``nan`` without ``read``). A label user code gave a parameter it wrote, with MMEngine's
+    (``read``: ``"start"``/``"now"`` are read when first asked for, of the value before the
+    run / of the value then, see :class:`LazyEntry`; ``"eager"``: read now). A label user code gave a parameter it wrote, with MMEngine's
     ``update_init_info`` during the run, is kept, as MMEngine's log would show it. Returns
     whether some parameters are still on ``meta`` (a deferred model, not materialized yet)."""
     named = list(module.named_parameters())
-    means = _means([p for _, p in named], on_device) if read else [_nan() for _ in named]
+    # a subclass's mean may be a collective: read now, in order, on every rank
+    now = [p for _, p in named if read == "eager" or type(p.data) is not torch.Tensor]
+    found = dict(zip(map(id, now), _means(now, on_device)))
     unchanged = _unchanged(module)
     labels = {p: e["init_info"] for p, e in info.items()
               if e.get("init_info", unchanged) != unchanged}
     info.clear()  # (a deferred model's parameters were replaced when materialized)
-    for (name, p), mean in zip(named, means):
+    for name, p in named:
         entry = record.params.get(name) if record is not None else None
         text = entry.info if entry is not None else unchanged
         if entry is not None and entry.kind in _LABELLED and p in labels:
             text = labels[p]
-        info[p]["init_info"] = text
-        info[p]["tmp_mean_value"] = mean
+        mean = found.get(id(p))
+        if mean is None:
+            entry = info[p] = LazyEntry(p, on_device, read == "start")
+            entry["init_info"] = text
+        else:
+            info[p]["init_info"] = text
+            info[p]["tmp_mean_value"] = mean
     return any(p.device.type == "meta" for _, p in named)
 
 
 def refill(run: InfoHolder) -> None:
     """Key ``_params_init_info`` by the parameters materializing made (before user code).
-    Reads no values: a read while the run goes on would write the planned values early
-    (and out of the eager order); ``nan`` makes MMEngine's ``update_init_info`` see any
-    value as new."""
+    Their means before the run are ``nan`` (they had no values), so MMEngine's
+    ``update_init_info`` sees any value as new."""
     if run.info is not None and run.root is not None:
-        run.stale = _fill_info(run.info, run.root, None, read=False)
+        run.stale = _fill_info(run.info, run.root, None, read="start")
 
 
 def _update_info(info: dict[Any, dict[str, Any]], module: nn.Module, record: InitRecord | None,
@@ -129,17 +228,17 @@ def _update_info(info: dict[Any, dict[str, Any]], module: nn.Module, record: Ini
 
 @contextlib.contextmanager
 def init_info(module: nn.Module, run: InfoHolder, dump: Callable[[nn.Module], None] | None,
-              means_read: Callable[[nn.Module], bool] = lambda m: True, *, keep: bool = False,
-              on_device: bool = False) -> Iterator[None]:
+              *, keep: bool = False, on_device: bool = False) -> Iterator[None]:
     """The library's ``_params_init_info`` on every module of the tree for the run; after it,
     the record's texts, then ``dump(module)`` (the library's ``_dump_init_info`` call; None:
     no dump). The attribute is deleted again on failure, and after success unless ``keep``
     (MMCV's early return leaves it on every module, so later calls find it).
 
-    Means are read at the start (the library's ``update_init_info``, called by user code,
-    compares with them to see what it changed) and at the end only if
-    ``means_read(module)`` (a ``_dump_init_info`` the model replaced may read them; the
-    libraries' own print the texts only) or ``keep``. ``on_device``: see :class:`InfoHolder`.
+    Means are those before the run (the library's ``update_init_info``, called by user
+    code, compares with them to see what it changed) and, after it, those at the end
+    (a ``_dump_init_info`` the model replaced may read them; the libraries' own print the
+    texts only); both are read when first asked for (:class:`LazyEntry`), except for the
+    info ``keep`` leaves behind, read at the end. ``on_device``: see :class:`InfoHolder`.
     """
     before = get_init_record(module)
     mine = module.__dict__.get("_params_init_info")
@@ -149,7 +248,7 @@ def init_info(module: nn.Module, run: InfoHolder, dump: Callable[[nn.Module], No
         return
     info: defaultdict[Any, dict[str, Any]] = defaultdict(dict)
     run.info, run.root, run.on_device = info, module, on_device
-    run.stale = _fill_info(info, module, None, on_device=on_device)
+    run.stale = _fill_info(info, module, None, read="start", on_device=on_device)
     holders = list(module.modules())
     for m in holders:
         m._params_init_info = info
@@ -158,7 +257,7 @@ def init_info(module: nn.Module, run: InfoHolder, dump: Callable[[nn.Module], No
         yield
         record = get_init_record(module)
         _fill_info(info, module, record if record is not before else None,
-                   read=keep or means_read(module), on_device=on_device)
+                   read="eager" if keep else "now", on_device=on_device)
         kept = keep
         if dump is not None and callable(getattr(module, "_dump_init_info", None)):
             dump(module)

@@ -188,6 +188,81 @@ def test_user_code_reads_params_init_info_during_the_run():
     assert not any("_params_init_info" in vars(m) for m in ours.modules())
 
 
+class ReadsMeans(mm_model.BaseModule):
+    """User code that reads every parameter's ``tmp_mean_value`` after a rule wrote it and
+    after it wrote one itself: MMEngine's are the means after its initializers' writes (they
+    update the entry), else before the run (user code's own writes are not seen)."""
+
+    def __init__(self) -> None:
+        super().__init__(init_cfg=dict(type="Constant", layer="Linear", val=2.0, bias=-1.0))
+        self.fc = nn.Linear(4, 3)
+        self.norm = nn.LayerNorm(3)
+
+    def init_weights(self) -> None:
+        super().init_weights()
+        info = self._params_init_info
+        self.after_rules = {n: info[p]["tmp_mean_value"] for n, p in self.named_parameters()}
+        with torch.no_grad():
+            self.norm.weight.uniform_(3.0, 4.0)  # written whole by user code
+        self.after_user = {n: info[p].get("tmp_mean_value")
+                           for n, p in self.named_parameters()}
+        self.views = {n: (sorted(info[p]), len(info[p]), "tmp_mean_value" in info[p])
+                      for n, p in self.named_parameters()}
+
+
+class HoldsReader(mm_model.BaseModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reader = ReadsMeans()
+
+
+def test_means_before_the_run_are_what_user_code_reads():
+    """Means are read lazily (only when something asks), yet what user code reads during
+    the run is the mean before the run, as MMEngine's, also for tensors the run or user
+    code wrote already."""
+    torch.manual_seed(3)
+    mm = HoldsReader()
+    torch.manual_seed(3)
+    ours = HoldsReader()
+    expected = {n: p.detach().mean() for n, p in ours.reader.named_parameters()}
+    expected.update({"fc.weight": torch.tensor(2.0), "fc.bias": torch.tensor(-1.0)})
+    mm.init_weights()
+    bridged(ours)
+    mm, ours = mm.reader, ours.reader
+    assert torch.equal(ours.fc.weight, mm.fc.weight) and torch.all(ours.fc.weight == 2.0)
+    assert torch.all(ours.norm.weight >= 3.0)
+    for seen in (mm.after_rules, mm.after_user, ours.after_rules, ours.after_user):
+        assert list(seen) == list(expected)
+        for name, mean in seen.items():
+            assert mean.device.type == "cpu" and torch.equal(mean, expected[name]), name
+    shape = (["init_info", "tmp_mean_value"], 2, True)
+    assert ours.views == mm.views == {n: shape for n in expected}
+
+
+class _CountMeans(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.means = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in ("mean", "sum"):
+            self.means += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_means_nobody_reads_are_never_computed():
+    """MMEngine reads every parameter's mean before and after the call (two passes over all
+    the model's memory); under the bridge no mean is taken unless code asks for one."""
+    with _CountMeans() as mm_count:
+        build("resnet50", 0).init_weights()
+    assert mm_count.means >= 2 * 161  # (MMEngine's own: before and after, every parameter)
+    model = build("resnet50", 0)
+    with wim.installed(), _CountMeans() as ours:
+        model.init_weights()
+    assert ours.means == 0
+    assert all(p.is_init for p in [model]) and wi.get_init_record(model) is not None
+
+
 def test_inception_v3_test_of_mmpretrain_passes_under_the_bridge():
     """MMPretrain's ``test_inception_v3::test_init_weights``, run through the bridge."""
     from mmpretrain.models import InceptionV3

@@ -47,6 +47,10 @@ _ACTIVE: contextvars.ContextVar[Session | None] = contextvars.ContextVar(
     "weightinit_session", default=None)
 
 
+#: record kinds of the run's own writes (not user code's, not left as constructed)
+_RUN_WRITES = (OpKind.RULE, OpKind.CHECKPOINT)
+
+
 class Session:
     """State of one outermost initialization: strategy, transaction, what wrote what."""
 
@@ -300,6 +304,18 @@ class Session:
             "(a model built under deferred() returns to meta). Fix: write the model's tensors "
             "from the calling thread, or from threads (or a ThreadPoolExecutor) created "
             "inside init_weights, which are watched.")
+
+    def written_by_run(self, tensor: Tensor) -> bool:
+        """A rule or checkpoint read of the run wrote ``tensor`` so far (its pending write,
+        logically done already, is done now: what the libraries' initializers had written)."""
+        pending = self.pending.writes.get(id(tensor))
+        if pending is not None:
+            if pending.op.kind not in _RUN_WRITES:
+                return False
+            self.pending.force(tensor)
+            return True
+        entry = self.entries.get(id(tensor))
+        return entry is not None and entry[1].kind in _RUN_WRITES
 
     def txn_before_write(self, tensor: Tensor) -> None:
         self.txn.before_write(tensor)  # copy on write: only what user code writes is kept

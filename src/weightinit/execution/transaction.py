@@ -148,6 +148,23 @@ class Transaction:
                 elif self.keep_values and id(t) not in self._storages:
                     self._storages[id(t)] = (t, t.data)
 
+    def original(self, tensor: Tensor) -> Tensor | None:
+        """The value ``tensor`` had before the run (``None``: it had none, this run allocated
+        it): the kept copy or storage if the run wrote it, else the tensor itself. Exact for
+        every tensor user code could see written (runs with user code keep what they write);
+        a rules-only run keeps nothing, and nothing but the run sees its tensors meanwhile."""
+        key = id(tensor)
+        if key in self._fresh:
+            return None
+        kept = self._values.get(key)
+        if kept is not None:
+            return kept[1]
+        held = self._storages.get(key)
+        if held is not None and (held[1].data_ptr() != tensor.data_ptr()
+                                 or held[1].shape != tensor.shape):
+            return held[1]
+        return local(tensor)
+
     def set_flag(self, module: nn.Module, value: bool) -> None:
         """Set ``module``'s ``is_init`` flag, undoably."""
         self._flags.append((module, module._is_init))
