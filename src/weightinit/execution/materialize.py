@@ -31,7 +31,7 @@ from ..planning import (
     subtree_tensors,
 )
 from ..planning.layout import is_sharded, mesh_device
-from . import batched
+from . import batched, memory
 from .sharding import allocate_like, refresh_fsdp
 from .transaction import Transaction
 
@@ -148,11 +148,11 @@ def _allocate(t: Tensor, kind: str, device: torch.device, dtype: torch.dtype | N
         data = (t.detach().to(dtype=target_dtype) if t.device.type != "meta"
                 else allocate_like(t, target_dtype))
     elif t.device.type == "meta":
-        data = torch.empty(t.shape, dtype=target_dtype, device=device)
+        data = memory.empty(t.shape, dtype=target_dtype, device=device)
     elif t.device == device and t.dtype == target_dtype:
         return t
     elif id(t) in fresh or batched.move_target(t, device):
-        data = torch.empty_like(t, dtype=target_dtype, device=device)
+        data = memory.empty_like(t, dtype=target_dtype, device=device)
         if id(t) not in fresh:  # (fresh: a rule fills it whole before anything reads it)
             moves.append((t, data))  # its values are copied with the others
     else:

@@ -24,15 +24,16 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..checkpoint.loader import LoadReport
-from ..errors import CrossThreadWriteError, UndefinedParameterError
 from ..planning import CheckpointRead, DefaultFill, OpKind, Plan, PlanningCache, UserCall, Write
 from ..planning.checkpoint_checks import report_nonfinite
 from ..planning.layout import is_sharded
 from ..planning.ops import fills_whole, whole_on_every_rank
 from ..record import InitRecord
 from . import eager_order
+from .checks import check_unwatched, check_user_defined
 from .eager_order import Prologue
 from .entries import Entry, build_record
+from .inplace import interrupts_held, split_last
 from .materialize import materialize, remap
 from .pending import Pending, WriteWatch, replaced, slot_state, stop_at
 from .strategies import Plain, Sharded, choose
@@ -110,6 +111,11 @@ class Session:
         self.txn = Transaction(keep_values=keep)
         self.pending.adopted = self.txn.adopted  # storages copy_ sources give (see there)
         self.pending.release_source = self.txn.release_source
+        with interrupts_held() as held:
+            self._run(plan, held)
+            return self.commit(plan)
+
+    def _run(self, plan: Plan, held: Any) -> None:
         try:
             self.strategy = choose(self.root, self.seed)
             self.watch.pieces = self.strategy.seed is None
@@ -125,15 +131,18 @@ class Session:
                         self.flush(prologue.writes, prologue)
             self._undefined = tuple(n for n, _ in plan.undefined)
             self.execute(steps, plan)
-            self.flush(self.pending.take())
-            self.check_user_defined()
+            kept, last = split_last(self.pending.take())  # (see .inplace)
+            self.flush(kept)
+            check_user_defined(self.root, self._undefined, self.entries,
+                               {id(w.tensor) for w in last})
             report_nonfinite(list(self._load_policies.values()), self.cache.strict)
             self.strategy.agree(self.root, None)  # a sharded model's ranks end together
+            held.hold()  # Ctrl-C waits for the commit from here
+            self.flush(last, keep=False)
         except BaseException as err:
             self.txn.rollback()
             self.strategy.agree(self.root, err)
             raise
-        return self.commit(plan)
 
     def commit(self, plan: Plan) -> InitRecord:
         self.txn.release_sources()  # copy_ sources still alive stop sharing their storage
@@ -182,10 +191,13 @@ class Session:
             else:
                 self.flush(step)
 
-    def flush(self, writes: tuple[Write, ...], prologue: Prologue | None = None) -> None:
+    def flush(self, writes: tuple[Write, ...], prologue: Prologue | None = None,
+              keep: bool = True) -> None:
+        """Do ``writes`` (and a materialized model's ``prologue``), keeping what undoes them
+        (without ``keep``: the run's last fills, written in place, see :mod:`.inplace`)."""
         done_groups: set[int] = set()
         infos: dict[tuple, Entry] = {}  # record texts are built once per rule and place
-        if self.calls:  # the run's own writes while user code runs (see _check_unwatched)
+        if self.calls:  # the run's own writes while user code runs (see checks.check_unwatched)
             for w in writes:
                 self.seen_writes.add(id(w.tensor))
                 if w.op.group is not None:  # one call writes the module's tensors
@@ -193,8 +205,12 @@ class Session:
         txn, strategy = self.txn, self.strategy
         defaults = [(w.tensor, w.op) for w in writes if isinstance(w.op, DefaultFill)
                     and w.tensor.device.type != "meta"]
-        for tensor, _ in defaults:
-            txn.before_write(tensor)
+        if keep:
+            for tensor, _ in defaults:
+                txn.before_write(tensor)
+        elif txn.adopted:  # a storage a copy_ source gave: the source takes its own copy first
+            for w in writes:
+                txn.release_source(w.tensor.untyped_storage().data_ptr())
         replayed = (strategy.replay_defaults(defaults, prologue) if defaults or prologue
                     else set())
         todo: list[tuple[Tensor, Any]] = []  # written together: fills share the threads
@@ -212,7 +228,7 @@ class Session:
                                 op.module._buffers.values()):
                             if t is not None:
                                 txn.before_write(t)
-                    else:
+                    elif keep:
                         self._keep(tensor, op)
                     todo.append((tensor, op))
                 key = (id(op.rule), op.where) if op.kind is OpKind.RULE else None
@@ -273,7 +289,7 @@ class Session:
             self.calls.pop()
         if books is not None:
             books.annotate(self.entries)
-        self._check_unwatched(call, versions)
+        check_unwatched(call, versions, self.seen_writes, self.name_of)
         raw, self.pending.raw = self.pending.raw, {}
         for state in raw.values():  # handed out as raw memory: written if its bits changed
             if id(state.tensor) not in written and state.changed(state.tensor):
@@ -287,23 +303,6 @@ class Session:
                     if t is not None:
                         self.pending.writes.pop(id(t), None)
                 self.entries[id(new)] = (new, entry)
-
-    def _check_unwatched(self, call: UserCall, versions: dict[int, tuple[Tensor, int]]) -> None:
-        """Writes no watch saw (their version counter moved, but neither user code in a
-        watched thread nor the run wrote them) came from a thread the run does not watch."""
-        unseen = [t for t, v in versions.values()
-                  if t._version != v and id(t) not in self.seen_writes]
-        if not unseen:
-            return
-        names = ", ".join(sorted(self.name_of(t) for t in unseen))
-        raise CrossThreadWriteError(
-            f"{call.info}: wrote {names} from a thread this run does not watch (one that "
-            "existed before the call, e.g. a thread pool created outside init_weights); "
-            "writes from such threads are not supported: they can be neither recorded nor "
-            "undone. The run was rolled back; values those threads wrote can not be restored "
-            "(a model built under deferred() returns to meta). Fix: write the model's tensors "
-            "from the calling thread, or from threads (or a ThreadPoolExecutor) created "
-            "inside init_weights, which are watched.")
 
     def written_by_run(self, tensor: Tensor) -> bool:
         """A rule or checkpoint read of the run wrote ``tensor`` so far (its pending write,
@@ -375,20 +374,6 @@ class Session:
             if state is None or state.changed(p):
                 self.entries[id(p)] = (p, entry)
                 self._refresh(p)
-
-    def check_user_defined(self) -> None:
-        """Tensors without a default that user code was trusted to write must have been."""
-        if not self._undefined:
-            return
-        tensors = dict(self.root.named_parameters())
-        tensors.update(self.root.named_buffers())
-        missed = [n for n in self._undefined if id(tensors.get(n)) not in self.entries]
-        if missed:
-            raise UndefinedParameterError(
-                f"{type(self.root).__name__}: {', '.join(missed)} have no defined value: they "
-                "have no default, no rule covers them, and the user-defined init_weights over "
-                "them did not write them. The model was restored. Fix: write them in that "
-                "init_weights or add a rule.")
 
     # -- the record ------------------------------------------------------------------------------
     def record(self) -> InitRecord:

@@ -27,6 +27,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..compat import storage_use_count, torch_allocated
+from . import memory
 from .watch import local
 
 
@@ -99,7 +100,7 @@ class Transaction:
             self._adopted[source.untyped_storage().data_ptr()] = weakref.ref(source)
             tensor.data = source
             return "adopted"
-        tensor.data = torch.empty_like(tensor)
+        tensor.data = memory.empty_like(tensor)  # (in huge pages: see .memory)
         return "fresh"
 
     def _adoptable(self, source: Tensor, tensor: Tensor) -> bool:

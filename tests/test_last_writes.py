@@ -1,0 +1,269 @@
+"""The run's last fills go in place (no fresh memory, nothing kept), yet the run stays
+transactional: a failure before them leaves the model bit-identical, a Ctrl-C during them
+waits for the commit, and the values equal plan order. Fresh storages ask for huge pages."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn as nn
+from safetensors.torch import save_file
+
+import weightinit as wi
+from weightinit.execution import inplace, memory
+from weightinit.execution.session import Session
+from weightinit.planning import CheckpointRead, OpKind, Write
+
+WIDTH = 1024  # 4 MiB weights: large enough for huge pages
+
+
+class Tower(wi.BaseModule):
+    """Rules fill ``big`` and ``norm`` whole; user code then rescales ``small`` in place."""
+
+    def __init__(self, init_cfg=None) -> None:
+        super().__init__(init_cfg=init_cfg or [
+            dict(type="Normal", layer="Linear", std=0.02, bias=0.0),
+            dict(type="Constant", layer="LayerNorm", val=1.0, bias=0.0)])
+        self.big = nn.Linear(WIDTH, WIDTH)
+        self.small = nn.Linear(8, 8)
+        self.norm = nn.LayerNorm(WIDTH)
+
+
+class Scales(wi.BaseModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tower = Tower()
+
+    def init_weights(self) -> None:  # user code: the run must keep undo data while it runs
+        super().init_weights()
+        with torch.no_grad():
+            self.tower.small.weight.mul_(0.5)
+
+
+def pointers(model: nn.Module) -> dict[str, int]:
+    return {n: t.untyped_storage().data_ptr() for n, t in model.state_dict().items()}
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: t.detach().clone() for n, t in model.state_dict().items()}
+
+
+def test_last_fills_are_written_in_place_after_user_code():
+    torch.manual_seed(0)
+    model = Scales()
+    before = pointers(model)
+    model.init_weights()
+    after = pointers(model)
+    # filled after the last user call: the memory the tensors had
+    for name in ("tower.big.weight", "tower.big.bias", "tower.norm.weight", "tower.norm.bias"):
+        assert after[name] == before[name], name
+    w = model.tower.big.weight
+    assert abs(float(w.detach().std()) - 0.02) < 0.002 and float(w.detach().mean().abs()) < 0.001
+    assert torch.all(model.tower.norm.weight == 1.0) and torch.all(model.tower.big.bias == 0)
+    record = wi.get_init_record(model)
+    assert record["tower.big.weight"].info.startswith("NormalInit")
+    assert record["tower.small.weight"].kind == "user"
+
+
+def test_values_equal_a_run_that_keeps_undo_data(monkeypatch):
+    """The split changes where values go, never which: a seeded run gives the same numbers
+    with the last fills in place as with every write kept."""
+    import weightinit.execution.session as session_module
+
+    ours = Scales()
+    ours.init_weights(seed=5)
+    monkeypatch.setattr(session_module, "split_last", lambda writes: (writes, ()))
+    kept = Scales()
+    kept.init_weights(seed=5)
+    for name, value in ours.state_dict().items():
+        assert torch.equal(value, kept.state_dict()[name]), name
+
+
+class Head(wi.BaseModule):
+    def __init__(self, path: str) -> None:
+        super().__init__(init_cfg=dict(type="Pretrained", checkpoint=path, strict=True))
+        self.fc = nn.Linear(8, 8)
+
+
+def test_failure_after_the_last_user_call_leaves_the_model_untouched(tmp_path, monkeypatch):
+    """A strict checkpoint holding NaN fails after every read: the fills that would go in
+    place last have not run, and every tensor is bit-identical to before."""
+    import weightinit.execution.session as session_module
+
+    path = str(tmp_path / "nan.safetensors")
+    save_file({"fc.weight": torch.full((8, 8), float("nan")), "fc.bias": torch.zeros(8)}, path)
+    model = Tower()
+    model.head = Head(path)
+    before, ptrs = snapshot(model), pointers(model)
+    splits = []
+    monkeypatch.setattr(session_module, "split_last",
+                        lambda writes: splits.append(inplace.split_last(writes)) or splits[-1])
+    with pytest.raises(wi.CheckpointMismatchError, match="NaN or infinity"):
+        model.init_weights()
+    kept, last = splits[-1]
+    assert any(isinstance(w.op, CheckpointRead) for w in kept) and len(last) >= 4
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    assert pointers(model) == ptrs
+    assert not model.is_init and wi.get_init_record(model) is None
+
+
+def test_ctrl_c_during_the_last_fills_waits_for_the_commit(monkeypatch):
+    """SIGINT while the in-place fills run: the run finishes and commits (the model whole,
+    its record attached), then KeyboardInterrupt is raised."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals reach the main thread only")
+    real = Session.flush
+    sent = []
+
+    def flush(self, writes, prologue=None, keep=True):
+        if not keep and writes and not sent:
+            sent.append(len(writes))
+            signal.raise_signal(signal.SIGINT)  # arrives now, inside the last fills
+        return real(self, writes, prologue, keep)
+
+    monkeypatch.setattr(Session, "flush", flush)
+    torch.manual_seed(0)
+    model = Scales()
+    with pytest.raises(KeyboardInterrupt):
+        model.init_weights()
+    assert sent and sent[0] >= 4
+    assert model.is_init and wi.get_init_record(model) is not None
+    assert torch.all(model.tower.norm.weight == 1.0)
+    assert abs(float(model.tower.big.weight.detach().std()) - 0.02) < 0.002
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+def test_ctrl_c_before_the_last_fills_rolls_back(monkeypatch):
+    """An interrupt while user code runs is not held: the run is undone at once."""
+    class Interrupted(Scales):
+        def init_weights(self) -> None:
+            super().init_weights()
+            raise KeyboardInterrupt
+
+    model = Interrupted()
+    before = snapshot(model)
+    with pytest.raises(KeyboardInterrupt):
+        model.init_weights()
+    assert all(torch.equal(v, before[n]) for n, v in model.state_dict().items())
+    assert not model.is_init
+
+
+# ----------------------------------------------------------------- which writes go last
+
+
+def _write(kind: OpKind, group=None, elementwise=True, checkpoint=False) -> Write:
+    """A planned write with only what :func:`split_last` looks at."""
+    if checkpoint:
+        return Write(torch.empty(4), _FakeRead())
+    op = SimpleNamespace(kind=kind, group=group,
+                         elementwise=lambda shape: ("normal", (0.0, 1.0)) if elementwise else None)
+    return Write(torch.empty(4), op)
+
+
+class _FakeRead(CheckpointRead):
+    def __init__(self) -> None:  # (only what split_last looks at)
+        pass
+
+    kind = OpKind.CHECKPOINT
+    group = None
+
+    def elementwise(self, shape):
+        return None
+
+
+def test_split_keeps_plan_order_around_writes_that_touch_other_tensors():
+    fill_a = _write(OpKind.RULE)
+    read_b = _write(OpKind.CHECKPOINT, checkpoint=True)
+    group_c = _write(OpKind.DEFAULT, group=7, elementwise=False)
+    fill_d = _write(OpKind.RULE)
+    ortho_e = _write(OpKind.RULE, elementwise=False)  # writes its own tensor only
+    fill_f = _write(OpKind.DEFAULT)
+    kept, last = inplace.split_last((fill_a, read_b, group_c, fill_d, ortho_e, fill_f))
+    # a grouped write may read a: a stays before it; d and f follow every write touching others
+    assert kept == (fill_a, read_b, group_c, ortho_e)
+    assert last == (fill_d, fill_f)
+    kept, last = inplace.split_last((fill_a, read_b, fill_d))
+    assert kept == (read_b,) and last == (fill_a, fill_d)
+
+
+# ----------------------------------------------------------------------------- huge pages
+
+
+def _vma_flags(address: int) -> dict[str, str]:
+    """The ``/proc/self/smaps`` fields of the mapping holding ``address``."""
+    fields: dict[str, str] = {}
+    inside = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                inside = lo <= address < hi
+                continue
+            if inside:
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    return fields
+
+
+def _in_huge_pages(tensor: torch.Tensor) -> bool:
+    """The first whole 2 MiB block of ``tensor``'s memory is in a mapping marked for huge
+    pages (``hg``)."""
+    start = tensor.untyped_storage().data_ptr()
+    block = -(-start // memory.HUGE_PAGE) * memory.HUGE_PAGE
+    return "hg" in _vma_flags(block).get("VmFlags", "").split()
+
+
+@pytest.mark.skipif(not memory.huge_pages_available(),
+                    reason="transparent huge pages are off or not Linux")
+def test_fresh_storages_ask_for_huge_pages():
+    ref = torch.empty(WIDTH, WIDTH)
+    fresh = memory.empty_like(ref)
+    assert fresh.shape == ref.shape and fresh.dtype == ref.dtype
+    fresh.normal_()
+    assert _in_huge_pages(fresh)
+    small = memory.empty((16,))
+    assert not memory.advise_huge_pages(small)  # under MIN_BYTES: left alone
+
+
+def test_huge_pages_can_be_turned_off():
+    code = ("from weightinit.execution import memory; import torch;"
+            "print(memory.huge_pages_available(),"
+            " memory.advise_huge_pages(torch.empty(1 << 21)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "WEIGHTINIT_HUGE_PAGES": "0"}, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.skipif(not memory.huge_pages_available(),
+                    reason="transparent huge pages are off or not Linux")
+def test_user_overwrite_gets_a_huge_page_storage_and_undo_still_works():
+    class Overwrites(wi.BaseModule):
+        def __init__(self, fail: bool) -> None:
+            super().__init__()
+            self.fc = nn.Linear(WIDTH, WIDTH)
+            self.fail = fail
+
+        def init_weights(self) -> None:
+            nn.init.xavier_uniform_(self.fc.weight)  # whole: a fresh storage, the old kept
+            if self.fail:
+                raise RuntimeError("user code failed")
+
+    ok = Overwrites(fail=False)
+    old = ok.fc.weight.untyped_storage().data_ptr()
+    ok.init_weights()
+    ptr = ok.fc.weight.untyped_storage().data_ptr()
+    assert ptr != old and _in_huge_pages(ok.fc.weight)
+    bad = Overwrites(fail=True)
+    before = bad.fc.weight.detach().clone()
+    with pytest.raises(RuntimeError, match="user code failed"):
+        bad.init_weights()
+    assert torch.equal(bad.fc.weight, before)
