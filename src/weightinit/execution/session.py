@@ -36,6 +36,7 @@ from .entries import Entry, build_record
 from .inplace import interrupts_held, split_last
 from .materialize import materialize, remap
 from .pending import Pending, WriteWatch, replaced, slot_state, stop_at
+from .records import loads_seen
 from .strategies import Plain, Sharded, choose
 from .threads import watching_threads
 from .transaction import Transaction
@@ -283,7 +284,8 @@ class Session:
         self.calls.append((entry, written))
         try:
             with self.strategy.user_section(call, self.root, self.pending.count_moves) as books, \
-                    self.watch.state(True), watching_threads(partial(thread_section, books, self.watch)):
+                    self.watch.state(True), loads_seen(self.txn.trust_loaded), \
+                    watching_threads(partial(thread_section, books, self.watch)):
                 call.run()
         finally:
             self.calls.pop()

@@ -50,6 +50,8 @@ class Transaction:
         #: it gets its own copy back before anything writes that storage, and at the end
         #: if it is still alive, so sharing is never seen
         self._adopted: dict[int, Any] = {}
+        #: storage pointer -> the tensor a torch.load in user code returned over it (weakly)
+        self._records: dict[int, Any] = {}
 
     # -- logging what is about to change -------------------------------------------------------
     def keep_slots(self, modules: list[nn.Module] | None) -> None:
@@ -103,12 +105,27 @@ class Transaction:
         tensor.data = memory.empty_like(tensor)  # (in huge pages: see .memory)
         return "fresh"
 
+    def trust_loaded(self, tensors: list[Tensor]) -> None:
+        """``tensors`` were read by ``torch.load`` in user code: torch allocated their
+        memory (see :mod:`.records`), trusted while each of them lives."""
+        for t in tensors:
+            storage = t.untyped_storage()
+            if not storage.resizable() and not storage.is_shared() and storage.nbytes():
+                self._records[storage.data_ptr()] = weakref.ref(t)
+
+    def _loaded_record(self, source: Tensor) -> bool:
+        ptr = source.untyped_storage().data_ptr()
+        ref = self._records.get(ptr)
+        alive = ref() if ref is not None else None
+        return alive is not None and alive.untyped_storage().data_ptr() == ptr
+
     def _adoptable(self, source: Tensor, tensor: Tensor) -> bool:
         """A plain dense tensor of the same kind that nothing else views, whose memory torch
-        allocated (not a numpy array's, a mapped file's, shared memory), and that no other
-        tensor of this run took: handing its storage over changes nothing anyone can see."""
+        allocated (not a numpy array's, a mapped file's, shared memory; a record a
+        ``torch.load`` in user code read is), and that no other tensor of this run took:
+        handing its storage over changes nothing anyone can see."""
         return (type(source) is Tensor and not source.requires_grad
-                and torch_allocated(source)
+                and (torch_allocated(source) or self._loaded_record(source))
                 and source.dtype == tensor.dtype and source.shape == tensor.shape
                 and source.device == tensor.device and source.is_contiguous()
                 and _dense(source) and _alone(source, 1)
@@ -195,6 +212,7 @@ class Transaction:
         self._storages.clear()
         self._swapped.clear()
         self._adopted.clear()
+        self._records.clear()
         self._slots.clear()
         self._flags.clear()
 

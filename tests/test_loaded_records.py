@@ -1,0 +1,141 @@
+"""User code that loads a checkpoint itself: ``load_state_dict`` from what ``torch.load``
+returned hands those tensors' storages to the parameters (no copy, no new memory), never
+memory torch did not allocate (NumPy arrays, mapped files), and never leaves a parameter
+sharing memory with a tensor that outlives the run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import weightinit as wi
+from weightinit.execution import records
+
+
+def _ptr(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr()
+
+
+class LoadsItself(wi.BaseModule):
+    """Reads its own checkpoint in ``init_weights`` (as MMSegmentation's ViT does)."""
+
+    def __init__(self, path: str, keep: bool = False, mmap: bool = False,
+                 fail: bool = False) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 32)
+        self.path, self.keep, self.mmap, self.fail = path, keep, mmap, fail
+        self.loaded_ptrs: dict[str, int] = {}
+
+    def init_weights(self) -> None:
+        state = torch.load(self.path, weights_only=True, mmap=self.mmap)
+        self.loaded_ptrs = {k: _ptr(v) for k, v in state.items()}
+        self.load_state_dict(state)
+        if self.keep:
+            self.kept = state
+        if self.fail:
+            raise RuntimeError("user code failed after loading")
+
+
+@pytest.fixture
+def saved(tmp_path):
+    torch.manual_seed(0)
+    state = {"fc.weight": torch.randn(32, 64), "fc.bias": torch.randn(32)}
+    path = str(tmp_path / "ckpt.pth")
+    torch.save(state, path)
+    return path, state
+
+
+def test_loaded_records_are_handed_over_not_copied(saved):
+    path, state = saved
+    model = LoadsItself(path)
+    model.init_weights()
+    assert torch.equal(model.fc.weight, state["fc.weight"])
+    assert torch.equal(model.fc.bias, state["fc.bias"])
+    # the parameters now own the memory torch.load read the records into
+    assert _ptr(model.fc.weight) == model.loaded_ptrs["fc.weight"]
+    assert _ptr(model.fc.bias) == model.loaded_ptrs["fc.bias"]
+    assert wi.get_init_record(model)["fc.weight"].info == (
+        "load_state_dict(strict=True, assign=False) in LoadsItself.init_weights")
+
+
+def test_a_loaded_dict_user_code_keeps_gets_its_own_memory(saved):
+    path, state = saved
+    model = LoadsItself(path, keep=True)
+    model.init_weights()
+    assert torch.equal(model.fc.weight, state["fc.weight"])
+    assert _ptr(model.fc.weight) != _ptr(model.kept["fc.weight"])  # no sharing after the run
+    model.kept["fc.weight"].zero_()
+    assert torch.equal(model.fc.weight, state["fc.weight"])
+
+
+def test_mapped_files_are_copied(saved):
+    path, state = saved
+    model = LoadsItself(path, mmap=True)
+    model.init_weights()
+    assert torch.equal(model.fc.weight, state["fc.weight"])
+    assert _ptr(model.fc.weight) != model.loaded_ptrs["fc.weight"]
+
+
+def test_numpy_memory_is_copied():
+    array = np.random.default_rng(0).standard_normal((32, 64)).astype(np.float32)
+
+    class FromNumpy(wi.BaseModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(64, 32)
+
+        def init_weights(self) -> None:
+            with torch.no_grad():
+                self.fc.weight.copy_(torch.from_numpy(array))
+
+    model = FromNumpy()
+    model.init_weights()
+    assert _ptr(model.fc.weight) != array.ctypes.data
+    array[:] = 0  # the caller's array is not the parameter
+    assert float(model.fc.weight.detach().abs().sum()) > 0
+
+
+def test_failure_after_loading_restores_the_model(saved):
+    path, _ = saved
+    model = LoadsItself(path, fail=True)
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    ptrs = {k: _ptr(v) for k, v in model.state_dict().items()}
+    with pytest.raises(RuntimeError, match="failed after loading"):
+        model.init_weights()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]) and _ptr(v) == ptrs[k], k
+    assert not model.is_init
+
+
+def test_torch_load_is_put_back_and_a_later_replacement_stays(saved):
+    path, _ = saved
+    original = torch.load
+    model = LoadsItself(path)
+    model.init_weights()
+    assert torch.load is original
+
+    def theirs(*args, **kwargs):
+        return original(*args, **kwargs)
+
+    class Replaces(LoadsItself):
+        def init_weights(self) -> None:
+            torch.load = theirs  # a library patching torch.load meanwhile
+            super().init_weights()
+
+    try:
+        Replaces(path).init_weights()
+        assert torch.load is theirs
+    finally:
+        torch.load = original
+
+
+def test_loads_outside_a_run_report_nothing(saved):
+    path, _ = saved
+    seen = []
+    with records.loads_seen(seen.append):
+        torch.load(path, weights_only=True)
+    torch.load(path, weights_only=True)  # (outside: torch's own function again)
+    assert len(seen) == 1 and sorted(t.shape for t in seen[0]) == [(32,), (32, 64)]
+    assert records.loaded_tensors({"a": [torch.ones(2), (torch.zeros(1),)], "b": 3}) != []
