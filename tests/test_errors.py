@@ -10,7 +10,7 @@ import weightinit as wi
 from weightinit import errors
 
 DOMAINS = {
-    wi.InitCfgError: ["ConfigStructureError", "UnknownTypeError", "DistributionError",
+    wi.InitCfgError: ["ConfigStructureError", "ConfigEntryTypeError", "UnknownTypeError", "DistributionError",
                       "OverrideError", "OverrideTargetError", "ShapeError", "InitRecordError",
                       "LSUVError"],
     wi.CheckpointError: ["CheckpointNotFoundError", "CheckpointKeyError",

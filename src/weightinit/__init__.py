@@ -33,6 +33,7 @@ from .errors import (
     CheckpointKeysWarning,
     CheckpointMismatchError,
     CheckpointNotFoundError,
+    ConfigEntryTypeError,
     ConfigError,
     ConfigNotFoundError,
     ConfigStructureError,
@@ -142,7 +143,8 @@ __all__ = [
     "HealthResult", "check_health", "plot_health",
     # errors, by domain
     "InitError", "InitTypeError", "InitValueError", "InitRuntimeError", "InitKeyError",
-    "InitCfgError", "ConfigStructureError", "UnknownTypeError", "DistributionError",
+    "InitCfgError", "ConfigStructureError", "ConfigEntryTypeError", "UnknownTypeError",
+    "DistributionError",
     "OverrideError", "OverrideTargetError", "ShapeError", "InitRecordError", "LSUVError",
     "CheckpointError", "CheckpointNotFoundError", "CheckpointKeyError",
     "CheckpointMismatchError", "UnsafeCheckpointError", "CheckpointDownloadError",

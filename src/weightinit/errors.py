@@ -76,6 +76,11 @@ class ConfigStructureError(InitCfgError, InitTypeError, AssertionError):
     """``init_cfg`` is not a dict or a list of dicts (MMEngine asserts this)."""
 
 
+class ConfigEntryTypeError(ConfigStructureError, AttributeError):
+    """An entry of an ``init_cfg`` list is not a dict (MMEngine and MMCV 1.x fail on it with
+    ``AttributeError``, calling ``.pop`` on it)."""
+
+
 class UnknownTypeError(InitCfgError, InitKeyError):
     """``type`` names nothing registered; the message lists close matches."""
 

@@ -184,7 +184,7 @@ class _MMCV(Dialect):
 
     def walk(self, module: nn.Module) -> Walk:
         """MMCV's ``init_weights`` recursion: every child with an ``init_weights`` is called
-        (an initialized one only warns), none after a dict ``Pretrained``."""
+        (an initialized planned one only warns; user code runs again), none after a dict ``Pretrained``."""
         if isinstance(module, mmcv_runner.BaseModule) and module.init_cfg:
             yield True, module
             if _returns_early(module):
@@ -192,13 +192,13 @@ class _MMCV(Dialect):
         for child in module.children():
             if not hasattr(child, "init_weights"):
                 continue
-            if getattr(child, "is_init", False):
+            if not is_planned(child):
+                yield False, child  # (user code: called again even if initialized)
+            elif getattr(child, "is_init", False):
                 warn(RepeatedInitWarning,
                      f"init_weights of {type(child).__name__} has been called more than once.")
-            elif is_planned(child):
-                yield from self.walk(child)
             else:
-                yield False, child
+                yield from self.walk(child)
 
     def log_init(self, module: nn.Module) -> None:
         """MMCV's line, then each load's: what it loads, and how the keys matched."""

@@ -352,6 +352,9 @@ class Configured(BaseModule):
      wi.OverrideTargetError, "module did not have attribute 'nope'"),
     (dict(type="Normal", layer="Linear", std=0.1, distribution="wide"), TypeError,
      wi.InitTypeError, "distribution"),
+    ([dict(type="Constant", val=1, layer="Linear"), "Constant"], AttributeError,
+     wi.ConfigEntryTypeError, "init_cfg[1]: must be a dict, got str"),
+    ("Constant", TypeError, wi.ConfigStructureError, "must be a dict or a list of dict"),
 ])
 def test_bad_config_is_mmcvs_exception_class_and_the_model_is_untouched(cfg, mmcv_class, ours,
                                                                           text):
@@ -423,3 +426,50 @@ def test_second_call_warns_as_mmcv_and_so_does_an_initialized_child():
         again = caught(ours.init_weights)
     assert again == ["init_weights of Listed has been called more than once."]
     same(ours, theirs)
+
+
+class Counts(BaseModule):
+    """User code whose every call writes something new (MMCV calls it again when its
+    parent initializes, even if it is initialized)."""
+
+    def __init__(self) -> None:
+        super().__init__(init_cfg=dict(type="Constant", layer="Linear", val=2.0, bias=0.0))
+        self.fc = nn.Linear(3, 3)
+        self.calls = 0
+
+    def init_weights(self) -> None:
+        super().init_weights()
+        self.calls += 1
+        with torch.no_grad():
+            self.fc.bias.fill_(float(self.calls))
+
+
+class HoldsCounts(BaseModule):
+    def __init__(self) -> None:
+        super().__init__(init_cfg=dict(type="Constant", layer="Conv2d", val=0.5, bias=0.0))
+        self.counts = Counts()
+        self.conv = nn.Conv2d(2, 2, 1)
+
+
+def test_initialized_childs_own_init_weights_runs_again_as_under_mmcv():
+    def caught(model) -> list[str]:
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            model.init_weights()
+        return [str(x.message) for x in w if issubclass(x.category, UserWarning)]
+
+    theirs, ours = pair(HoldsCounts)
+    theirs.counts.init_weights()
+    with wimc.installed():
+        ours.counts.init_weights()
+    assert theirs.counts.calls == ours.counts.calls == 1
+    expected = caught(theirs)
+    with wimc.installed():
+        found = caught(ours)
+    assert theirs.counts.calls == 2 and ours.counts.calls == 2  # called again, not skipped
+    assert found == expected == ["init_weights of Counts has been called more than once."]
+    assert torch.all(ours.counts.fc.bias == 2.0) and torch.all(ours.counts.fc.weight == 2.0)
+    same(ours, theirs)
+    record = wi.get_init_record(ours)
+    assert record["counts.fc.bias"].info == "fill_(2) in Counts.init_weights"
+    assert record["conv.weight"].info.startswith("ConstantInit: val=0.5")

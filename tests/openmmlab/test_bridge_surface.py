@@ -629,3 +629,25 @@ def test_installed_blocks_in_two_threads_overlap():
     release.set()
     t.join()
     assert seen == [True] and not wim.is_installed()
+
+
+class ListsAString(mm_model.BaseModule):
+    def __init__(self) -> None:
+        super().__init__(init_cfg=[dict(type="Constant", layer="Linear", val=1.0), "Xavier"])
+        self.fc = nn.Linear(2, 2)
+
+
+def test_non_dict_list_entry_is_mmengines_assertion_error_and_changes_nothing():
+    """MMEngine asserts each entry is a dict (MMCV 1.x fails on ``.pop``: an
+    ``AttributeError``). The bridge raises its own error, which is both, before anything is
+    written."""
+    with pytest.raises(AssertionError):
+        ListsAString().init_weights()
+    model = ListsAString()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with wim.installed(), pytest.raises(wi.ConfigEntryTypeError) as caught:
+        model.init_weights()
+    assert isinstance(caught.value, AssertionError) and isinstance(caught.value, AttributeError)
+    assert "init_cfg[1]: must be a dict, got str ('Xavier')" in str(caught.value)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    assert not model.is_init

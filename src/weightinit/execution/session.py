@@ -268,7 +268,8 @@ class Session:
     @stop_at
     def run_call(self, call: UserCall) -> None:
         module = call.module
-        if call.init is None and module is not self.root and getattr(module, "is_init", False):
+        if call.init is None and module is not self.root and not call.again \
+                and getattr(module, "is_init", False):
             return  # (the root's own override is what was called: it runs, as in MMEngine)
         self.txn.before_user_code(module, watched=self.lazy)
         entry = Entry(call.record_kind, call.info, call.declared_in,

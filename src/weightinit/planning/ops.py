@@ -291,6 +291,8 @@ class UserCall:
     record_kind: OpKind = OpKind.USER
     #: runs forward passes over the whole module (cannot run shard by shard)
     whole_model: bool = False
+    #: the module's ``init_weights`` runs although it is initialized (MMCV 1.x calls it)
+    again: bool = False
 
     kind = OpKind.USER
     group = None

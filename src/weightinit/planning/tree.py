@@ -127,8 +127,9 @@ class Walker:
     def plan_children(self, module: nn.Module, unwrap: bool = True) -> None:
         """Each child's ``init_weights()`` as ``BaseModule`` calls it: a planned one walked,
         an overriding one run as user code, an initialized or visited one skipped, one without
-        ``init_weights`` noted as unreached (``unwrap``: MMEngine's model wrappers are looked
-        through; MMCV 1.x does not)."""
+        ``init_weights`` noted as unreached (``unwrap``: MMEngine's way — its model wrappers
+        are looked through, an initialized child is skipped; without it, MMCV 1.x's: an
+        initialized child's own ``init_weights`` runs again, a planned one only warns)."""
         for child in module.children():
             target = child
             if unwrap and not hasattr(target, "init_weights") and \
@@ -138,13 +139,14 @@ class Walker:
                 if not self.validate_only:
                     self._warn_unreached(target)
                 continue
-            if getattr(target, "is_init", False) or id(target) in self._visited:
+            initialized = getattr(target, "is_init", False)
+            if id(target) in self._visited or (initialized and (unwrap or is_planned(target))):
                 continue
             if is_planned(target):
                 self.plan_init_weights(target)
             else:
                 self._visited.add(id(target))
-                self.events.append(UserCall(target, self.cache.path(target)))
+                self.events.append(UserCall(target, self.cache.path(target), again=initialized))
 
     def validate_tree(self, module: nn.Module) -> None:
         """Check the init_cfg of every node under ``module`` the walk did not reach.

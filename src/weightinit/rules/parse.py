@@ -23,6 +23,7 @@ from typing import Any
 import torch.nn as nn
 
 from ..errors import (
+    ConfigEntryTypeError,
     ConfigStructureError,
     EmptyRuleWarning,
     InitError,
@@ -302,8 +303,8 @@ def parse_init_cfg(init_cfg: Any, owner: str = "", owner_class: str = "",
         loc = field if single else f"{field}[{i}]"
         where = f"{label} {loc}"
         if not isinstance(entry, dict):
-            raise ConfigStructureError(f"{where}: must be a dict, got {type(entry).__name__} "
-                                       f"({entry!r})")
+            raise ConfigEntryTypeError(f"{where}: must be a dict, got {type(entry).__name__} "
+                                       f"({entry!r}). Fix: write it as dict(type=...)")
         args = _plain_copy(entry)
         override = args.pop("override", None)
         init = build_initializer(args, where, cache)
