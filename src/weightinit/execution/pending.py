@@ -350,10 +350,11 @@ class WriteWatch(TorchDispatchMode):
             self.active.pop()
 
 
-def slot_state(module: nn.Module) -> dict[tuple[int, str], tuple[Tensor, int]]:
-    """Each tensor slot of the subtree: (module id, name) -> (tensor, storage pointer)."""
+def slot_state(modules: list[nn.Module]) -> dict[tuple[int, str], tuple[Tensor, int]]:
+    """Each tensor slot of ``modules`` (a subtree): (module id, name) -> (tensor, storage
+    pointer)."""
     out = {}
-    for m in module.modules():
+    for m in modules:
         for name, t in list(m._parameters.items()) + list(m._buffers.items()):
             if t is not None:
                 out[(id(m), name)] = (t, _storage_ptr(t) if t.device.type != "meta" else 0)

@@ -271,16 +271,17 @@ class Session:
         if call.init is None and module is not self.root and not call.again \
                 and getattr(module, "is_init", False):
             return  # (the root's own override is what was called: it runs, as in MMEngine)
-        self.txn.before_user_code(module, watched=self.lazy)
+        modules = list(module.modules())  # (one walk of the subtree for what follows)
+        self.txn.before_user_code(modules, watched=self.lazy)
         entry = Entry(call.record_kind, call.info, call.declared_in,
                       call.rule if call.rule is not None else call.init)
         if not self.lazy:
-            self.run_call_compared(call, entry)
+            self.run_call_compared(call, entry, modules)
             return
         # one call writes these several tensors: not cancellable one by one, done first
         self.flush(self.pending.take(lambda w: w.op.group is not None))
-        before = slot_state(module)
-        versions = {id(t): (t, t._version) for t in tensors_of(module)}
+        before = slot_state(modules)
+        versions = {id(t): (t, t._version) for t in _values_of(modules)}
         written: set[int] = set()
         self.calls.append((entry, written))
         try:
@@ -334,13 +335,13 @@ class Session:
         self.entries[id(tensor)] = (tensor, entry)
         written.add(id(tensor))
 
-    def run_call_compared(self, call: UserCall, entry: Entry) -> None:
+    def run_call_compared(self, call: UserCall, entry: Entry, modules: list[nn.Module]) -> None:
         """Sharded runs: pending writes are done first, then tensors compared after the call."""
         self.flush(self.pending.take())
         module = call.module
         snap = {id(t): TensorState.of(t) for t in (*module.parameters(), *module.buffers())}
         self.snapshots.append(snap)
-        before = slot_state(module)
+        before = slot_state(modules)
         try:
             with self.strategy.user_section(call, self.root, self.pending.count_moves) as books, \
                     watching_threads(thread_section_of(books)):
@@ -381,3 +382,9 @@ class Session:
     # -- the record ------------------------------------------------------------------------------
     def record(self) -> InitRecord:
         return build_record(self.root, self.entries, self.loads)
+
+
+def _values_of(modules: list[nn.Module]) -> list[Tensor]:
+    """The parameters and buffers of ``modules`` that hold values (not on ``meta``)."""
+    return [t for m in modules for t in (*m._parameters.values(), *m._buffers.values())
+            if t is not None and t.device.type != "meta"]

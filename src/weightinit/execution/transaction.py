@@ -147,15 +147,14 @@ class Transaction:
     def adopted(self) -> dict[int, Any]:
         return self._adopted
 
-    def before_user_code(self, module: nn.Module, watched: bool = False) -> None:
-        """User code may write, or replace, any tensor of ``module``'s subtree.
+    def before_user_code(self, modules: list[nn.Module], watched: bool = False) -> None:
+        """User code may write, or replace, any tensor of ``modules`` (a module's subtree).
 
         ``watched``: each op it runs is seen (:mod:`.pending`), which calls
         :meth:`before_write` before an op writes a tensor, so values are copied
         only when written (copy on write); here only the slots and each tensor's
         storage (for a ``.data =`` re-pointing) are remembered, which copies nothing.
         """
-        modules = list(module.modules())
         self.keep_slots(modules)
         for m in modules:
             for t in list(m._parameters.values()) + list(m._buffers.values()):
