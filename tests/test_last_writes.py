@@ -184,14 +184,14 @@ def test_split_keeps_plan_order_around_writes_that_touch_other_tensors():
     read_b = _write(OpKind.CHECKPOINT, checkpoint=True)
     group_c = _write(OpKind.DEFAULT, group=7, elementwise=False)
     fill_d = _write(OpKind.RULE)
-    ortho_e = _write(OpKind.RULE, elementwise=False)  # writes its own tensor only
+    ortho_e = _write(OpKind.RULE, elementwise=False)  # draws from the generator fills use
     fill_f = _write(OpKind.DEFAULT)
     kept, last = inplace.split_last((fill_a, read_b, group_c, fill_d, ortho_e, fill_f))
-    # a grouped write may read a: a stays before it; d and f follow every write touching others
-    assert kept == (fill_a, read_b, group_c, ortho_e)
-    assert last == (fill_d, fill_f)
-    kept, last = inplace.split_last((fill_a, read_b, fill_d))
-    assert kept == (read_b,) and last == (fill_a, fill_d)
+    # a grouped write may read a, an orthogonal fill draws after d: both stay before them
+    assert kept == (fill_a, read_b, group_c, fill_d, ortho_e)
+    assert last == (fill_f,)
+    kept, last = inplace.split_last((fill_a, read_b, fill_d, read_b))
+    assert kept == (read_b, read_b) and last == (fill_a, fill_d)  # past checkpoint reads only
 
 
 # ----------------------------------------------------------------------------- huge pages
@@ -267,3 +267,42 @@ def test_user_overwrite_gets_a_huge_page_storage_and_undo_still_works():
     with pytest.raises(RuntimeError, match="user code failed"):
         bad.init_weights()
     assert torch.equal(bad.fc.weight, before)
+
+
+class OrthoChild(wi.BaseModule):
+    def __init__(self) -> None:
+        super().__init__(init_cfg=dict(type="Orthogonal", layer="Linear"))
+        self.lin = nn.Linear(16, 16)
+
+
+class Mixed(wi.BaseModule):
+    """A parent's Normal fills, then a child's orthogonal fill (which draws from the same
+    generator), then user code: the run keeps undo data and splits its last writes."""
+
+    def __init__(self) -> None:
+        super().__init__(init_cfg=dict(type="Normal", layer="Linear", std=0.5))
+        self.a = nn.Linear(16, 16)
+        self.ortho = OrthoChild()
+        self.c = nn.Linear(16, 16)
+
+    def init_weights(self) -> None:
+        super().init_weights()
+
+
+def test_unseeded_draws_keep_plan_order(monkeypatch):
+    """Unseeded, values come from torch's generator in write order: moving a fill past the
+    orthogonal fill would swap their draws. The split only moves fills past checkpoint
+    reads, so the values equal a run that keeps every write in order."""
+    import weightinit.execution.session as session_module
+
+    torch.manual_seed(11)
+    ours = Mixed()
+    ours.init_weights()
+    monkeypatch.setattr(session_module, "split_last", lambda writes: (writes, ()))
+    torch.manual_seed(11)
+    kept = Mixed()
+    kept.init_weights()
+    for name, value in ours.state_dict().items():
+        assert torch.equal(value, kept.state_dict()[name]), name
+    w = ours.ortho.lin.weight.detach()
+    assert torch.allclose(w @ w.T, torch.eye(16), atol=1e-4)

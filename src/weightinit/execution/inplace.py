@@ -17,8 +17,9 @@ them. So the run's last writes are split (:func:`split_last`):
   which draw from a distribution into memory that exists: nothing there can fail but the
   machine itself.
 
-A fill moves to the end only if no write it would now follow reads or writes other
-tensors than its own, so every tensor gets the value it would have in plan order.
+A fill moves to the end only past checkpoint reads, which read no other tensor and draw
+no random numbers: every tensor gets the value it would have in plan order, and an
+unseeded run draws from torch's generator in the same order.
 Ctrl-C arriving while those fills run is held until the run has committed
 (:func:`interrupts_held`), then raised: the model is never left half written by an
 interrupt. (An out-of-memory error in a worker thread there, the one failure left, would
@@ -35,15 +36,16 @@ from typing import Any
 
 import torch
 
-from ..planning import CheckpointRead, OpKind, Write
+from ..planning import CheckpointRead, Write
 from ..planning.layout import is_sharded
 from ..planning.ops import fills_whole
 
 
-def _own_tensor_only(w: Write) -> bool:
-    """``w`` reads and writes its own tensor only (a checkpoint entry, or a rule's write of one
-    tensor); anything else (a grouped call, a replayed constructor) may touch others."""
-    return w.op.group is None and (isinstance(w.op, CheckpointRead) or w.op.kind is OpKind.RULE)
+def _passable(w: Write) -> bool:
+    """A fill may move past ``w``: a checkpoint read (its own tensor only, no random draw).
+    Anything else may read another tensor (a grouped call, a replayed constructor) or draw
+    from the generator a fill draws from (an orthogonal or sparse rule)."""
+    return isinstance(w.op, CheckpointRead)
 
 
 def _in_place(w: Write) -> bool:
@@ -54,11 +56,11 @@ def _in_place(w: Write) -> bool:
 
 def split_last(writes: tuple[Write, ...]) -> tuple[tuple[Write, ...], tuple[Write, ...]]:
     """``(kept, in_place)``: the run's last writes, split as the module says. ``kept`` keeps
-    the plan's order; ``in_place`` holds the whole elementwise fills after the last write that
-    may touch another tensor, in plan order."""
+    the plan's order; ``in_place`` holds the whole elementwise fills after the last write a
+    fill may not move past, in plan order."""
     barrier = -1
     for i, w in enumerate(writes):
-        if not _in_place(w) and not _own_tensor_only(w):
+        if not _in_place(w) and not _passable(w):
             barrier = i
     kept = [w for i, w in enumerate(writes) if i <= barrier or not _in_place(w)]
     in_place = [w for i, w in enumerate(writes) if i > barrier and _in_place(w)]
