@@ -29,11 +29,9 @@ Run in the MMCV 1.x environment (``make test`` sets up ``.venv-mmcv1``)::
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import os
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -51,25 +49,15 @@ from mmcv.utils import get_logger  # noqa: E402
 for _package in ("mmdet", "mmcls", "mmseg"):  # the codebases' own loggers: their backbones log
     get_logger(_package, log_level=logging.WARNING)
 
-from bridge_bench import measure, report  # noqa: E402
+from bridge_bench import measure, report, time_init  # noqa: E402
 from mmcv1_models import CASES, build, localize_checkpoints  # noqa: E402
 
 import weightinit.mmcv as wimc  # noqa: E402
 
 
 def timed(name: str, bridged: bool, directory: Path) -> float:
-    if bridged:
-        wimc.install()
-    try:
-        model = build(name, 0)
-        localize_checkpoints(model, directory)
-        gc.collect()
-        start = time.perf_counter()
-        model.init_weights()
-        return time.perf_counter() - start
-    finally:
-        if bridged:
-            wimc.uninstall()
+    return time_init(name, bridged, directory, wimc.install, wimc.uninstall, build,
+                     localize_checkpoints)
 
 
 def main() -> None:

@@ -30,10 +30,8 @@ Run in the OpenMMLab environment (``make test`` sets up ``.venv-openmmlab``)::
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -45,7 +43,7 @@ from support import install_standins  # noqa: E402
 
 install_standins()
 
-from bridge_bench import measure, report  # noqa: E402
+from bridge_bench import measure, report, time_init  # noqa: E402
 from mmengine.logging import MMLogger  # noqa: E402
 from test_real_models import CASES, MORE_CASES, build, localize_checkpoints  # noqa: E402
 
@@ -53,18 +51,8 @@ import weightinit.mmengine as wim  # noqa: E402
 
 
 def timed(name: str, bridged: bool, directory: Path) -> float:
-    if bridged:
-        wim.install()
-    try:
-        model = build(name, 0)
-        localize_checkpoints(model, directory)
-        gc.collect()
-        start = time.perf_counter()
-        model.init_weights()
-        return time.perf_counter() - start
-    finally:
-        if bridged:
-            wim.uninstall()
+    return time_init(name, bridged, directory, wim.install, wim.uninstall, build,
+                     localize_checkpoints)
 
 
 def main() -> None:

@@ -28,6 +28,25 @@ def floor(n: int) -> float:
     return time.perf_counter() - start
 
 
+def time_init(name: str, bridged: bool, directory: Path, install: Callable[[], None],
+              uninstall: Callable[[], None], build: Callable[[str, int], torch.nn.Module],
+              localize: Callable[[torch.nn.Module, Path], object]) -> float:
+    """Seconds of one ``init_weights()`` of model ``name`` built fresh (not timed), with the
+    bridge installed before the build (as a training script does) when ``bridged``."""
+    if bridged:
+        install()
+    try:
+        model = build(name, 0)
+        localize(model, directory)
+        gc.collect()
+        start = time.perf_counter()
+        model.init_weights()
+        return time.perf_counter() - start
+    finally:
+        if bridged:
+            uninstall()
+
+
 def measure(models: list[str], threads: list[int], repeats: int, timed: Timed,
             params: Callable[[str], int], setup: Callable[[Path], None] | None = None
             ) -> list[tuple[str, int, int, dict[str, float]]]:

@@ -9,10 +9,11 @@ where the library's own call keeps it (MMCV's ``init_cfg=dict(type='Pretrained')
 before its dump and leaves it on every module).
 
 Means are read only when something reads them: each entry's ``tmp_mean_value`` is
-computed on first access (:class:`LazyEntry`), from the value the parameter had before
-the run (the transaction keeps it for every tensor written while user code could still
-look) or after the run's rule wrote it, as the library's entry would hold it, or at the end of the run from the value it has then. The libraries read
-every parameter's mean twice per call, a pass over all the model's memory each; code that
+computed on first access (:class:`LazyEntry`), as the library's entry would hold it then
+(after the run's rule or checkpoint read wrote the parameter, else from the value it had
+before the run, which the transaction keeps for every tensor written while user code
+could still look), or after the run from the value it has then. The libraries read every
+parameter's mean twice per call, a pass over all the model's memory each; code that
 never looks (almost all) pays for neither. Parameters of a tensor subclass (DTensor, whose
 mean is a collective every rank must join) are read up front, in the same order on
 every rank, as the libraries do.
@@ -179,9 +180,9 @@ _LABELLED = (OpKind.USER.value, OpKind.INITIALIZER.value)
 def _fill_info(info: dict[Any, dict[str, Any]], module: nn.Module, record: InitRecord | None,
                read: str = "now", on_device: bool = False) -> bool:
     """``info`` for ``module``'s parameters now: the record's text (or unchanged) and mean
-    (``read``: ``"start"``/``"now"`` are read when first asked for, of the value before the
-    run / of the value then, see :class:`LazyEntry`; ``"eager"``: read now). A label user code gave a parameter it wrote, with MMEngine's
-    ``update_init_info`` during the run, is kept, as MMEngine's log would show it. Returns
+    (``read``: ``"start"``/``"now"`` are read when first asked for, as the library's entry
+    holds it during / after the run, see :class:`LazyEntry`; ``"eager"``: read now). A label
+    user code gave a parameter it wrote, with MMEngine's ``update_init_info`` during the run, is kept, as MMEngine's log would show it. Returns
     whether some parameters are still on ``meta`` (a deferred model, not materialized yet)."""
     named = list(module.named_parameters())
     # a subclass's mean may be a collective: read now, in order, on every rank
@@ -192,17 +193,15 @@ def _fill_info(info: dict[Any, dict[str, Any]], module: nn.Module, record: InitR
               if e.get("init_info", unchanged) != unchanged}
     info.clear()  # (a deferred model's parameters were replaced when materialized)
     for name, p in named:
-        entry = record.params.get(name) if record is not None else None
-        text = entry.info if entry is not None else unchanged
-        if entry is not None and entry.kind in _LABELLED and p in labels:
+        wrote = record.params.get(name) if record is not None else None
+        text = wrote.info if wrote is not None else unchanged
+        if wrote is not None and wrote.kind in _LABELLED and p in labels:
             text = labels[p]
         mean = found.get(id(p))
-        if mean is None:
-            entry = info[p] = LazyEntry(p, on_device, read == "start")
-            entry["init_info"] = text
-        else:
-            info[p]["init_info"] = text
-            info[p]["tmp_mean_value"] = mean
+        item = info[p] = LazyEntry(p, on_device, read == "start") if mean is None else {}
+        item["init_info"] = text  # (first, as the library's entries hold it)
+        if mean is not None:
+            item["tmp_mean_value"] = mean
     return any(p.device.type == "meta" for _, p in named)
 
 
