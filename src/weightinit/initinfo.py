@@ -34,6 +34,7 @@ from torch import Tensor
 from .api import get_init_record
 from .execution import Session
 from .planning import OpKind
+from .planning.flat import shared_walks
 from .record import InitRecord
 
 __all__ = ["InfoHolder", "init_info", "refill"]
@@ -178,13 +179,16 @@ _LABELLED = (OpKind.USER.value, OpKind.INITIALIZER.value)
 
 
 def _fill_info(info: dict[Any, dict[str, Any]], module: nn.Module, record: InitRecord | None,
-               read: str = "now", on_device: bool = False) -> bool:
+               read: str = "now", on_device: bool = False,
+               named: list[tuple[str, Tensor]] | None = None) -> bool:
     """``info`` for ``module``'s parameters now: the record's text (or unchanged) and mean
     (``read``: ``"start"``/``"now"`` are read when first asked for, as the library's entry
     holds it during / after the run, see :class:`LazyEntry`; ``"eager"``: read now). A label
     user code gave a parameter it wrote, with MMEngine's ``update_init_info`` during the run, is kept, as MMEngine's log would show it. Returns
-    whether some parameters are still on ``meta`` (a deferred model, not materialized yet)."""
-    named = list(module.named_parameters())
+    whether some parameters are still on ``meta`` (a deferred model, not materialized yet).
+    ``named``: ``module``'s named parameters, when known."""
+    if named is None:
+        named = list(module.named_parameters())
     # a subclass's mean may be a collective: read now, in order, on every rank
     now = [p for _, p in named if read == "eager" or type(p.data) is not torch.Tensor]
     found = dict(zip(map(id, now), _means(now, on_device)))
@@ -245,22 +249,26 @@ def init_info(module: nn.Module, run: InfoHolder, dump: Callable[[nn.Module], No
         yield
         _update_info(mine, module, get_init_record(module), before, on_device)
         return
-    info: defaultdict[Any, dict[str, Any]] = defaultdict(dict)
-    run.info, run.root, run.on_device = info, module, on_device
-    run.stale = _fill_info(info, module, None, read="start", on_device=on_device)
-    holders = list(module.modules())
-    for m in holders:
-        m._params_init_info = info
-    kept = False
-    try:
-        yield
-        record = get_init_record(module)
-        _fill_info(info, module, record if record is not before else None,
-                   read="eager" if keep else "now", on_device=on_device)
-        kept = keep
-        if dump is not None and callable(getattr(module, "_dump_init_info", None)):
-            dump(module)
-    finally:
-        if not kept:
-            for m in holders:
-                m.__dict__.pop("_params_init_info", None)
+    with shared_walks(module) as walks:  # (the run walks the tree once for both)
+        flat = walks.flat()
+        info: defaultdict[Any, dict[str, Any]] = defaultdict(dict)
+        run.info, run.root, run.on_device = info, module, on_device
+        run.stale = _fill_info(info, module, None, read="start", on_device=on_device,
+                               named=flat.named_parameters)
+        holders = flat.modules
+        for m in holders:
+            m._params_init_info = info
+        kept = False
+        try:
+            yield
+            record = get_init_record(module)
+            _fill_info(info, module, record if record is not before else None,
+                       read="eager" if keep else "now", on_device=on_device,
+                       named=walks.flat().named_parameters)
+            kept = keep
+            if dump is not None and callable(getattr(module, "_dump_init_info", None)):
+                dump(module)
+        finally:
+            if not kept:
+                for m in holders:
+                    m.__dict__.pop("_params_init_info", None)

@@ -26,9 +26,10 @@ class Entry:
 
 
 def build_record(root: nn.Module, entries: dict[int, tuple[Tensor, Entry]],
-                 loads: list[Any]) -> InitRecord:
+                 loads: list[Any], named: list[tuple[str, Tensor]] | None = None) -> InitRecord:
     """The init record of ``root``: each parameter's last writer (``entries``, by tensor id),
-    or "not changed" for those nothing wrote."""
+    or "not changed" for those nothing wrote (``named``: ``root``'s named parameters, when
+    known)."""
     root_name = type(root).__name__
     model_init = model_init_owner(root)
     kept = (f"model default (_init_weights of {model_init}, kept from construction)"
@@ -36,7 +37,7 @@ def build_record(root: nn.Module, entries: dict[int, tuple[Tensor, Entry]],
     untouched = Entry(OpKind.DEFAULT, f"not changed by init_weights of {root_name}", kept)
     params = {}
     texts: dict[Any, str] = {}  # dtype and device names, made once each
-    for name, p in root.named_parameters():
+    for name, p in (root.named_parameters() if named is None else named):
         _, e = entries.get(id(p), (None, untouched))
         dtype = texts.get(p.dtype) or texts.setdefault(p.dtype, str(p.dtype)[6:])
         device = texts.get(p.device) or texts.setdefault(p.device, str(p.device))

@@ -115,6 +115,8 @@ class Pending:
         self.adopted: dict[int, Any] = {}
         self.release_source: Callable[[int], None] = lambda ptr: None
         self._index: dict[int, list[Tensor]] | None = None
+        #: the model's parameters and buffers (the running session's walk of its tree)
+        self.tensors: Callable[[], list[Tensor]] = lambda: [*root.parameters(), *root.buffers()]
         #: how many times a model tensor was moved to another storage (indexes by storage
         #: are stale when it changes)
         self.moves = 0
@@ -157,7 +159,7 @@ class Pending:
     def index(self) -> dict[int, list[Tensor]]:
         if self._index is None:
             index: dict[int, list[Tensor]] = {}
-            for t in list(self.root.parameters()) + list(self.root.buffers()):
+            for t in self.tensors():
                 if t.device.type != "meta":
                     ptr = _storage_ptr(t)
                     if ptr:
@@ -361,20 +363,31 @@ def slot_state(modules: list[nn.Module]) -> dict[tuple[int, str], tuple[Tensor, 
     return out
 
 
-def replaced(module: nn.Module, before: dict[tuple[int, str], tuple[Tensor, int]],
-             moved: dict[int, int]) -> list[tuple[Tensor | None, Tensor]]:
-    """(old, new) for slots of the subtree user code replaced or re-pointed (``.data =``);
+def replaced(modules: list[nn.Module], before: dict[tuple[int, str], tuple[Tensor, int]],
+             moved: dict[int, int]) -> tuple[list[tuple[Tensor | None, Tensor]], bool]:
+    """(old, new) for slots of the subtree (``modules``, walked after user code ran) it
+    replaced or re-pointed (``.data =``), and whether a slot it had before is gone;
     ``moved``: tensors the run itself moved to a fresh storage (and where)."""
     out = []
-    for m in module.modules():
+    kept = 0  # slots that were there before
+    for m in modules:
         for name, t in list(m._parameters.items()) + list(m._buffers.items()):
             if t is None:
                 continue
             old = before.get((id(m), name))
+            kept += old is not None
             ptr = _storage_ptr(t) if t.device.type != "meta" else 0
             if old is None or old[0] is not t or (old[1] != ptr and moved.get(id(t)) != ptr):
                 out.append((old[0] if old is not None else None, t))
-    return out
+    return out, kept < len(before)
 
 
-__all__ = ["Pending", "WriteWatch", "replaced", "slot_state", "stop_at"]
+def other_modules(after: list[tuple[str, nn.Module]],
+                  before: list[tuple[str, nn.Module]]) -> bool:
+    """User code added, removed, moved or renamed modules of the subtree it ran on (its
+    named modules ``before`` and ``after`` the call)."""
+    return len(after) != len(before) or any(a[1] is not b[1] or a[0] != b[0]
+                                            for a, b in zip(after, before))
+
+
+__all__ = ["Pending", "WriteWatch", "other_modules", "replaced", "slot_state", "stop_at"]

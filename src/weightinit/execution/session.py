@@ -26,6 +26,7 @@ from torch import Tensor
 from ..checkpoint.loader import LoadReport
 from ..planning import CheckpointRead, DefaultFill, OpKind, Plan, PlanningCache, UserCall, Write
 from ..planning.checkpoint_checks import report_nonfinite
+from ..planning.flat import named_subtree
 from ..planning.layout import is_sharded
 from ..planning.ops import fills_whole, whole_on_every_rank
 from ..record import InitRecord
@@ -35,7 +36,7 @@ from .eager_order import Prologue
 from .entries import Entry, build_record
 from .inplace import interrupts_held, split_last
 from .materialize import materialize, remap
-from .pending import Pending, WriteWatch, replaced, slot_state, stop_at
+from .pending import Pending, WriteWatch, other_modules, replaced, slot_state, stop_at
 from .records import loads_seen
 from .strategies import Plain, Sharded, choose
 from .threads import watching_threads
@@ -66,6 +67,7 @@ class Session:
         #: planned writes not done yet (user code may make them unnecessary)
         self.pending = Pending(root, self.flush, self._observed, self.txn_before_write,
                                self.txn_before_overwrite)
+        self.pending.tensors = lambda: self.cache.flat().tensors
         self.watch = WriteWatch(self.pending)
         #: running user calls, innermost last: (its record entry, ids of tensors it wrote)
         self.calls: list[tuple[Entry, set[int]]] = []
@@ -74,8 +76,6 @@ class Session:
         #: sharded runs: values seen before each running user call (writes are compared)
         self.snapshots: list[dict[int, TensorState]] = []
         self.loads: list[LoadReport] = []
-        self._members: set[int] | None = None
-        self._names: dict[int, str] | None = None
         self._undefined: tuple[str, ...] = ()
         self._load_policies: dict[int, tuple[LoadReport, bool]] = {}
         #: arguments of the outermost overriding init_weights call, for when the run calls it
@@ -86,16 +86,12 @@ class Session:
         return _ACTIVE.get()
 
     def contains(self, module: nn.Module) -> bool:
-        if self._members is None:
-            self._members = {id(m) for m in self.root.modules()}
-        return id(module) in self._members
+        return self.cache.flat().contains(module)
 
     def name_of(self, tensor: Tensor) -> str:
         """Full name of a parameter or buffer under the session's root."""
-        if self._names is None:
-            self._names = {id(t): n for n, t in (list(self.root.named_buffers())
-                                                 + list(self.root.named_parameters()))}
-        return self._names.get(id(tensor), f"<tensor {tuple(tensor.shape)}>")
+        name = self.cache.flat().name_of(tensor)
+        return name if name is not None else f"<tensor {tuple(tensor.shape)}>"
 
     # -- the outermost run: plan -> begin -> execute -> commit, or roll back ---------------------
     @contextlib.contextmanager
@@ -118,12 +114,12 @@ class Session:
 
     def _run(self, plan: Plan, held: Any) -> None:
         try:
-            self.strategy = choose(self.root, self.seed)
+            self.strategy = choose(self.root, self.seed, self.cache.flat().tensors)
             self.watch.pieces = self.strategy.seed is None
             steps = plan.steps
             if plan.materialize:
                 steps = remap(steps, materialize(plan, self.txn))
-                self._members = self._names = None
+                self.cache.restructured()
                 self.pending.reindex()
                 if self.strategy.seed is None:  # constructor inits first, as eager draws them
                     prologue = eager_order.split(plan, steps)
@@ -149,7 +145,7 @@ class Session:
         self.txn.release_sources()  # copy_ sources still alive stop sharing their storage
         for m in plan.visited:
             m._is_init = True
-        for m in self.root.modules():  # computed values must not outlive the run
+        for m in self.cache.flat().modules:  # computed values must not outlive the run
             m.__dict__.pop("_wi_constructions", None)
         blocks = {}
         for ev in plan.events:  # replayed or superseded: no later run draws them as orphans
@@ -271,12 +267,13 @@ class Session:
         if call.init is None and module is not self.root and not call.again \
                 and getattr(module, "is_init", False):
             return  # (the root's own override is what was called: it runs, as in MMEngine)
-        modules = list(module.modules())  # (one walk of the subtree for what follows)
+        named = self.cache.flat().named_subtree(module)  # (one walk for what follows)
+        modules = [m for _, m in named]
         self.txn.before_user_code(modules, watched=self.lazy)
         entry = Entry(call.record_kind, call.info, call.declared_in,
                       call.rule if call.rule is not None else call.init)
         if not self.lazy:
-            self.run_call_compared(call, entry, modules)
+            self.run_call_compared(call, entry, named)
             return
         # one call writes these several tensors: not cancellable one by one, done first
         self.flush(self.pending.take(lambda w: w.op.group is not None))
@@ -298,10 +295,12 @@ class Session:
         for state in raw.values():  # handed out as raw memory: written if its bits changed
             if id(state.tensor) not in written and state.changed(state.tensor):
                 self.entries[id(state.tensor)] = (state.tensor, entry)
-        changed = replaced(module, before, self.pending.moved)
+        after = named_subtree(module, named[0][0])
+        changed, removed = replaced([m for _, m in after], before, self.pending.moved)
+        if changed or removed or other_modules(after, named):
+            self.cache.restructured()
         if changed:  # replaced slots or `.data =`: written whole, without an op to see
             self.pending.reindex()
-            self._names = None
             for old, new in changed:
                 for t in (old, new):
                     if t is not None:
@@ -335,13 +334,14 @@ class Session:
         self.entries[id(tensor)] = (tensor, entry)
         written.add(id(tensor))
 
-    def run_call_compared(self, call: UserCall, entry: Entry, modules: list[nn.Module]) -> None:
+    def run_call_compared(self, call: UserCall, entry: Entry,
+                          named: list[tuple[str, nn.Module]]) -> None:
         """Sharded runs: pending writes are done first, then tensors compared after the call."""
         self.flush(self.pending.take())
         module = call.module
         snap = {id(t): TensorState.of(t) for t in (*module.parameters(), *module.buffers())}
         self.snapshots.append(snap)
-        before = slot_state(modules)
+        before = slot_state([m for _, m in named])
         try:
             with self.strategy.user_section(call, self.root, self.pending.count_moves) as books, \
                     watching_threads(thread_section_of(books)):
@@ -349,9 +349,12 @@ class Session:
         finally:
             self.snapshots.pop()
         self.mark_changed(module, snap, entry)
-        for _, new in replaced(module, before, self.pending.moved):  # slots given new tensors
+        after = named_subtree(module, named[0][0])
+        changed, removed = replaced([m for _, m in after], before, self.pending.moved)
+        for _, new in changed:  # slots given new tensors
             self.entries[id(new)] = (new, entry)
-        self._names = None
+        if changed or removed or other_modules(after, named):
+            self.cache.restructured()
         if books is not None:
             books.annotate(self.entries, entry)
 
@@ -381,7 +384,8 @@ class Session:
 
     # -- the record ------------------------------------------------------------------------------
     def record(self) -> InitRecord:
-        return build_record(self.root, self.entries, self.loads)
+        return build_record(self.root, self.entries, self.loads,
+                            self.cache.flat().named_parameters)
 
 
 def _values_of(modules: list[nn.Module]) -> list[Tensor]:

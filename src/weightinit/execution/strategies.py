@@ -292,9 +292,10 @@ class Sharded(Seeded):
         return None if is_sharded(tensor) else super().piece_fill(tensor, op, name_of)
 
 
-def choose(root: nn.Module, seed: int | None) -> Plain:
-    """The strategy of a run on ``root``: sharded models are always written seeded."""
-    if has_sharded(root):
+def choose(root: nn.Module, seed: int | None, tensors: list[Tensor] | None = None) -> Plain:
+    """The strategy of a run on ``root`` (``tensors``: its parameters and buffers, when
+    known): sharded models are always written seeded."""
+    if has_sharded(root, tensors):
         if seed is None:
             seed = common_seed()
             logger.info("%s is sharded and no seed was given: using seed %d (drawn on rank 0)",

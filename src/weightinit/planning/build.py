@@ -88,7 +88,7 @@ def build_plan(cache: PlanningCache, request: Request) -> Plan:
     root, target = cache.root, request.target
     device, dtype = check_target(root, request.device, request.dtype)
     materialize = request.outermost and (device is not None or dtype is not None
-                                         or needs_materialization(root))
+                                         or needs_materialization(root, cache.flat().tensors))
 
     def dtype_of(t: Tensor) -> torch.dtype:
         return dtype if dtype is not None and t.is_floating_point() else t.dtype

@@ -40,8 +40,12 @@ def slots_of(root: nn.Module) -> Slots:
     return out
 
 
-def needs_materialization(root: nn.Module) -> bool:
-    return any(t.device.type == "meta" for t in list(root.parameters()) + list(root.buffers()))
+def needs_materialization(root: nn.Module, tensors: list[Tensor] | None = None) -> bool:
+    """Some tensor of ``root`` (``tensors``: its parameters and buffers, when known) is on
+    ``meta``."""
+    if tensors is None:
+        tensors = list(root.parameters()) + list(root.buffers())
+    return any(t.device.type == "meta" for t in tensors)
 
 
 def default_events(root: nn.Module, mapping: dict[int, Tensor], slots: Slots

@@ -25,11 +25,15 @@ def is_sharded(t: Any) -> bool:
     return types is not None and isinstance(t, types[0])
 
 
-def has_sharded(root: nn.Module) -> bool:
+def has_sharded(root: nn.Module, tensors: list[Tensor] | None = None) -> bool:
+    """Some tensor of ``root`` (``tensors``: its parameters and buffers, when known) is a
+    DTensor."""
     types = dtensor_types()
     if types is None:  # no DTensor can exist yet: nothing to walk
         return False
-    return any(isinstance(t, types[0]) for t in (*root.parameters(), *root.buffers()))
+    if tensors is None:
+        tensors = [*root.parameters(), *root.buffers()]
+    return any(isinstance(t, types[0]) for t in tensors)
 
 
 def placement_splits(t: Tensor, name: str) -> tuple[Split, ...]:

@@ -48,6 +48,7 @@ from ..rules import (
 )
 from ..rules.parse import parse_init_cfg
 from .checkpoints import match_checkpoint, warn_load
+from .flat import Flat, Walks, walks_of
 from .nodes import is_node, is_planned, post_order
 from .ops import OpKind, Role, RuleFill, UserCall, user_call_key
 from .plan import Event, Write
@@ -58,8 +59,6 @@ class PlanningCache:
     """What one initialization (outermost call and the nested ones) computes only once."""
 
     root: nn.Module
-    #: module id -> full path under the root
-    paths: dict[int, str] = field(default_factory=dict)
     #: module id -> (module, its parsed init_cfg)
     rules: dict[int, tuple[nn.Module, tuple[Rule, ...]]] = field(default_factory=dict)
     #: equal config entries share one initializer object (rules are values)
@@ -70,10 +69,23 @@ class PlanningCache:
     #: warnings raise their error (set for the whole session by its outermost call)
     strict: bool = False
 
+    #: the tree under the root, walked once (:meth:`flat`)
+    walks: Walks = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.walks = walks_of(self.root)
+
+    def flat(self) -> Flat:
+        """The root's modules, parameters and buffers, walked once until :meth:`restructured`."""
+        return self.walks.flat()
+
+    def restructured(self) -> None:
+        """The tree changed (a slot was given another tensor, a module was added or removed,
+        the model was materialized): the next question walks it again."""
+        self.walks.restructured()
+
     def path(self, module: nn.Module) -> str:
-        if not self.paths:
-            self.paths = {id(m): n for n, m in self.root.named_modules()}
-        return self.paths.get(id(module), "?")
+        return self.flat().path(module)
 
     def label(self, module: nn.Module) -> str:
         return module_label(self.path(module), type(module).__name__)
@@ -155,7 +167,7 @@ class Walker:
         raises) or plain containers, where MMEngine never looks: a bad config warns (strict: raises).
         """
         checker = Walker(self.cache, self.dtype_of, validate_only=True, strict=self.strict)
-        for m in module.modules():
+        for m in self.cache.flat().subtree(module):
             if (is_node(m) and m.init_cfg and not m.is_init and id(m) not in self._visited
                     and is_planned(m)):  # an overriding init_weights owns its own init_cfg
                 try:
@@ -173,7 +185,7 @@ class Walker:
     def _warn_unreached(self, container: nn.Module) -> None:
         if not container._modules and not is_node(container):  # a leaf (Linear, ...)
             return
-        for m in container.modules():
+        for m in self.cache.flat().subtree(container):
             if is_node(m) and m.init_cfg and not m.is_init:
                 if self.strict:  # a bad config there raises its own, more precise error first
                     self.validate_tree(container)
