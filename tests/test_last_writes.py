@@ -93,8 +93,9 @@ class Head(wi.BaseModule):
 
 
 def test_failure_after_the_last_user_call_leaves_the_model_untouched(tmp_path, monkeypatch):
-    """A strict checkpoint holding NaN fails after every read: the fills that would go in
-    place last have not run, and every tensor is bit-identical to before."""
+    """A strict checkpoint holding NaN fails once its entries are read, before anything is
+    written in place: the fills and the copies that go last have not run, and every tensor
+    is bit-identical to before."""
     import weightinit.execution.session as session_module
 
     path = str(tmp_path / "nan.safetensors")
@@ -108,11 +109,57 @@ def test_failure_after_the_last_user_call_leaves_the_model_untouched(tmp_path, m
     with pytest.raises(wi.CheckpointMismatchError, match="NaN or infinity"):
         model.init_weights()
     kept, last = splits[-1]
-    assert any(isinstance(w.op, CheckpointRead) for w in kept) and len(last) >= 4
+    assert sum(isinstance(w.op, CheckpointRead) for w in last) == 2 and len(last) >= 6
     for name, value in model.state_dict().items():
         assert torch.equal(value, before[name]), name
     assert pointers(model) == ptrs
     assert not model.is_init and wi.get_init_record(model) is None
+
+
+class Loaded(wi.BaseModule):
+    """A checkpoint read by a child, user code after it (the run keeps undo data)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.head = Head(path)
+        self.other = nn.Linear(8, 8)
+
+    def init_weights(self) -> None:
+        super().init_weights()
+        with torch.no_grad():
+            self.other.weight.mul_(0.5)
+
+
+def test_last_checkpoint_reads_are_copied_in_place(tmp_path):
+    """The entries read after the last user call are copied into the memory the tensors
+    have; an entry in another dtype than its tensor is converted first, with its undo kept
+    (the conversion's NaN check is on what was written)."""
+    path = str(tmp_path / "head.safetensors")
+    weight = torch.arange(64, dtype=torch.float32).reshape(8, 8)
+    save_file({"fc.weight": weight, "fc.bias": torch.ones(8, dtype=torch.float64)}, path)
+    model = Loaded(path)
+    before = pointers(model)
+    model.init_weights()
+    after = pointers(model)
+    assert after["head.fc.weight"] == before["head.fc.weight"]  # copied in place
+    assert after["head.fc.bias"] != before["head.fc.bias"]  # float64 -> float32: kept
+    assert torch.equal(model.head.fc.weight, weight)
+    assert torch.equal(model.head.fc.bias, torch.ones(8))
+    assert wi.get_init_record(model)["head.fc.weight"].kind == "pretrained"
+
+
+def test_nan_in_a_last_checkpoint_read_warns_once(tmp_path):
+    """Not strict: an entry holding NaN is reported once (read before the in-place copies,
+    not again after them) and copied as it is."""
+    path = str(tmp_path / "nan.safetensors")
+    save_file({"fc.weight": torch.full((8, 8), float("nan")), "fc.bias": torch.zeros(8)}, path)
+    model = Loaded(path)
+    model.head.init_cfg = dict(type="Pretrained", checkpoint=path)
+    with pytest.warns(wi.InitWarning, match="NaN or infinity") as caught:
+        model.init_weights()
+    found = [str(w.message) for w in caught if "NaN or infinity" in str(w.message)]
+    assert len(found) == 1 and found[0].count("fc.weight") == 1, found
+    assert torch.isnan(model.head.fc.weight).all()
 
 
 def test_ctrl_c_during_the_last_fills_waits_for_the_commit(monkeypatch):
@@ -159,18 +206,20 @@ def test_ctrl_c_before_the_last_fills_rolls_back(monkeypatch):
 # ----------------------------------------------------------------- which writes go last
 
 
-def _write(kind: OpKind, group=None, elementwise=True, checkpoint=False) -> Write:
-    """A planned write with only what :func:`split_last` looks at."""
-    if checkpoint:
-        return Write(torch.empty(4), _FakeRead())
+def _write(kind: OpKind, group=None, elementwise=True, checkpoint=None) -> Write:
+    """A planned write with only what :func:`split_last` looks at (``checkpoint``: a read of
+    an entry of that dtype into a float32 tensor)."""
+    if checkpoint is not None:
+        return Write(torch.empty(4), _FakeRead(checkpoint))
     op = SimpleNamespace(kind=kind, group=group,
                          elementwise=lambda shape: ("normal", (0.0, 1.0)) if elementwise else None)
     return Write(torch.empty(4), op)
 
 
 class _FakeRead(CheckpointRead):
-    def __init__(self) -> None:  # (only what split_last looks at)
-        pass
+    def __init__(self, dtype: torch.dtype) -> None:  # (only what split_last looks at)
+        object.__setattr__(self, "state", SimpleNamespace(dtype=lambda key: dtype))
+        object.__setattr__(self, "key", "w")
 
     kind = OpKind.CHECKPOINT
     group = None
@@ -181,7 +230,7 @@ class _FakeRead(CheckpointRead):
 
 def test_split_keeps_plan_order_around_writes_that_touch_other_tensors():
     fill_a = _write(OpKind.RULE)
-    read_b = _write(OpKind.CHECKPOINT, checkpoint=True)
+    read_b = _write(OpKind.CHECKPOINT, checkpoint=torch.float32)
     group_c = _write(OpKind.DEFAULT, group=7, elementwise=False)
     fill_d = _write(OpKind.RULE)
     ortho_e = _write(OpKind.RULE, elementwise=False)  # draws from the generator fills use
@@ -191,7 +240,11 @@ def test_split_keeps_plan_order_around_writes_that_touch_other_tensors():
     assert kept == (fill_a, read_b, group_c, fill_d, ortho_e)
     assert last == (fill_f,)
     kept, last = inplace.split_last((fill_a, read_b, fill_d, read_b))
-    assert kept == (read_b, read_b) and last == (fill_a, fill_d)  # past checkpoint reads only
+    assert kept == () and last == (fill_a, read_b, fill_d, read_b)  # copies in place too
+    convert = _write(OpKind.CHECKPOINT, checkpoint=torch.float64)  # converted: undo kept
+    kept, last = inplace.split_last((fill_a, convert, fill_d, read_b, convert))
+    assert kept == (convert, convert)  # fills and copies move past checkpoint reads only
+    assert last == (fill_a, fill_d, read_b)
 
 
 # ----------------------------------------------------------------------------- huge pages

@@ -6,18 +6,20 @@ set aside. Fresh memory is paid for twice: torch allocates it, and the system ma
 each page at first touch — about 0.4 ms per MB here, more than drawing the values of a
 constant fill and two thirds of a ``normal_`` again. Yet most of those fills are done
 when the run ends, after the last user call (the pending writes user code did not need
-or cancel), and what can still fail then is known: checkpoint reads, the checks after
-them. So the run's last writes are split (:func:`split_last`):
+or cancel), and what can still fail then is known: reading a checkpoint's entries, the
+checks after them. So the run's last writes are split (:func:`split_last`):
 
 * first, with their undo kept as before, every write that can fail or that reads
-  another tensor (checkpoint reads, grouped writes, replayed constructors, fills that
-  are not elementwise), then the checks that end a run;
+  another tensor (grouped writes, replayed constructors, fills that are not elementwise,
+  checkpoint reads into another dtype), then the checks that end a run; the checkpoint
+  entries read last are read (and checked for NaN) there, before anything is written
+  in place (:func:`check_reads`);
 * then, in place into the memory the tensors already have, the elementwise fills that
-  write their tensor whole and read nothing (:func:`~weightinit.planning.ops.fills_whole`),
-  which draw from a distribution into memory that exists: nothing there can fail but the
-  machine itself.
+  write their tensor whole and read nothing (:func:`~weightinit.planning.ops.fills_whole`)
+  and the copies of checkpoint entries already read into tensors of their dtype: nothing
+  there can fail but the machine itself.
 
-A fill moves to the end only past checkpoint reads, which read no other tensor and draw
+A write moves to the end only past checkpoint reads, which read no other tensor and draw
 no random numbers: every tensor gets the value it would have in plan order, and an
 unseeded run draws from torch's generator in the same order.
 Ctrl-C arriving while those fills run is held until the run has committed
@@ -36,7 +38,10 @@ from typing import Any
 
 import torch
 
+import dataclasses
+
 from ..planning import CheckpointRead, Write
+from ..planning.checkpoint_checks import is_finite
 from ..planning.layout import is_sharded
 from ..planning.ops import fills_whole
 
@@ -50,8 +55,11 @@ def _passable(w: Write) -> bool:
 
 def _in_place(w: Write) -> bool:
     t = w.tensor
-    return (t.device.type != "meta" and not is_sharded(t) and fills_whole(t, w.op)
-            and type(t.data) is torch.Tensor)
+    if t.device.type == "meta" or is_sharded(t) or type(t.data) is not torch.Tensor:
+        return False
+    if isinstance(w.op, CheckpointRead):  # (copied bit for bit: its NaN check is the entry's)
+        return w.op.state.dtype(w.op.key) == t.dtype
+    return fills_whole(t, w.op)
 
 
 def split_last(writes: tuple[Write, ...]) -> tuple[tuple[Write, ...], tuple[Write, ...]]:
@@ -65,6 +73,22 @@ def split_last(writes: tuple[Write, ...]) -> tuple[tuple[Write, ...], tuple[Writ
     kept = [w for i, w in enumerate(writes) if i <= barrier or not _in_place(w)]
     in_place = [w for i, w in enumerate(writes) if i > barrier and _in_place(w)]
     return tuple(kept), tuple(in_place)
+
+
+def check_reads(in_place: tuple[Write, ...]) -> tuple[Write, ...]:
+    """Read the checkpoint entries of the run's last writes and note those holding NaN or
+    infinity in their load's report (what :meth:`CheckpointRead.check_finite` notes after a
+    copy: the same bits), before anything is written in place. Returns the writes to do,
+    the reads no longer checking what they copied."""
+    out = []
+    for w in in_place:
+        op = w.op
+        if isinstance(op, CheckpointRead) and op.report is not None:
+            if not is_finite(op.value()):
+                op.report.nonfinite.append(op.key)
+            w = dataclasses.replace(w, op=dataclasses.replace(op, report=None))
+        out.append(w)
+    return tuple(out)
 
 
 class _Held:

@@ -34,7 +34,7 @@ from . import eager_order
 from .checks import check_unwatched, check_user_defined
 from .eager_order import Prologue
 from .entries import Entry, build_record
-from .inplace import interrupts_held, split_last
+from .inplace import check_reads, interrupts_held, split_last
 from .materialize import materialize, remap
 from .pending import Pending, WriteWatch, other_modules, replaced, slot_state, stop_at
 from .records import loads_seen
@@ -130,6 +130,7 @@ class Session:
             self.execute(steps, plan)
             kept, last = split_last(self.pending.take())  # (see .inplace)
             self.flush(kept)
+            last = check_reads(last)
             check_user_defined(self.root, self._undefined, self.entries,
                                {id(w.tensor) for w in last})
             report_nonfinite(list(self._load_policies.values()), self.cache.strict)
