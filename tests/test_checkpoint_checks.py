@@ -173,3 +173,28 @@ def test_finiteness_check_is_exact_when_the_quick_sum_overflows():
     big[7] = float("inf")
     assert not is_finite(big)
     assert is_finite(torch.arange(10))  # integers are always finite
+
+
+def test_finiteness_of_many_tensors_read_together_equals_one_by_one():
+    """The batched check (one read-back for the lot) answers as the exact one per tensor:
+    overflowing sums of finite values, NaN, infinity, mixed dtypes, complex, empty, integer."""
+    from weightinit.planning.checkpoint_checks import finite_each, is_finite
+
+    big = torch.full((10,), 3e38)
+    big_inf = big.clone()
+    big_inf[7] = float("inf")
+    tensors = [
+        torch.full((70_000,), 60000.0, dtype=torch.float16),  # the sum overflows: finite
+        torch.tensor([1.0, float("nan")]),
+        torch.tensor([float("-inf")], dtype=torch.bfloat16),
+        torch.zeros(0),
+        torch.arange(5),
+        torch.tensor([1 + 1j, complex(float("nan"), 0)]),
+        torch.randn(3, dtype=torch.float64),
+        big, big_inf,
+        torch.tensor([True]),
+    ]
+    assert finite_each(tensors) == [True, False, False, True, True, False, True, True, False,
+                                    True]
+    assert finite_each(tensors) == [is_finite(t) for t in tensors]
+    assert finite_each([]) == [] and finite_each([torch.arange(3)]) == [True]

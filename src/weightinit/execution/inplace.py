@@ -41,7 +41,7 @@ import torch
 import dataclasses
 
 from ..planning import CheckpointRead, Write
-from ..planning.checkpoint_checks import is_finite
+from ..planning.checkpoint_checks import finite_each
 from ..planning.layout import is_sharded
 from ..planning.ops import fills_whole
 
@@ -80,14 +80,14 @@ def check_reads(in_place: tuple[Write, ...]) -> tuple[Write, ...]:
     infinity in their load's report (what :meth:`CheckpointRead.check_finite` notes after a
     copy: the same bits), before anything is written in place. Returns the writes to do,
     the reads no longer checking what they copied."""
-    out = []
-    for w in in_place:
-        op = w.op
-        if isinstance(op, CheckpointRead) and op.report is not None:
-            if not is_finite(op.value()):
-                op.report.nonfinite.append(op.key)
-            w = dataclasses.replace(w, op=dataclasses.replace(op, report=None))
-        out.append(w)
+    reads = [i for i, w in enumerate(in_place) if isinstance(w.op, CheckpointRead)]
+    values = [in_place[i].op.value() for i in reads]
+    out = list(in_place)
+    for i, value, finite in zip(reads, values, finite_each(values)):
+        op = in_place[i].op
+        if op.report is not None and not finite:
+            op.report.nonfinite.append(op.key)
+        out[i] = dataclasses.replace(out[i], op=dataclasses.replace(op, report=None, read=value))
     return tuple(out)
 
 

@@ -60,6 +60,21 @@ def is_finite(t: Tensor) -> bool:
     return True
 
 
+def finite_each(tensors: list[Tensor]) -> list[bool]:
+    """:func:`is_finite` of each tensor, the first reduction's results read back together
+    (one synchronization for the lot, not one per tensor)."""
+    out = [True] * len(tensors)
+    checked = [i for i, t in enumerate(tensors)
+               if (t.is_floating_point() or t.is_complex()) and t.numel()]
+    if not checked:
+        return out
+    sums = torch.isfinite(torch.stack([tensors[i].sum().cpu() for i in checked])).tolist()
+    for i, finite in zip(checked, sums):
+        if not finite:  # NaN/inf, or an overflowing sum of finite values: the exact check
+            out[i] = is_finite(tensors[i])
+    return out
+
+
 def report_nonfinite(loads: list[tuple[LoadReport, bool]], strict: bool) -> None:
     """After the writes: warn about checkpoint entries that held NaN or infinity (found on
     the loaded tensors, so the file is read once). ``loads`` pairs each report with its

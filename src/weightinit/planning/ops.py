@@ -140,6 +140,8 @@ class CheckpointRead:
     where: str
     #: the load's report: entries found to hold NaN/inf once written are added to it
     report: LoadReport | None = field(default=None, repr=False)
+    #: the entry, read already (and checked): see :func:`weightinit.execution.inplace.check_reads`
+    read: Tensor | None = field(default=None, repr=False)
 
     kind = OpKind.CHECKPOINT
     group = None
@@ -161,7 +163,7 @@ class CheckpointRead:
 
     def value(self) -> Tensor:
         """The checkpoint tensor (read from the file on first use)."""
-        return self.state.get(self.key)
+        return self.read if self.read is not None else self.state.get(self.key)
 
     def value_slice(self, index: tuple[slice, ...]) -> Tensor:
         return self.state.get_slice(self.key, index) if index else self.value()
