@@ -275,9 +275,26 @@ def _in_huge_pages(tensor: torch.Tensor) -> bool:
     return "hg" in _vma_flags(block).get("VmFlags", "").split()
 
 
-@pytest.mark.skipif(not memory.huge_pages_available(),
-                    reason="transparent huge pages are off or not Linux")
-def test_fresh_storages_ask_for_huge_pages():
+@pytest.fixture
+def huge_pages(monkeypatch):
+    """``WEIGHTINIT_HUGE_PAGES=1`` for the test (the switch is read once per process)."""
+    monkeypatch.setenv("WEIGHTINIT_HUGE_PAGES", "1")
+    memory._madvise.cache_clear()
+    yield
+    monkeypatch.delenv("WEIGHTINIT_HUGE_PAGES")
+    memory._madvise.cache_clear()
+
+
+def _thp_possible() -> bool:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return "[never]" not in f.read()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _thp_possible(), reason="transparent huge pages are off or not Linux")
+def test_fresh_storages_ask_for_huge_pages(huge_pages):
     ref = torch.empty(WIDTH, WIDTH)
     fresh = memory.empty_like(ref)
     assert fresh.shape == ref.shape and fresh.dtype == ref.dtype
@@ -287,18 +304,22 @@ def test_fresh_storages_ask_for_huge_pages():
     assert not memory.advise_huge_pages(small)  # under MIN_BYTES: left alone
 
 
-def test_huge_pages_can_be_turned_off():
+@pytest.mark.parametrize("value", [None, "0", "yes"])
+def test_huge_pages_are_off_unless_asked_for(value):
+    """Off by default (and for any value but 1): storages are as torch allocates them."""
     code = ("from weightinit.execution import memory; import torch;"
             "print(memory.huge_pages_available(),"
             " memory.advise_huge_pages(torch.empty(1 << 21)))")
+    env = {k: v for k, v in os.environ.items() if k != "WEIGHTINIT_HUGE_PAGES"}
+    if value is not None:
+        env["WEIGHTINIT_HUGE_PAGES"] = value
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**os.environ, "WEIGHTINIT_HUGE_PAGES": "0"}, check=True)
+                         env=env, check=True)
     assert out.stdout.split() == ["False", "False"]
 
 
-@pytest.mark.skipif(not memory.huge_pages_available(),
-                    reason="transparent huge pages are off or not Linux")
-def test_user_overwrite_gets_a_huge_page_storage_and_undo_still_works():
+@pytest.mark.skipif(not _thp_possible(), reason="transparent huge pages are off or not Linux")
+def test_user_overwrite_gets_a_huge_page_storage_and_undo_still_works(huge_pages):
     class Overwrites(wi.BaseModule):
         def __init__(self, fail: bool) -> None:
             super().__init__()

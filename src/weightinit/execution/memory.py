@@ -1,21 +1,22 @@
-"""Fresh CPU memory for tensors a run fills whole, asked for in huge pages.
+"""Fresh CPU memory for tensors a run fills whole, in huge pages when asked for.
 
 A run gives new memory to the tensors it fills whole: a model built under ``deferred()``
-is allocated, and a tensor that user code or a checkpoint overwrites whole gets a fresh
-storage while its old one is kept to undo the run (:mod:`.transaction`). New memory costs
-more than its values: the system maps it in page by page at first touch, 4 KiB at a time,
-zeroing each — about 0.4 ms per MB here, as long as drawing a ``normal_`` into it. In
-2 MiB pages the same memory maps in about ten times faster.
+is allocated, and a tensor that user code overwrites whole gets a fresh storage while its
+old one is kept to undo the run (:mod:`.transaction`). New memory costs more than its
+values: the system maps it in page by page at first touch, 4 KiB at a time, zeroing each.
+In 2 MiB pages the same memory maps in about ten times faster.
 
-On Linux, :func:`empty_like` therefore asks for transparent huge pages
-(``madvise(MADV_HUGEPAGE)``) over the whole 2 MiB blocks of each new storage of at least
-:data:`MIN_BYTES`, before anything touches it. It is a hint: where the system keeps huge
-pages off (``/sys/kernel/mm/transparent_hugepage/enabled`` is ``never``), on other systems,
-or when the call fails, memory is as torch allocates it, and values never differ. Only
-memory the run fills whole at once is marked. Once freed, memory the allocator keeps for
-the process (rather than returning it to the system) keeps the mark, so later allocations
-there are backed by huge pages too: faster to touch, at the cost of at most one partly
-used 2 MiB page more per region. ``WEIGHTINIT_HUGE_PAGES=0`` turns it off.
+With ``WEIGHTINIT_HUGE_PAGES=1`` on Linux, :func:`empty_like` therefore asks for
+transparent huge pages (``madvise(MADV_HUGEPAGE)``) over the whole 2 MiB blocks of each
+new storage of at least :data:`MIN_BYTES`, before anything touches it. It is off by
+default: in a process that initializes large models again and again (a benchmark, a
+test suite, a search), memory marked that way made later runs slower, not faster
+(SETR-ViT-L under MMCV 1.x: 1.0 s, then 2.0, 2.8 and 3.0 s, with twice the system time;
+without the hint 1.0 s, then 1.3-1.4 s), where the system compacts memory for such
+regions at fault time (``/sys/kernel/mm/transparent_hugepage/defrag`` set to
+``madvise``, a common default). It is a hint: where the system keeps huge pages off
+(``enabled`` is ``never``), on other systems, or when the call fails, memory is as torch
+allocates it, and values never differ.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ _MADV_HUGEPAGE = 14  # linux/mman.h
 @functools.lru_cache(maxsize=1)
 def _madvise() -> Any:
     """libc's ``madvise``, or None where huge pages can not be asked for."""
-    if not sys.platform.startswith("linux") or os.environ.get("WEIGHTINIT_HUGE_PAGES") == "0":
+    if not sys.platform.startswith("linux") or os.environ.get("WEIGHTINIT_HUGE_PAGES") != "1":
         return None
     try:
         with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
@@ -58,7 +59,8 @@ def _madvise() -> Any:
 
 
 def huge_pages_available() -> bool:
-    """This system can be asked for transparent huge pages (and it is not turned off)."""
+    """This system can be asked for transparent huge pages, and ``WEIGHTINIT_HUGE_PAGES=1``
+    asks to."""
     return _madvise() is not None
 
 
