@@ -31,14 +31,13 @@ leave those tensors partly written; the rest of the model is still restored.)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 import torch
-
-import dataclasses
 
 from ..planning import CheckpointRead, Write
 from ..planning.checkpoint_checks import finite_each
