@@ -68,9 +68,11 @@ def advise_huge_pages(tensor: Tensor) -> bool:
     """Ask for huge pages over the whole 2 MiB blocks of ``tensor``'s storage (a CPU tensor
     of at least :data:`MIN_BYTES` nothing has touched yet). Returns whether it was asked."""
     fn = _madvise()
+    if fn is None or tensor.device.type != "cpu":
+        return False
     storage = tensor.untyped_storage()
     size = storage.nbytes()
-    if fn is None or tensor.device.type != "cpu" or size < MIN_BYTES:
+    if size < MIN_BYTES:
         return False
     start = storage.data_ptr()
     lo = -(-start // HUGE_PAGE) * HUGE_PAGE

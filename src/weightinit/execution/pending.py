@@ -229,12 +229,13 @@ class Pending:
         skip = False
         for a, owners in hits:
             is_written = any(a is w for w in written)
-            lo, hi = _span(a)
+            lo, hi = _span(a) if len(owners) > 1 or owners[0] is not a else (0, 0)
             for t in owners:
-                t_lo, t_hi = _span(t)
-                if hi <= t_lo or t_hi <= lo:
-                    continue
-                if is_written and overwrite and _same_region(a, t):
+                if t is not a:  # (the op's own argument: the same bytes, nothing to compare)
+                    t_lo, t_hi = _span(t)
+                    if hi <= t_lo or t_hi <= lo:
+                        continue
+                if is_written and overwrite and (t is a or _same_region(a, t)):
                     self.cancel(t)
                     if a is t:
                         old = _storage_ptr(t)
