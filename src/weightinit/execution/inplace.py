@@ -65,12 +65,13 @@ def split_last(writes: tuple[Write, ...]) -> tuple[tuple[Write, ...], tuple[Writ
     """``(kept, in_place)``: the run's last writes, split as the module says. ``kept`` keeps
     the plan's order; ``in_place`` holds the whole elementwise fills after the last write a
     fill may not move past, in plan order."""
+    movable = [_in_place(w) for w in writes]  # (once each: a read may ask its file's header)
     barrier = -1
     for i, w in enumerate(writes):
-        if not _in_place(w) and not _passable(w):
+        if not movable[i] and not _passable(w):
             barrier = i
-    kept = [w for i, w in enumerate(writes) if i <= barrier or not _in_place(w)]
-    in_place = [w for i, w in enumerate(writes) if i > barrier and _in_place(w)]
+    kept = [w for i, w in enumerate(writes) if i <= barrier or not movable[i]]
+    in_place = [w for i, w in enumerate(writes) if i > barrier and movable[i]]
     return tuple(kept), tuple(in_place)
 
 

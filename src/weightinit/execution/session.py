@@ -296,10 +296,7 @@ class Session:
         for state in raw.values():  # handed out as raw memory: written if its bits changed
             if id(state.tensor) not in written and state.changed(state.tensor):
                 self.entries[id(state.tensor)] = (state.tensor, entry)
-        after = named_subtree(module, named[0][0])
-        changed, removed = replaced([m for _, m in after], before, self.pending.moved)
-        if changed or removed or other_modules(after, named):
-            self.cache.restructured()
+        changed = self._replaced_slots(module, named, before)
         if changed:  # replaced slots or `.data =`: written whole, without an op to see
             self.pending.reindex()
             for old, new in changed:
@@ -307,6 +304,16 @@ class Session:
                     if t is not None:
                         self.pending.writes.pop(id(t), None)
                 self.entries[id(new)] = (new, entry)
+
+    def _replaced_slots(self, module: nn.Module, named: list[tuple[str, nn.Module]],
+                        before: dict) -> list[tuple[Tensor | None, Tensor]]:
+        """(old, new) for the slots of ``module``'s subtree (``named`` before the call) user
+        code replaced; the tree's walk is dropped if the call changed the tree."""
+        after = named_subtree(module, named[0][0])
+        changed, removed = replaced([m for _, m in after], before, self.pending.moved)
+        if changed or removed or other_modules(after, named):
+            self.cache.restructured()
+        return changed
 
     def written_by_run(self, tensor: Tensor) -> bool:
         """A rule or checkpoint read of the run wrote ``tensor`` so far (its pending write,
@@ -350,12 +357,8 @@ class Session:
         finally:
             self.snapshots.pop()
         self.mark_changed(module, snap, entry)
-        after = named_subtree(module, named[0][0])
-        changed, removed = replaced([m for _, m in after], before, self.pending.moved)
-        for _, new in changed:  # slots given new tensors
+        for _, new in self._replaced_slots(module, named, before):  # slots given new tensors
             self.entries[id(new)] = (new, entry)
-        if changed or removed or other_modules(after, named):
-            self.cache.restructured()
         if books is not None:
             books.annotate(self.entries, entry)
 
