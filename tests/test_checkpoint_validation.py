@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import weightinit as wi
-from weightinit.checkpoint import loader
+from weightinit.checkpoint import loader, pickles
 from weightinit.rules import PretrainedInit
 
 
@@ -569,6 +569,7 @@ def test_safe_loader_refusing_a_torch_tensor_format_is_not_called_unsafe(tmp_pat
                                      f"{wants} was not an allowed global by default.")
 
     monkeypatch.setattr(loader.torch, "load", load)
+    monkeypatch.setattr(pickles, "fast_load", lambda *a: (False, None))  # torch.load reads it
     for api in both_apis(path):
         text = refused(Net(), api, wi.CheckpointError, path, wants, "safe loader",
                        "not third-party code", "Fix: save dense tensors")

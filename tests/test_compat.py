@@ -206,3 +206,52 @@ def test_safe_globals_takes_a_stand_in_function_under_another_name():
             torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
     assert calls and calls[0][0] is np.ndarray
     assert mod._reconstruct is not stand_in
+
+
+def test_top_dispatch_mode_is_the_innermost_mode():
+    class Outer(compat.TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    class Inner(Outer):
+        pass
+
+    assert compat.top_dispatch_mode() is None
+    outer, inner = Outer(), Inner()
+    with outer:
+        assert compat.top_dispatch_mode() is outer
+        with inner:
+            assert compat.top_dispatch_mode() is inner
+        assert compat.top_dispatch_mode() is outer
+    assert compat.top_dispatch_mode() is None
+
+
+def test_pickle_storage_names_are_what_torch_save_writes(tmp_path):
+    names = compat.pickle_storage_names()
+    assert {"FloatStorage", "HalfStorage", "BFloat16Storage", "LongStorage",
+            "BoolStorage"} <= names
+    assert not any(n.startswith("Q") for n in names)
+    import pickletools
+    import zipfile
+    path = tmp_path / "w.pth"
+    torch.save({"a": torch.ones(2, dtype=torch.bfloat16), "b": torch.ones(1)}, path)
+    with zipfile.ZipFile(path) as z:
+        data = z.read(next(n for n in z.namelist() if n.endswith("/data.pkl")))
+    written = {a.split(" ")[1] for op, a, _ in pickletools.genops(data)
+               if op.name == "GLOBAL" and a.endswith("Storage")}
+    assert written == {"BFloat16Storage", "FloatStorage"} and written <= names
+
+
+def test_read_zip_checkpoint_reads_as_torch_load_and_skips_other_files(tmp_path):
+    import pickle
+    path = str(tmp_path / "w.pth")
+    torch.save({"w": torch.arange(6.0).view(2, 3)}, path)
+    for mmap in (True, False):
+        read, value = compat.read_zip_checkpoint(path, "cpu", mmap, pickle)
+        assert read and torch.equal(value["w"], torch.arange(6.0).view(2, 3))
+    legacy = str(tmp_path / "old.pth")
+    torch.save({"w": torch.ones(1)}, legacy, _use_new_zipfile_serialization=False)
+    assert compat.read_zip_checkpoint(legacy, None, False, pickle) == (False, None)
+    script = str(tmp_path / "s.pth")
+    torch.jit.save(torch.jit.script(nn.Linear(1, 1)), script)
+    assert compat.read_zip_checkpoint(script, None, False, pickle) == (False, None)

@@ -139,3 +139,109 @@ def test_loads_outside_a_run_report_nothing(saved):
     torch.load(path, weights_only=True)  # (outside: torch's own function again)
     assert len(seen) == 1 and sorted(t.shape for t in seen[0]) == [(32,), (32, 64)]
     assert records.loaded_tensors({"a": [torch.ones(2), (torch.zeros(1),)], "b": 3}) != []
+
+
+class CountsWatchedOps(wi.BaseModule):
+    """Loads a checkpoint in ``init_weights`` and notes how many ops the run's watch saw
+    during the load alone; ``map_location`` may be user code that writes the model."""
+
+    def __init__(self, path: str, where=None, source=None) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 32)
+        self.path, self.where, self.source = path, where, source
+        self.seen_in_load = -1
+
+    def init_weights(self) -> None:
+        before = SEEN[0]
+        state = torch.load(self.source or self.path, map_location=self.where, weights_only=True)
+        self.seen_in_load = SEEN[0] - before
+        self.fc.weight.data.copy_(state["fc.weight"])
+
+
+SEEN = [0]
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    from weightinit.execution.pending import Pending
+    original = Pending.before_op
+
+    def before_op(self, func, args, kwargs):
+        SEEN[0] += 1
+        return original(self, func, args, kwargs)
+
+    monkeypatch.setattr(Pending, "before_op", before_op)
+
+
+@pytest.mark.parametrize("where", [None, "cpu", torch.device("cpu"), {"cpu": "cpu"}])
+def test_a_plain_load_in_user_code_is_not_watched_op_by_op(saved, counted, where):
+    """A load from a path, with torch's unpickler and a device map_location, writes only new
+    tensors: none of its ops passes through the watch; the copy after it still does, and
+    its record entry and hand-over are as before."""
+    path, state = saved
+    model = CountsWatchedOps(path, where)
+    model.init_weights()
+    assert model.seen_in_load == 0
+    assert torch.equal(model.fc.weight, state["fc.weight"])
+    assert "in CountsWatchedOps.init_weights" in wi.get_init_record(model)["fc.weight"].info
+
+
+def test_a_load_that_runs_user_code_stays_watched(saved, counted):
+    """``map_location`` as a function is user code: a write it makes to the model is seen,
+    recorded and undone with the run when the run fails."""
+    path, _ = saved
+    holder: list[nn.Module] = []
+
+    def where(storage, location):
+        holder[0].fc.bias.data.fill_(5.0)  # user code writing the model inside the load
+        return storage
+
+    model = CountsWatchedOps(path, where)
+    holder.append(model)
+    bias = model.fc.bias.detach().clone()
+    model.init_weights()
+    assert model.seen_in_load > 0
+    assert torch.equal(model.fc.bias, torch.full((32,), 5.0))
+    assert "CountsWatchedOps.init_weights" in wi.get_init_record(model)["fc.bias"].info
+
+    class Fails(CountsWatchedOps):
+        def init_weights(self) -> None:
+            super().init_weights()
+            raise RuntimeError("after the load")
+
+    failing = Fails(path, where)
+    holder[0] = failing
+    bias = failing.fc.bias.detach().clone()
+    with pytest.raises(RuntimeError, match="after the load"):
+        failing.init_weights()
+    assert torch.equal(failing.fc.bias, bias)  # the write inside the load was undone
+
+
+def test_a_load_from_a_users_file_object_stays_watched(saved, counted):
+    """A file-like object of the user's own class may run any code in its ``read``."""
+    path, _ = saved
+
+    class Stream:
+        def __init__(self, data: bytes) -> None:
+            self._inner = __import__("io").BytesIO(data)
+
+        def read(self, *a):
+            return self._inner.read(*a)
+
+        def readinto(self, b):
+            return self._inner.readinto(b)
+
+        def seek(self, *a):
+            return self._inner.seek(*a)
+
+        def tell(self):
+            return self._inner.tell()
+
+        def readline(self, *a):
+            return self._inner.readline(*a)
+
+    with open(path, "rb") as f:
+        data = f.read()
+    model = CountsWatchedOps(path, source=Stream(data))
+    model.init_weights()
+    assert model.seen_in_load > 0

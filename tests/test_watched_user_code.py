@@ -461,3 +461,54 @@ def test_writes_after_a_load_never_show_through_the_other_side():
     assert torch.equal(m.a.weight, loaded["a.weight"] * 2)
     assert torch.equal(m.state["a.weight"], loaded["a.weight"])  # the source kept its values
     assert torch.all(m.state["a.bias"] == 0.0)
+
+
+def test_user_code_inside_the_library_inside_user_code_is_watched(monkeypatch):
+    """The watch steps off while the library runs inside user code (a nested
+    ``wi.initialize``) and comes back for user code the library calls there (an
+    initializer that only defines ``__call__``): its write is recorded under its name, and
+    undone when the outer user code fails afterwards."""
+    @wi.WEIGHT_INITIALIZERS.register_module(name="_NestedSevens", force=True)
+    class Sevens:
+        def __call__(self, module):
+            for sub in module.modules():
+                if isinstance(sub, nn.Linear):
+                    sub.weight.data.fill_(7.0)  # through .data: only the watch sees it
+
+    class Outer(wi.BaseModule):
+        def __init__(self, fail: bool) -> None:
+            super().__init__()
+            self.inner = nn.Sequential(nn.Linear(3, 3))
+            self.head = nn.Linear(3, 1)
+            self.fail = fail
+
+        def init_weights(self) -> None:
+            wi.initialize(self.inner, dict(type="_NestedSevens"))
+            self.head.weight.data.fill_(2.0)  # user code again after the nested library
+            if self.fail:
+                raise RuntimeError("outer user code fails")
+
+    from weightinit.execution.pending import WriteWatch
+    stepped = []
+    original = WriteWatch.__exit__
+
+    def exit_(self, *exc):
+        stepped.append(self.active[-1] if self.active else None)
+        return original(self, *exc)
+
+    monkeypatch.setattr(WriteWatch, "__exit__", exit_)
+    model = Outer(fail=False)
+    model.init_weights()
+    assert False in stepped  # it did step off for the nested library run
+    assert torch.equal(model.inner[0].weight, torch.full((3, 3), 7.0))
+    assert torch.equal(model.head.weight, torch.full((1, 3), 2.0))
+    record = wi.get_init_record(model)
+    assert "Sevens" in record["inner.0.weight"].info, record["inner.0.weight"].info
+    assert "Outer.init_weights" in record["head.weight"].info
+
+    failing = Outer(fail=True)
+    before = {k: v.detach().clone() for k, v in failing.state_dict().items()}
+    with pytest.raises(RuntimeError, match="outer user code fails"):
+        failing.init_weights()
+    for k, v in failing.state_dict().items():
+        assert torch.equal(v, before[k]), k

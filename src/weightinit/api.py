@@ -79,7 +79,7 @@ def _execute(module: nn.Module, request: Request, seed: Any) -> InitRecord | Non
                       f"{type(module).__name__}.init_weights" if request.rules is None
                       else "initialize")
     if session is not None:
-        with session.watch.state(False):  # the library runs here, not the user code
+        with session.watch.state(False, step_off=True):  # the library runs here
             session.run_nested(build_plan(session.cache, Request(
                 module, request.rules, outermost=False,
                 strict=request.strict or session.cache.strict)))

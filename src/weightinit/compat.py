@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import mmap as mmap_module
+import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from torch import Tensor
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode
 
 __all__ = [
     "CONV_ND",
@@ -41,8 +43,11 @@ __all__ = [
     "local_tensor",
     "numpy_multiarray",
     "op_written_args",
+    "pickle_storage_names",
+    "read_zip_checkpoint",
     "safe_globals",
     "storage_use_count",
+    "top_dispatch_mode",
     "strided_shard_type",
     "torch_allocated",
 ]
@@ -81,6 +86,11 @@ def default_device() -> torch.device:
     """The device factory functions allocate on (``torch.set_default_device``; cpu before 2.3)."""
     getter = getattr(torch, "get_default_device", None)
     return getter() if getter is not None else torch.device("cpu")
+
+
+def top_dispatch_mode() -> TorchDispatchMode | None:
+    """The dispatch mode an ATen op would reach first in this thread (None: no mode)."""
+    return _get_current_dispatch_mode()
 
 
 def op_written_args(func: Any) -> tuple[tuple[int, ...], tuple[str, ...]]:
@@ -203,6 +213,35 @@ def safe_globals(globals_: list[Any]) -> Iterator[None]:
     finally:
         ser.clear_safe_globals()
         add(before)
+
+
+def pickle_storage_names() -> frozenset[str]:
+    """The storage class names (``FloatStorage``, ...) torch's zip reader turns into storage
+    descriptions, quantized ones left out."""
+    names = torch.storage._storage_type_to_dtype_map()
+    return frozenset(n for n in names if not n.startswith("Q"))
+
+
+def read_zip_checkpoint(path: str, map_location: Any, mmap: bool,
+                        pickle_module: Any) -> tuple[bool, Any]:
+    """``torch.load``'s reading of a ``torch.save`` zip file, with ``pickle_module``'s
+    ``Unpickler`` deciding every global; ``(False, None)`` for a legacy (non-zip) file or a
+    TorchScript archive, which it never reads (``torch.load`` would hand those to
+    ``torch.jit.load``)."""
+    ser = torch.serialization
+    with open(path, "rb") as f:
+        if not ser._is_zipfile(f):
+            return False, None
+    with ser._open_zipfile_reader(path) as reader:
+        if ser._is_torchscript_zip(reader):
+            return False, None
+        storage = None
+        if mmap:
+            shared = ser.get_default_mmap_options() == mmap_module.MAP_SHARED
+            storage = torch.UntypedStorage.from_file(os.fspath(path), shared,
+                                                     os.path.getsize(path))
+        return True, ser._load(reader, map_location, pickle_module, overall_storage=storage,
+                               encoding="utf-8")
 
 
 # --- DTensor and FSDP2 ----------------------------------------------------------------------

@@ -36,6 +36,7 @@ import torch
 
 from ..compat import safe_globals
 from ..errors import CheckpointError, MetadataError, UnsafeCheckpointError
+from .fastpickle import fast_load
 from .numpy_values import NUMPY_GLOBALS, reading, replacement
 
 
@@ -63,6 +64,9 @@ def safe_load(path: str, map_location: Any, mmap: bool) -> Any:
     Raises :class:`MetadataError` (an ``UnpicklingError``) when the file holds a numpy value
     those rules refuse, even if torch then failed on something else.
     """
+    read, value = fast_load(path, map_location, mmap)  # the common vocabulary, read in C
+    if read:
+        return value
     with reading(os.path.getsize(path)) as session, safe_globals(SAFE_GLOBALS):
         try:
             loaded = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)

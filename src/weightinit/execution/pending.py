@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..compat import TorchDispatchMode, op_written_args
+from ..compat import TorchDispatchMode, op_written_args, top_dispatch_mode
 from ..maths.fills import Elementwise
 from ..planning import Write
 from .attribution import attribute, stop_at
@@ -41,6 +41,7 @@ from .parallel import draw_all, parallel_target
 from .rawreads import raw_reads
 from .seeding import UNSEEDED_MIN, unseeded_fill
 from .watch import TensorState
+from .watch import storage_ptr as _storage_ptr
 
 #: ops whose result does not depend on what the written tensor held
 _OVERWRITES = frozenset({"normal_", "uniform_", "fill_", "zero_", "copy_", "random_",
@@ -83,13 +84,6 @@ def _same_region(a: Tensor, t: Tensor) -> bool:
         return False
     return (a.shape == t.shape and a.stride() == t.stride()) or (a.is_contiguous()
                                                                   and t.is_contiguous())
-
-
-def _storage_ptr(t: Tensor) -> int:
-    try:
-        return t.untyped_storage().data_ptr()
-    except (RuntimeError, NotImplementedError):  # tensors without storage (subclasses)
-        return 0
 
 
 class Pending:
@@ -310,6 +304,8 @@ class WriteWatch(TorchDispatchMode):
         #: draw user code's large unseeded fills in pieces on every core (off in seeded
         #: runs: their fills are drawn from the tiles below this watch)
         self.pieces = True
+        #: stepped off the dispatch stack while the library runs inside user code
+        self.off = False
 
     def for_thread(self) -> WriteWatch:
         """A watch of the same run for a thread user code starts (modes are per thread)."""
@@ -340,55 +336,37 @@ class WriteWatch(TorchDispatchMode):
             self.active.pop()
 
     @contextlib.contextmanager
-    def state(self, active: bool) -> Iterator[None]:
+    def state(self, active: bool, step_off: bool = False) -> Iterator[None]:
+        """User code (``active``) or the library inside it runs in this block. ``step_off``:
+        the library runs much here (plans and writes, loads a checkpoint), so the watch
+        leaves the dispatch stack for the block when it is on top, and the library's ops
+        do not pass through it (leaving and coming back costs some microseconds)."""
         outermost = not self.active
         self.active.append(active)
         try:
             if outermost and active:
                 with self, raw_reads(self._raw_read):
                     yield
+            elif active and self.off:  # user code again, inside the library: watched
+                self.off = False
+                try:
+                    with self:
+                        yield
+                finally:
+                    self.off = True
+            elif step_off and not active and not self.off and self.active[-2] \
+                    and top_dispatch_mode() is self:
+                self.__exit__(None, None, None)
+                self.off = True
+                try:
+                    yield
+                finally:
+                    self.off = False
+                    self.__enter__()
             else:
                 yield
         finally:
             self.active.pop()
 
 
-def slot_state(modules: list[nn.Module]) -> dict[tuple[int, str], tuple[Tensor, int]]:
-    """Each tensor slot of ``modules`` (a subtree): (module id, name) -> (tensor, storage
-    pointer)."""
-    out = {}
-    for m in modules:
-        for name, t in list(m._parameters.items()) + list(m._buffers.items()):
-            if t is not None:
-                out[(id(m), name)] = (t, _storage_ptr(t) if t.device.type != "meta" else 0)
-    return out
-
-
-def replaced(modules: list[nn.Module], before: dict[tuple[int, str], tuple[Tensor, int]],
-             moved: dict[int, int]) -> tuple[list[tuple[Tensor | None, Tensor]], bool]:
-    """(old, new) for slots of the subtree (``modules``, walked after user code ran) it
-    replaced or re-pointed (``.data =``), and whether a slot it had before is gone;
-    ``moved``: tensors the run itself moved to a fresh storage (and where)."""
-    out = []
-    kept = 0  # slots that were there before
-    for m in modules:
-        for name, t in list(m._parameters.items()) + list(m._buffers.items()):
-            if t is None:
-                continue
-            old = before.get((id(m), name))
-            kept += old is not None
-            ptr = _storage_ptr(t) if t.device.type != "meta" else 0
-            if old is None or old[0] is not t or (old[1] != ptr and moved.get(id(t)) != ptr):
-                out.append((old[0] if old is not None else None, t))
-    return out, kept < len(before)
-
-
-def other_modules(after: list[tuple[str, nn.Module]],
-                  before: list[tuple[str, nn.Module]]) -> bool:
-    """User code added, removed, moved or renamed modules of the subtree it ran on (its
-    named modules ``before`` and ``after`` the call)."""
-    return len(after) != len(before) or any(a[1] is not b[1] or a[0] != b[0]
-                                            for a, b in zip(after, before))
-
-
-__all__ = ["Pending", "WriteWatch", "other_modules", "replaced", "slot_state", "stop_at"]
+__all__ = ["Pending", "WriteWatch", "stop_at"]

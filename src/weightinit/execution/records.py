@@ -21,15 +21,23 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import io
+import os
+import pickle
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
 from torch import Tensor
 
-_SINK: contextvars.ContextVar[Callable[[list[Tensor]], None] | None] = contextvars.ContextVar(
-    "weightinit_loads", default=None)
+#: (report the tensors of a load, the block a plain load runs in, the thread of both)
+_SINK: contextvars.ContextVar[tuple[Callable[[list[Tensor]], None],
+                                    Callable[[], AbstractContextManager[Any]], int] | None] = \
+    contextvars.ContextVar("weightinit_loads", default=None)
+#: what a load may read from without running user code: a path, memory, an open file
+_PLAIN_SOURCES = (str, bytes, os.PathLike, io.BytesIO, io.BufferedReader)
 _LOCK = threading.Lock()
 _STATE: dict[str, Any] = {"users": 0, "original": None, "wrapper": None}
 #: containers walked for tensors (a checkpoint's dicts and lists), at most this many objects
@@ -56,12 +64,31 @@ def loaded_tensors(obj: Any) -> list[Tensor]:
     return out
 
 
+def _plain(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """This ``torch.load`` runs no user code: it reads a path, bytes or an open file, with
+    torch's own unpickler and a device (or a dict of them) for ``map_location``."""
+    given = dict(zip(("f", "map_location", "pickle_module"), args))
+    source = kwargs.get("f", given.get("f"))
+    where = kwargs.get("map_location", given.get("map_location"))
+    unpickler = kwargs.get("pickle_module", given.get("pickle_module"))
+    return (isinstance(source, _PLAIN_SOURCES)
+            and (where is None or isinstance(where, (str, torch.device, dict)))
+            and (unpickler is None or unpickler is pickle))
+
+
 def _wrap(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def load(*args: Any, **kwargs: Any) -> Any:
-        out = original(*args, **kwargs)
-        sink = _SINK.get()
-        if sink is not None and not kwargs.get("mmap"):
+        seen = _SINK.get()
+        if seen is None:
+            return original(*args, **kwargs)
+        sink, quiet, thread = seen
+        if thread == threading.get_ident() and _plain(args, kwargs):
+            with quiet():  # the load writes only new tensors: not watched op by op
+                out = original(*args, **kwargs)
+        else:
+            out = original(*args, **kwargs)
+        if not kwargs.get("mmap"):
             sink(loaded_tensors(out))
         return out
 
@@ -69,16 +96,18 @@ def _wrap(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @contextlib.contextmanager
-def loads_seen(sink: Callable[[list[Tensor]], None]) -> Iterator[None]:
+def loads_seen(sink: Callable[[list[Tensor]], None],
+               quiet: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
+               ) -> Iterator[None]:
     """In the block (this thread and context), each ``torch.load`` reports its CPU tensors
-    to ``sink``."""
+    to ``sink``; one that runs no user code (:func:`_plain`) runs in a ``quiet()`` block."""
     with _LOCK:
         if _STATE["users"] == 0:
             _STATE["original"] = torch.load
             _STATE["wrapper"] = _wrap(torch.load)
             torch.load = _STATE["wrapper"]
         _STATE["users"] += 1
-    token = _SINK.set(sink)
+    token = _SINK.set((sink, quiet, threading.get_ident()))
     try:
         yield
     finally:

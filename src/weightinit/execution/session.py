@@ -36,13 +36,13 @@ from .eager_order import Prologue
 from .entries import Entry, build_record
 from .inplace import check_reads, interrupts_held, split_last
 from .materialize import materialize, remap
-from .pending import Pending, WriteWatch, other_modules, replaced, slot_state, stop_at
+from .pending import Pending, WriteWatch, stop_at
 from .records import loads_seen
 from .strategies import Plain, Sharded, choose
 from .threads import watching_threads
 from .transaction import Transaction
 from .userdraws import thread_section, thread_section_of
-from .watch import TensorState, tensors_of
+from .watch import TensorState, other_modules, replaced, slot_state, tensors_of
 
 logger = logging.getLogger("weightinit")
 
@@ -284,7 +284,8 @@ class Session:
         self.calls.append((entry, written))
         try:
             with self.strategy.user_section(call, self.root, self.pending.count_moves) as books, \
-                    self.watch.state(True), loads_seen(self.txn.trust_loaded), \
+                    self.watch.state(True), \
+                    loads_seen(self.txn.trust_loaded, partial(self.watch.state, False, True)), \
                     watching_threads(partial(thread_section, books, self.watch)):
                 call.run()
         finally:

@@ -24,6 +24,14 @@ _DIGEST_CHUNK = 1 << 22
 _ODD = 0x9E3779B97F4A7C15 - (1 << 64)  # odd 64-bit constant: spreads the weights
 
 
+def storage_ptr(t: Tensor) -> int:
+    """Where ``t``'s storage starts (0: a tensor without one, such as some subclasses)."""
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return 0
+
+
 def local(t: Tensor) -> Tensor:
     """The rank's own storage of a sharded tensor (reading it needs no communication)."""
     return local_tensor(t) if is_sharded(t) else t
@@ -79,3 +87,41 @@ def tensors_of(module: nn.Module, recurse: bool = True) -> list[Tensor]:
     """The module's parameters and buffers that hold values (not on ``meta``)."""
     return [t for t in (*module.parameters(recurse=recurse), *module.buffers(recurse=recurse))
             if t.device.type != "meta"]
+
+
+def slot_state(modules: list[nn.Module]) -> dict[tuple[int, str], tuple[Tensor, int]]:
+    """Each tensor slot of ``modules`` (a subtree): (module id, name) -> (tensor, storage
+    pointer)."""
+    out = {}
+    for m in modules:
+        for name, t in list(m._parameters.items()) + list(m._buffers.items()):
+            if t is not None:
+                out[(id(m), name)] = (t, storage_ptr(t) if t.device.type != "meta" else 0)
+    return out
+
+
+def replaced(modules: list[nn.Module], before: dict[tuple[int, str], tuple[Tensor, int]],
+             moved: dict[int, int]) -> tuple[list[tuple[Tensor | None, Tensor]], bool]:
+    """(old, new) for slots of the subtree (``modules``, walked after user code ran) it
+    replaced or re-pointed (``.data =``), and whether a slot it had before is gone;
+    ``moved``: tensors the run itself moved to a fresh storage (and where)."""
+    out = []
+    kept = 0  # slots that were there before
+    for m in modules:
+        for name, t in list(m._parameters.items()) + list(m._buffers.items()):
+            if t is None:
+                continue
+            old = before.get((id(m), name))
+            kept += old is not None
+            ptr = storage_ptr(t) if t.device.type != "meta" else 0
+            if old is None or old[0] is not t or (old[1] != ptr and moved.get(id(t)) != ptr):
+                out.append((old[0] if old is not None else None, t))
+    return out, kept < len(before)
+
+
+def other_modules(after: list[tuple[str, nn.Module]],
+                  before: list[tuple[str, nn.Module]]) -> bool:
+    """User code added, removed, moved or renamed modules of the subtree it ran on (its
+    named modules ``before`` and ``after`` the call)."""
+    return len(after) != len(before) or any(a[1] is not b[1] or a[0] != b[0]
+                                            for a, b in zip(after, before))
