@@ -61,6 +61,11 @@ def _mean(tensor: Tensor) -> Tensor:
     return full() if callable(full) else mean
 
 
+#: parameter types whose ``.data`` is a plain tensor (no subclass whose mean is a collective)
+_PLAIN = (nn.Parameter, torch.Tensor)
+_MODULE_SETATTR = nn.Module.__setattr__
+
+
 def _nan() -> Tensor:
     """``tmp_mean_value`` of a parameter whose values are not known (yet): never equal."""
     return torch.tensor(float("nan"))
@@ -190,7 +195,8 @@ def _fill_info(info: dict[Any, dict[str, Any]], module: nn.Module, record: InitR
     if named is None:
         named = list(module.named_parameters())
     # a subclass's mean may be a collective: read now, in order, on every rank
-    now = [p for _, p in named if read == "eager" or type(p.data) is not torch.Tensor]
+    now = [p for _, p in named if read == "eager" or (
+        type(p) not in _PLAIN and type(p.data) is not torch.Tensor)]
     found = dict(zip(map(id, now), _means(now, on_device)))
     unchanged = _unchanged(module)
     labels = {p: e["init_info"] for p, e in info.items()
@@ -206,7 +212,7 @@ def _fill_info(info: dict[Any, dict[str, Any]], module: nn.Module, record: InitR
         item["init_info"] = text  # (first, as the library's entries hold it)
         if mean is not None:
             item["tmp_mean_value"] = mean
-    return any(p.device.type == "meta" for _, p in named)
+    return any(p.is_meta for _, p in named)
 
 
 def refill(run: InfoHolder) -> None:
@@ -257,7 +263,10 @@ def init_info(module: nn.Module, run: InfoHolder, dump: Callable[[nn.Module], No
                                named=flat.named_parameters)
         holders = flat.modules
         for m in holders:
-            m._params_init_info = info
+            if type(m).__setattr__ is _MODULE_SETATTR:  # (what torch's would do, directly)
+                m.__dict__["_params_init_info"] = info
+            else:
+                m._params_init_info = info
         kept = False
         try:
             yield

@@ -154,7 +154,7 @@ class Pending:
         if self._index is None:
             index: dict[int, list[Tensor]] = {}
             for t in self.tensors():
-                if t.device.type != "meta":
+                if not t.is_meta:
                     ptr = _storage_ptr(t)
                     if ptr:
                         index.setdefault(ptr, []).append(t)
@@ -187,7 +187,7 @@ class Pending:
     def raw_access(self, a: Tensor) -> None:
         """``a``'s memory leaves for code no op shows: do its pending writes, keep a copy
         and its digest (:attr:`raw`, compared after the call)."""
-        if a.device.type == "meta":
+        if a.is_meta:
             return
         lo, hi = _span(a)
         for t in self.index().get(_storage_ptr(a), ()):
@@ -205,7 +205,7 @@ class Pending:
         index = self.index()
         hits = []
         for a in _tensors(args, kwargs):
-            if a.device.type != "meta":
+            if not a.is_meta:
                 owners = index.get(_storage_ptr(a))
                 if owners:
                     hits.append((a, owners))
@@ -254,7 +254,7 @@ def _copy_source(func: Any, args: tuple, index: dict[int, list[Tensor]]) -> Tens
     """The source of a ``copy_`` that is not a tensor of the model (which it may then
     give its storage to)."""
     if func is not torch.ops.aten.copy_.default or len(args) < 2 \
-            or not isinstance(args[1], Tensor) or args[1].device.type == "meta":
+            or not isinstance(args[1], Tensor) or args[1].is_meta:
         return None
     return None if _storage_ptr(args[1]) in index else args[1]
 

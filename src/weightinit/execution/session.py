@@ -396,4 +396,4 @@ class Session:
 def _values_of(modules: list[nn.Module]) -> list[Tensor]:
     """The parameters and buffers of ``modules`` that hold values (not on ``meta``)."""
     return [t for m in modules for t in (*m._parameters.values(), *m._buffers.values())
-            if t is not None and t.device.type != "meta"]
+            if t is not None and not t.is_meta]

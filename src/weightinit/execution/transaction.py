@@ -72,7 +72,7 @@ class Transaction:
                 or key in self._swapped:
             return
         data = local(tensor)
-        if data.device.type == "meta":
+        if data.is_meta:
             return
         self._values[key] = (tensor, data.detach().clone())
 
@@ -88,7 +88,7 @@ class Transaction:
         """
         key = id(tensor)
         if not self.keep_values or key in self._values or key in self._fresh \
-                or key in self._swapped or tensor.device.type == "meta":
+                or key in self._swapped or tensor.is_meta:
             return None
         held = self._storages.get(key)
         refs = 2 if held is not None and held[1].data_ptr() == tensor.data_ptr() else 1

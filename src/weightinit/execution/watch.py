@@ -43,7 +43,7 @@ def digest(t: Tensor) -> tuple[int, int] | None:
     Any change of values, including a permutation, changes the digest except
     with negligible probability; reading it costs one pass over the tensor.
     """
-    if t.device.type == "meta" or t.numel() == 0:
+    if t.is_meta or t.numel() == 0:
         return None
     int_dtype = _INT_OF_SIZE.get(t.element_size())
     if int_dtype is None:
@@ -71,14 +71,14 @@ class TensorState:
     @classmethod
     def of(cls, t: Tensor) -> TensorState:
         data = local(t)
-        return cls(t, t._version, data.data_ptr() if data.device.type != "meta" else 0,
+        return cls(t, t._version, data.data_ptr() if not data.is_meta else 0,
                    digest(data))
 
     def changed(self, t: Tensor) -> bool:
         if t is not self.tensor or t._version != self.version:
             return True
         data = local(t)
-        if data.device.type != "meta" and data.data_ptr() != self.ptr:
+        if not data.is_meta and data.data_ptr() != self.ptr:
             return True
         return digest(data) != self.digest
 
@@ -86,7 +86,7 @@ class TensorState:
 def tensors_of(module: nn.Module, recurse: bool = True) -> list[Tensor]:
     """The module's parameters and buffers that hold values (not on ``meta``)."""
     return [t for t in (*module.parameters(recurse=recurse), *module.buffers(recurse=recurse))
-            if t.device.type != "meta"]
+            if not t.is_meta]
 
 
 def slot_state(modules: list[nn.Module]) -> dict[tuple[int, str], tuple[Tensor, int]]:
@@ -96,7 +96,7 @@ def slot_state(modules: list[nn.Module]) -> dict[tuple[int, str], tuple[Tensor, 
     for m in modules:
         for name, t in list(m._parameters.items()) + list(m._buffers.items()):
             if t is not None:
-                out[(id(m), name)] = (t, storage_ptr(t) if t.device.type != "meta" else 0)
+                out[(id(m), name)] = (t, storage_ptr(t) if not t.is_meta else 0)
     return out
 
 
@@ -113,7 +113,7 @@ def replaced(modules: list[nn.Module], before: dict[tuple[int, str], tuple[Tenso
                 continue
             old = before.get((id(m), name))
             kept += old is not None
-            ptr = storage_ptr(t) if t.device.type != "meta" else 0
+            ptr = storage_ptr(t) if not t.is_meta else 0
             if old is None or old[0] is not t or (old[1] != ptr and moved.get(id(t)) != ptr):
                 out.append((old[0] if old is not None else None, t))
     return out, kept < len(before)
