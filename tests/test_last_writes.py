@@ -327,7 +327,8 @@ def test_user_overwrite_gets_a_huge_page_storage_and_undo_still_works(huge_pages
             self.fail = fail
 
         def init_weights(self) -> None:
-            nn.init.xavier_uniform_(self.fc.weight)  # whole: a fresh storage, the old kept
+            nn.init.xavier_uniform_(self.fc.weight)  # whole (its draw kept pending) ...
+            self.total = self.fc.weight.sum()  # ... then read: drawn now, a fresh storage
             if self.fail:
                 raise RuntimeError("user code failed")
 

@@ -43,19 +43,22 @@ from ..planning import CheckpointRead, Write
 from ..planning.checkpoint_checks import finite_each
 from ..planning.layout import is_sharded
 from ..planning.ops import fills_whole
+from .userfills import is_user_draw
 
 
 def _passable(w: Write) -> bool:
     """A fill may move past ``w``: a checkpoint read (its own tensor only, no random draw).
     Anything else may read another tensor (a grouped call, a replayed constructor) or draw
     from the generator a fill draws from (an orthogonal or sparse rule)."""
-    return isinstance(w.op, CheckpointRead)
+    return isinstance(w.op, CheckpointRead) or is_user_draw(w.op)  # (its key is drawn)
 
 
 def _in_place(w: Write) -> bool:
     t = w.tensor
     if t.device.type == "meta" or is_sharded(t) or type(t.data) is not torch.Tensor:
         return False
+    if is_user_draw(w.op):  # (user code's draw, kept pending: whole, reads nothing)
+        return True
     if isinstance(w.op, CheckpointRead):  # (copied bit for bit: its NaN check is the entry's)
         return w.op.state.dtype(w.op.key) == t.dtype
     return fills_whole(t, w.op)

@@ -37,9 +37,10 @@ from ..compat import TorchDispatchMode, op_written_args, top_dispatch_mode
 from ..maths.fills import Elementwise
 from ..planning import Write
 from .attribution import attribute, stop_at
-from .parallel import draw_all, parallel_target
+from .parallel import parallel_target
 from .rawreads import raw_reads
-from .seeding import UNSEEDED_MIN, unseeded_fill
+from .seeding import UNSEEDED_MIN, unseeded_key
+from .userfills import UserDraw
 from .watch import TensorState
 from .watch import storage_ptr as _storage_ptr
 
@@ -198,6 +199,20 @@ class Pending:
             self.before_write(t)
             self.raw.setdefault(id(t), TensorState.of(t))
 
+    def defer_draw(self, func: Any, args: tuple, dist: Elementwise) -> bool:
+        """User code draws ``dist`` over ``t = args[0]`` whole: if ``t`` is a tensor of the model that
+        alone holds its storage, draw the key now and keep the tiles pending (a
+        :class:`~.userfills.UserDraw`); the op's record entry is made now. False: not so."""
+        t = args[0]
+        ptr = _storage_ptr(t)
+        owners = self.index().get(ptr)
+        if not owners or len(owners) != 1 or owners[0] is not t or ptr in self.adopted:
+            return False
+        self.cancel(t)
+        self.add((Write(t, UserDraw(dist, unseeded_key(dist))),))
+        self.observed(t, attribute(func, args))
+        return True
+
     def before_op(self, func: Any, args: tuple, kwargs: dict) -> bool:
         """User code is about to run ``func``: do pending writes it reads, cancel the ones it
         overwrites, and report the model tensors it writes. True: the op is done already
@@ -263,14 +278,15 @@ _DRAWS = {torch.ops.aten.normal_.default: ("normal", (0.0, 1.0)),
           torch.ops.aten.uniform_.default: ("uniform", (0.0, 1.0))}
 
 
-def _draw_in_pieces(func: Any, args: tuple, kwargs: dict) -> bool:
+def _piece_dist(func: Any, args: tuple, kwargs: dict) -> Elementwise | None:
     """User code's large ``normal_``/``uniform_`` from the global generator on a CPU tensor:
-    drawn in pieces on every core (:func:`~.seeding.fill_unseeded`, the distribution is
-    the same; ``torch.manual_seed`` still decides the values). False: not such a call."""
+    what it draws, when it is drawn in pieces on every core (:func:`~.seeding.fill_unseeded`,
+    the distribution is the same; ``torch.manual_seed`` still decides the values). None:
+    not such a call."""
     t = args[0]
     if kwargs.get("generator") is not None or t.numel() < UNSEEDED_MIN \
             or not parallel_target(t) or not t.is_contiguous() or not t.is_floating_point():
-        return False
+        return None
     kind, defaults = _DRAWS[func]
     given = list(args[1:3]) + [None] * (3 - len(args))
     names = ("mean", "std") if kind == "normal" else ("from", "to")
@@ -278,13 +294,8 @@ def _draw_in_pieces(func: Any, args: tuple, kwargs: dict) -> bool:
             for i, n in enumerate(names))
     if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (a, b)) or (
             kind == "normal" and b < 0) or (kind == "uniform" and not a <= b):
-        return False  # let torch raise its own error
-    fill = unseeded_fill(Elementwise(kind, (float(a), float(b))), t)
-    if fill is None:
-        return False
-    fill.count_write = False  # the in-place op's own version bump counts it, once
-    draw_all([fill])
-    return True
+        return None  # let torch raise its own error
+    return Elementwise(kind, (float(a), float(b)))
 
 
 class WriteWatch(TorchDispatchMode):
@@ -316,10 +327,14 @@ class WriteWatch(TorchDispatchMode):
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None):
         kwargs = kwargs or {}
         if self.active and self.active[-1] and not func.is_view:
+            dist = _piece_dist(func, args, kwargs) if self.pieces and func in _DRAWS else None
             with self.lock:
+                if dist is not None and self.pending.defer_draw(func, args, dist):
+                    return args[0]  # (drawn when needed, see .userfills)
                 if self.pending.before_op(func, args, kwargs):
                     return args[0]
-            if self.pieces and func in _DRAWS and _draw_in_pieces(func, args, kwargs):
+            if dist is not None:
+                UserDraw(dist, unseeded_key(dist)).write(args[0])
                 return args[0]
         return func(*args, **kwargs)
 

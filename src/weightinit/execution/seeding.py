@@ -147,10 +147,14 @@ def unseeded_fill(dist: Any, out: Tensor) -> RegionFill | None:
     ``dist.fill_(out)`` instead."""
     if not dist.random or out.numel() < UNSEEDED_MIN or not parallel_target(out):
         return None
+    return RegionFill(dist, out, unseeded_key(dist))
+
+
+def unseeded_key(dist: Any) -> int:
+    """The key of an unseeded tile fill of ``dist``: one draw from the global generator (or
+    the seeded section's, via its mode)."""
     dist.check()
-    # one draw from the global generator (or the seeded section's, via its mode)
-    key = int(torch.randint(0, 1 << 62, (), dtype=torch.int64))
-    return RegionFill(dist, out, key)
+    return int(torch.randint(0, 1 << 62, (), dtype=torch.int64))
 
 
 _GLOBAL_RNG = threading.RLock()

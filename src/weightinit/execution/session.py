@@ -42,6 +42,7 @@ from .strategies import Plain, Sharded, choose
 from .threads import watching_threads
 from .transaction import Transaction
 from .userdraws import thread_section, thread_section_of
+from .userfills import is_user_draw
 from .watch import TensorState, other_modules, replaced, slot_state, tensors_of
 
 logger = logging.getLogger("weightinit")
@@ -65,8 +66,10 @@ class Session:
         self.txn = Transaction(keep_values=False)
         self.entries: dict[int, tuple[Tensor, Entry]] = {}
         #: planned writes not done yet (user code may make them unnecessary)
-        self.pending = Pending(root, self.flush, self._observed, self.txn_before_write,
-                               self.txn_before_overwrite)
+        # (undo: copy on write, or a storage swap for a whole overwrite; self.txn per run)
+        self.pending = Pending(root, self.flush, self._observed,
+                               lambda t: self.txn.before_write(t),
+                               lambda t, source: self.txn.before_overwrite(t, source))
         self.pending.tensors = lambda: self.cache.flat().tensors
         self.watch = WriteWatch(self.pending)
         #: running user calls, innermost last: (its record entry, ids of tensors it wrote)
@@ -229,6 +232,8 @@ class Session:
                     elif keep:
                         self._keep(tensor, op)
                     todo.append((tensor, op))
+                if is_user_draw(op):
+                    continue  # (its entry is the op's, made when user code ran it)
                 key = (id(op.rule), op.where) if op.kind is OpKind.RULE else None
                 entry = infos.get(key) if key is not None else None
                 if entry is None:
@@ -248,7 +253,8 @@ class Session:
         """Keep what undoes the write of ``tensor``: for a write that replaces it whole and
         reads nothing (a fill, a checkpoint read) its storage is set aside and a fresh one
         given (no copy); otherwise its values are copied."""
-        if (isinstance(op, CheckpointRead) or fills_whole(tensor, op)) and not is_sharded(tensor):
+        if (isinstance(op, CheckpointRead) or is_user_draw(op) or fills_whole(tensor, op)) \
+                and not is_sharded(tensor):
             old = tensor.untyped_storage().data_ptr()
             if self.txn.before_overwrite(tensor) is not None:
                 self.pending.moved_by_run(tensor, old)
@@ -327,12 +333,6 @@ class Session:
             return True
         entry = self.entries.get(id(tensor))
         return entry is not None and entry[1].kind in _RUN_WRITES
-
-    def txn_before_write(self, tensor: Tensor) -> None:
-        self.txn.before_write(tensor)  # copy on write: only what user code writes is kept
-
-    def txn_before_overwrite(self, tensor: Tensor, source: Tensor | None) -> str | None:
-        return self.txn.before_overwrite(tensor, source)  # a storage swap: nothing copied
 
     def _observed(self, tensor: Tensor, text: str | None) -> None:
         """User code wrote ``tensor`` (``text``: the call that did, when found)."""

@@ -54,6 +54,7 @@ from .seeding import (
 from .sharding import common_seed, failed_ranks, write_shard
 from .tiles import RegionFill
 from .userdraws import Books, Draws
+from .userfills import is_user_draw
 from .watch import local
 
 logger = logging.getLogger("weightinit")
@@ -93,6 +94,9 @@ class Plain:
         batch: list[RegionFill] = []
         gathered = batched.Batches()  # fills off the CPU (:meth:`batched_fill`)
         for tensor, op in writes:
+            if is_user_draw(op):  # user code's draw, kept pending (its key drawn then)
+                batch.append(op.fill(tensor))
+                continue
             fill = self.piece_fill(tensor, op, name_of) if tensor.numel() else None
             if fill is not None:
                 batch.append(fill)

@@ -1,0 +1,184 @@
+"""User code's large unseeded draws kept pending (``weightinit.execution.userfills``): the key
+is drawn when the op runs, the tiles when the run needs them — at the end, in the tensor's own
+memory; earlier if user code reads the tensor. Values, generator, record and undo are those of
+drawing at once."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+import weightinit as wi
+from weightinit.execution.seeding import UNSEEDED_MIN
+
+WIDTH = 1024  # 1 M elements: drawn in tiles (UNSEEDED_MIN is 256 K)
+assert WIDTH * WIDTH >= UNSEEDED_MIN
+
+
+def _ptr(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr()
+
+
+class Draws(wi.BaseModule):
+    """``init_weights`` draws ``fc.weight`` whole, then does ``after`` (user code) with it."""
+
+    def __init__(self, after=None, fail: bool = False) -> None:
+        super().__init__()
+        self.fc = nn.Linear(WIDTH, WIDTH)
+        self.after, self.fail = after, fail
+        self.seen: dict[str, object] = {}
+
+    def init_weights(self) -> None:
+        nn.init.normal_(self.fc.weight, std=0.02)
+        if self.after is not None:
+            self.after(self)
+        if self.fail:
+            raise RuntimeError("user code failed after its draw")
+
+
+def _run(after=None, seed: int = 3) -> tuple[Draws, torch.Tensor]:
+    torch.manual_seed(0)
+    model = Draws(after)
+    torch.manual_seed(seed)
+    model.init_weights()
+    return model, torch.rand(4)  # where the global generator stands after the run
+
+
+def _read(m: Draws) -> None:
+    m.fc.weight.data.add_(0.0)  # reads the tensor: its draw is done first
+
+
+def test_a_pending_draw_is_written_in_place_with_its_record_entry():
+    torch.manual_seed(0)
+    model = Draws()
+    ptr, version = _ptr(model.fc.weight), model.fc.weight._version
+    model.init_weights()
+    w = model.fc.weight.detach()
+    assert _ptr(model.fc.weight) == ptr  # its own memory: no fresh storage, nothing kept
+    assert model.fc.weight._version == version + 1  # one write, the op's
+    assert abs(w.mean().item()) < 1e-3 and abs(w.std().item() - 0.02) < 2e-4
+    text = wi.get_init_record(model)["fc.weight"].info
+    assert text == "normal_(std=0.02) in Draws.init_weights"
+    drawn_at_once, _ = _run(lambda m: m.fc.weight.sum())  # read: the draw done at once
+    assert wi.get_init_record(drawn_at_once)["fc.weight"].info == text
+
+
+def test_values_and_generator_equal_drawing_at_once():
+    """Drawn at the end, or at once because user code read it: the same values, and the
+    global generator ends where it ends."""
+    late, late_next = _run()
+    early, early_next = _run(_read)
+    assert torch.equal(late.fc.weight, early.fc.weight)
+    assert torch.equal(late_next, early_next)
+    other, _ = _run(seed=4)
+    assert not torch.equal(other.fc.weight, late.fc.weight)  # the seed decides them
+
+
+def test_user_code_reading_the_tensor_sees_the_drawn_values():
+    def look(m: Draws) -> None:
+        m.seen["sum"] = m.fc.weight.sum().item()
+        m.seen["row"] = m.fc.weight[3].clone()
+
+    model, _ = _run(look)
+    assert model.seen["sum"] == pytest.approx(model.fc.weight.sum().item())
+    assert torch.equal(model.seen["row"], model.fc.weight[3])
+
+
+def test_an_overwrite_cancels_the_draw_and_the_generator_moves_as_before():
+    def zero(m: Draws) -> None:
+        m.fc.weight.data.zero_()
+
+    def read_then_zero(m: Draws) -> None:
+        _read(m)
+        zero(m)
+
+    cancelled, after_cancel = _run(zero)
+    drawn, after_drawn = _run(read_then_zero)
+    assert torch.count_nonzero(cancelled.fc.weight) == 0
+    assert torch.equal(after_cancel, after_drawn)
+
+
+def test_a_partial_write_after_the_draw_lands_on_the_drawn_values():
+    def first_row(m: Draws) -> None:
+        m.fc.weight.data[0].fill_(1.0)
+
+    def read_then_first_row(m: Draws) -> None:
+        _read(m)
+        first_row(m)
+
+    a, _ = _run(first_row)
+    b, _ = _run(read_then_first_row)
+    assert torch.equal(a.fc.weight, b.fc.weight)
+    assert torch.all(a.fc.weight[0] == 1.0) and a.fc.weight[1].std() > 0.01
+
+
+@pytest.mark.parametrize("after", [None, _read])
+def test_a_failure_after_the_draw_leaves_the_model_untouched(after):
+    torch.manual_seed(0)
+    model = Draws(after, fail=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ptr = _ptr(model.fc.weight)
+    with pytest.raises(RuntimeError, match="user code failed after its draw"):
+        model.init_weights()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert _ptr(model.fc.weight) == ptr
+    assert wi.get_init_record(model) is None
+
+
+def test_a_parent_reading_a_childs_pending_draw_sees_it():
+    """The child's user code draws (kept pending); the parent's, running after it, reads the
+    child's weight: drawn for it, and the same values as a run that draws at once."""
+    class Parent(wi.BaseModule):
+        def __init__(self, child_after=None) -> None:
+            super().__init__()
+            self.child = Draws(child_after)
+
+        def init_weights(self) -> None:
+            super().init_weights()  # the child's init_weights: its draw
+            self.total = self.child.fc.weight.sum().item()
+
+    results = []
+    for child_after in (None, _read):
+        torch.manual_seed(0)
+        p = Parent(child_after)
+        torch.manual_seed(9)
+        p.init_weights()
+        assert p.total == pytest.approx(p.child.fc.weight.sum().item())
+        results.append(p.child.fc.weight.detach().clone())
+    assert torch.equal(*results)
+
+
+def test_tied_weights_are_drawn_at_once_and_seen_by_both():
+    class Tied(wi.BaseModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(WIDTH, WIDTH, bias=False)
+            self.b = nn.Linear(WIDTH, WIDTH, bias=False)
+            self.b.weight = self.a.weight
+
+        def init_weights(self) -> None:
+            nn.init.normal_(self.a.weight, std=0.5)
+
+    torch.manual_seed(0)
+    model = Tied()
+    model.init_weights()
+    assert model.b.weight is model.a.weight
+    assert abs(model.a.weight.std().item() - 0.5) < 5e-3
+
+
+def test_a_seeded_run_draws_user_code_from_its_tiles_as_before():
+    """With a seed the watch keeps nothing pending: user draws come from the seeded tiles,
+    whatever the global generator holds."""
+    results = []
+    for global_seed in (1, 2):
+        torch.manual_seed(0)
+        model = Draws()
+        torch.manual_seed(global_seed)
+        ptr = _ptr(model.fc.weight)
+        with wi.seeded(5):
+            model.init_weights()
+        results.append(model.fc.weight.detach().clone())
+        assert _ptr(model.fc.weight) != ptr  # drawn at once (a fresh storage, the old kept)
+    assert torch.equal(*results)
