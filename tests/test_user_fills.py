@@ -182,3 +182,87 @@ def test_a_seeded_run_draws_user_code_from_its_tiles_as_before():
         results.append(model.fc.weight.detach().clone())
         assert _ptr(model.fc.weight) != ptr  # drawn at once (a fresh storage, the old kept)
     assert torch.equal(*results)
+
+
+def _mmcv_trunc_normal(t: torch.Tensor, std: float) -> None:
+    """MMCV 1.x's ``trunc_normal_`` (in ``mmcv.cnn.utils.weight_init``): five in-place ops."""
+    import math
+    with torch.no_grad():
+        lo, hi = (1 + math.erf(-2.0 / std / math.sqrt(2))) / 2, \
+            (1 + math.erf(2.0 / std / math.sqrt(2))) / 2
+        t.uniform_(2 * lo - 1, 2 * hi - 1)
+        t.erfinv_()
+        t.mul_(std * math.sqrt(2.0))
+        t.add_(0.0)
+        t.clamp_(min=-2.0, max=2.0)
+
+
+class Truncated(wi.BaseModule):
+    def __init__(self, after=None, fail: bool = False) -> None:
+        super().__init__()
+        self.fc = nn.Linear(WIDTH, WIDTH)
+        self.after, self.fail = after, fail
+
+    def init_weights(self) -> None:
+        _mmcv_trunc_normal(self.fc.weight, 0.02)
+        if self.after is not None:
+            self.after(self)
+        if self.fail:
+            raise RuntimeError("failed after trunc_normal_")
+
+
+def _truncated(after=None) -> Truncated:
+    torch.manual_seed(0)
+    model = Truncated(after)
+    torch.manual_seed(11)
+    model.init_weights()
+    return model
+
+
+def test_elementwise_ops_on_a_pending_draw_join_it_and_give_the_same_values():
+    """MMCV's trunc_normal_ (uniform_, erfinv_, mul_, add_, clamp_ with numbers): all kept
+    pending and done at the end in the tensor's own memory, bit for bit what drawing and
+    applying them at once gives; each op counted as a write, as eagerly."""
+    torch.manual_seed(0)
+    model = Truncated()
+    ptr, version = _ptr(model.fc.weight), model.fc.weight._version
+    torch.manual_seed(11)
+    model.init_weights()
+    assert _ptr(model.fc.weight) == ptr and model.fc.weight._version == version + 5
+    at_once = _truncated(lambda m: m.fc.weight.sum())  # read: done at once
+    assert torch.equal(model.fc.weight, at_once.fc.weight)
+    w = model.fc.weight.detach()
+    assert abs(w.std().item() - 0.02) < 3e-4 and w.abs().max() <= 2.0
+    assert wi.get_init_record(model)["fc.weight"].info == \
+        wi.get_init_record(at_once)["fc.weight"].info
+
+
+def test_an_op_reading_another_tensor_does_not_join_the_draw():
+    scale = torch.full((WIDTH, WIDTH), 3.0)
+
+    def times(m):
+        m.fc.weight.data.mul_(scale)  # a tensor argument: the draw is done first
+
+    def read_then_times(m):
+        m.fc.weight.sum()
+        times(m)
+
+    assert torch.equal(_truncated(times).fc.weight, _truncated(read_then_times).fc.weight)
+
+
+def test_a_clamp_without_bounds_fails_at_the_op_as_torch_does():
+    def bad(m):
+        m.fc.weight.data.clamp_()
+
+    with pytest.raises(RuntimeError, match="At least one of 'min' or 'max' must not be None"):
+        _truncated(bad)
+
+
+def test_a_failure_after_a_chained_draw_leaves_the_model_untouched():
+    torch.manual_seed(0)
+    model = Truncated(fail=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(RuntimeError, match="failed after trunc_normal_"):
+        model.init_weights()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k

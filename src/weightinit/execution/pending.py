@@ -40,7 +40,7 @@ from .attribution import attribute, stop_at
 from .parallel import parallel_target
 from .rawreads import raw_reads
 from .seeding import UNSEEDED_MIN, unseeded_key
-from .userfills import UserDraw
+from .userfills import UserDraw, chainable, is_user_draw
 from .watch import TensorState
 from .watch import storage_ptr as _storage_ptr
 
@@ -213,6 +213,17 @@ class Pending:
         self.observed(t, attribute(func, args))
         return True
 
+    def chain(self, func: Any, args: tuple, kwargs: dict) -> bool:
+        """An elementwise op with numbers only on a tensor whose user draw is pending: it
+        joins the draw (done on the drawn values). False: not so."""
+        w = self.writes.get(id(args[0])) if args and isinstance(args[0], Tensor) else None
+        if w is None or not is_user_draw(w.op) or w.tensor is not args[0] \
+                or not chainable(func, args, kwargs):
+            return False
+        self.writes[id(w.tensor)] = Write(w.tensor, w.op.then(func, args, kwargs))
+        self.observed(w.tensor, attribute(func, args))
+        return True
+
     def before_op(self, func: Any, args: tuple, kwargs: dict) -> bool:
         """User code is about to run ``func``: do pending writes it reads, cancel the ones it
         overwrites, and report the model tensors it writes. True: the op is done already
@@ -329,7 +340,8 @@ class WriteWatch(TorchDispatchMode):
         if self.active and self.active[-1] and not func.is_view:
             dist = _piece_dist(func, args, kwargs) if self.pieces and func in _DRAWS else None
             with self.lock:
-                if dist is not None and self.pending.defer_draw(func, args, dist):
+                if dist is not None and self.pending.defer_draw(func, args, dist) \
+                        or self.pending.chain(func, args, kwargs):
                     return args[0]  # (drawn when needed, see .userfills)
                 if self.pending.before_op(func, args, kwargs):
                     return args[0]

@@ -96,6 +96,10 @@ class Plain:
         for tensor, op in writes:
             if is_user_draw(op):  # user code's draw, kept pending (its key drawn then)
                 batch.append(op.fill(tensor))
+                if op.chain:  # then its elementwise ops, on the drawn values
+                    draw_all(batch)
+                    batch = []
+                    op.finish(tensor)
                 continue
             fill = self.piece_fill(tensor, op, name_of) if tensor.numel() else None
             if fill is not None:

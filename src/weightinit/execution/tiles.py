@@ -49,7 +49,7 @@ def generator(device: torch.device, seed: int) -> torch.Generator:
     return g
 
 
-def _alias(t: Tensor) -> Tensor:
+def uncounted_alias(t: Tensor) -> Tensor:
     """A view of ``t``'s memory with its own version counter, so the tiles' writes count as
     one write of ``t`` (bumped once, in :meth:`RegionFill.done`)."""
     return torch.empty(0, dtype=t.dtype, device=t.device).set_(
@@ -86,7 +86,7 @@ class RegionFill:
         #: bump ``out``'s version counter once when done (False: the caller's in-place op
         #: does, as when user code's ``normal_`` is drawn this way)
         self.count_write = True
-        self.alias = _alias(out)
+        self.alias = uncounted_alias(out)
 
     def tiles(self) -> list[tuple[int, tuple[int, ...], tuple[int, ...]]]:
         return overlapping_tiles(self.shape, self.offset, tuple(self.out.shape))

@@ -8,7 +8,9 @@ decides the values. So the watch draws the key when the op runs (the generator a
 exactly as before) and keeps the tiles pending as a :class:`UserDraw`, like a rule's
 write (:mod:`.pending`): user code that reads the tensor, or writes part of it, has it
 drawn first; user code that overwrites it whole cancels it; otherwise it is drawn at the
-end of the run. The tensor's record entry is the op's, made when the op ran.
+end of the run. Elementwise ops user code then runs on it with numbers only (the rest of
+MMCV's ``trunc_normal_``: ``erfinv_``, ``mul_``, ``add_``, ``clamp_``) join it, to be done
+on the drawn values, in order. The tensor's record entry is the ops', made when they ran.
 
 Drawn at the end, after the last user call, it goes into the tensor's own memory with
 nothing kept (:mod:`.inplace`), where drawing it at once, while the run could still be
@@ -17,28 +19,56 @@ undone, meant a fresh storage for the tensor: new memory, which costs its first 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from ..maths import Elementwise
 from ..planning import OpKind
 from .parallel import draw_all
-from .tiles import RegionFill
+from .tiles import RegionFill, uncounted_alias
+
+#: in-place elementwise ops that may join a pending draw, when their other arguments are
+#: numbers
+_CHAINABLE = frozenset(
+    getattr(getattr(torch.ops.aten, name), overload)
+    for name, overloads in (("erfinv_", ("default",)), ("mul_", ("Tensor", "Scalar")),
+                            ("add_", ("Tensor", "Scalar")), ("sub_", ("Tensor", "Scalar")),
+                            ("div_", ("Tensor", "Scalar")), ("clamp_", ("default",)),
+                            ("clamp_min_", ("default",)), ("clamp_max_", ("default",)))
+    for overload in overloads)
+
+
+def chainable(func: Any, args: tuple, kwargs: dict) -> bool:
+    """``func(args[0], ...)`` is one of those ops with finite numbers (or ``None`` bounds)
+    for all its other arguments (and, for ``clamp_``, at least one bound)."""
+    if func not in _CHAINABLE:
+        return False
+    rest = (*args[1:], *kwargs.values())
+    if not all(v is None or (type(v) in (int, float) and math.isfinite(v)) for v in rest):
+        return False
+    return func.overloadpacket.__name__ != "clamp_" or any(v is not None for v in rest)
 
 
 @dataclass(frozen=True)
 class UserDraw:
-    """The tiles of user code's draw of ``dist`` under ``key`` over a whole tensor."""
+    """The tiles of user code's draw of ``dist`` under ``key`` over a whole tensor, then the
+    elementwise ops of ``chain`` (``(op, its other arguments, keywords)``) on them."""
 
     dist: Elementwise
     key: int
+    chain: tuple[tuple[Any, tuple, tuple], ...] = ()
     kind: OpKind = OpKind.USER
     group: None = None
 
     def elementwise(self, shape: tuple[int, ...]) -> Elementwise | None:
         return None  # (not a rule's fill: never batched with them, never seeded by name)
+
+    def then(self, func: Any, args: tuple, kwargs: dict) -> UserDraw:
+        return replace(self, chain=(*self.chain, (func, args[1:], tuple(kwargs.items()))))
 
     def fill(self, tensor: Tensor) -> RegionFill:
         """The tiles, into the memory ``tensor`` has now (the op counted the write)."""
@@ -46,12 +76,21 @@ class UserDraw:
         fill.count_write = False
         return fill
 
+    def finish(self, tensor: Tensor) -> None:
+        """The chained ops, on the drawn values (each counted its write when it ran)."""
+        if self.chain:
+            alias = uncounted_alias(tensor)
+            with torch.no_grad():
+                for func, rest, kwargs in self.chain:
+                    func(alias, *rest, **dict(kwargs))
+
     def write(self, tensor: Tensor) -> None:
         draw_all([self.fill(tensor)])
+        self.finish(tensor)
 
 
 def is_user_draw(op: Any) -> bool:
     return type(op) is UserDraw
 
 
-__all__ = ["UserDraw", "is_user_draw"]
+__all__ = ["UserDraw", "chainable", "is_user_draw"]
