@@ -57,8 +57,6 @@ def _in_place(w: Write) -> bool:
     t = w.tensor
     if t.device.type == "meta" or is_sharded(t) or type(t.data) is not torch.Tensor:
         return False
-    if is_user_draw(w.op):  # (user code's draw, kept pending: whole, reads nothing)
-        return True
     if isinstance(w.op, CheckpointRead):  # (copied bit for bit: its NaN check is the entry's)
         return w.op.state.dtype(w.op.key) == t.dtype
     return fills_whole(t, w.op)

@@ -253,8 +253,7 @@ class Session:
         """Keep what undoes the write of ``tensor``: for a write that replaces it whole and
         reads nothing (a fill, a checkpoint read) its storage is set aside and a fresh one
         given (no copy); otherwise its values are copied."""
-        if (isinstance(op, CheckpointRead) or is_user_draw(op) or fills_whole(tensor, op)) \
-                and not is_sharded(tensor):
+        if (isinstance(op, CheckpointRead) or fills_whole(tensor, op)) and not is_sharded(tensor):
             old = tensor.untyped_storage().data_ptr()
             if self.txn.before_overwrite(tensor) is not None:
                 self.pending.moved_by_run(tensor, old)

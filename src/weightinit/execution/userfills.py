@@ -63,6 +63,9 @@ class UserDraw:
     chain: tuple[tuple[Any, tuple, tuple], ...] = ()
     kind: OpKind = OpKind.USER
     group: None = None
+    #: it writes its tensor whole and reads nothing (planning.ops.fills_whole): so it is
+    #: undone by a storage swap, and written in place after the last user call
+    writes_whole: bool = True
 
     def elementwise(self, shape: tuple[int, ...]) -> Elementwise | None:
         return None  # (not a rule's fill: never batched with them, never seeded by name)

@@ -338,8 +338,11 @@ def user_call_key(init: Any, cfg_key: str | None) -> str:
     return f"user|{canonical(f'{cls.__module__}.{cls.__qualname__}', {})}"
 
 def fills_whole(tensor: Tensor, op: Any) -> bool:
-    """``op`` is a rule's or a default's elementwise fill of ``tensor``: it writes the
-    tensor whole, alone, and reads nothing."""
+    """``op`` writes ``tensor`` whole, alone, and reads nothing: a rule's or a default's
+    elementwise fill, or an op that says so itself (``writes_whole``: user code's draw kept
+    pending, see :mod:`weightinit.execution.userfills`)."""
+    if getattr(op, "writes_whole", False):
+        return True
     return (op.kind in (OpKind.RULE, OpKind.DEFAULT) and op.group is None
             and op.elementwise(tuple(tensor.shape)) is not None)
 
