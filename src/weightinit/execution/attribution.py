@@ -10,6 +10,7 @@ directly in ``init_weights`` is named by the op: ``fill_(3) in Gate.init_weights
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import os
@@ -82,19 +83,34 @@ def _machinery(filename: str, cache: dict[str, bool] = {}) -> bool:  # noqa: B00
     return hit
 
 
+#: the last library call that named a write, and its text: a later op whose stack passes
+#: through that same (still running) call is named the same without reading the stack
+#: above it. The frame is held, so no other call can take its identity; :func:`forget`
+#: lets it go when the user call ends.
+_LAST: tuple[Any, str] | None = None
+
+
 def attribute(func: Any, args: tuple) -> str | None:
     """What wrote, seen from the Python stack: the call made from the innermost
     user ``init_weights`` frame (through the user's own helpers in the same file
     and ``nn.Module.apply``), as ``call(args) in Class.init_weights``."""
+    global _LAST
+    last = _LAST
     frame = sys._getframe(2)
     chain: list[Any] = []
     while frame is not None:
+        if last is not None and frame is last[0]:
+            return last[1]
         code = frame.f_code
         if code.co_name == "init_weights" and not code.co_filename.startswith(_OWN_DIR):
             owner = frame.f_locals.get(code.co_varnames[0]) if code.co_argcount else None
             if isinstance(owner, nn.Module):
-                return f"{_describe(chain, code.co_filename, func, args)} in " \
-                       f"{type(owner).__name__}.init_weights"
+                called = _describing(chain, code.co_filename)
+                what = call_text(called) if called is not None else _op_text(func, args)
+                text = f"{what} in {type(owner).__name__}.init_weights"
+                if called is not None:
+                    _LAST = (called, text)
+                return text
         if not _machinery(code.co_filename):
             chain.append(frame)
         if code in _STOP:
@@ -103,14 +119,21 @@ def attribute(func: Any, args: tuple) -> str | None:
     return None
 
 
-def _describe(chain: list[Any], user_file: str, func: Any, args: tuple) -> str:
-    """The outermost library call below the user's frames, or the op itself."""
+def forget() -> None:
+    """Let the frame :func:`attribute` keeps go (a user call ended)."""
+    global _LAST
+    _LAST = None
+
+
+def _describing(chain: list[Any], user_file: str) -> Any:
+    """The frame of the outermost library call below the user's frames (None: the op was
+    made by the user's code itself)."""
     for frame in reversed(chain):  # outermost first
         code = frame.f_code
         if code.co_filename == user_file or code is _APPLY:
             continue
-        return call_text(frame)
-    return _op_text(func, args)
+        return frame
+    return None
 
 
 _APPLY = nn.Module.apply.__code__
@@ -119,9 +142,18 @@ _STOP: set[Any] = set()
 
 
 def stop_at(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Mark ``fn`` as where a watched call starts: the stack above it is not user code."""
+    """Mark ``fn`` as where a watched call starts: the stack above it is not user code.
+    When it returns, the frame :func:`attribute` keeps is let go."""
     _STOP.add(fn.__code__)
-    return fn
+
+    @functools.wraps(fn)
+    def watched_call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            forget()
+
+    return watched_call
 
 
-__all__ = ["attribute", "call_text", "stop_at"]
+__all__ = ["attribute", "call_text", "forget", "stop_at"]
