@@ -512,3 +512,39 @@ def test_user_code_inside_the_library_inside_user_code_is_watched(monkeypatch):
         failing.init_weights()
     for k, v in failing.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+#: a helper library of its own file (calls into it are named by their arguments)
+_LIB = type(wi)("fill_helpers")
+_LIB.torch = torch
+exec(compile("def scaled_fill(t, val, scratch):\n    with torch.no_grad():\n"
+             "        t.fill_(val)\n        t.mul_(1.0)\n", "fill_helpers.py", "exec"),
+     _LIB.__dict__)
+
+
+def test_each_library_call_is_named_by_its_own_arguments_and_let_go_after():
+    """Attribution reuses the name of the library call a write came from while that same
+    call runs: calls in a loop (each a new frame) keep their own arguments, two ops of one
+    call share its name, and the run holds none of the call's locals once it returns."""
+    import weakref
+
+    class Many(wi.BaseModule):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+
+        def init_weights(self):
+            scratch = torch.empty(1 << 16)
+            self.scratch_ref = weakref.ref(scratch)
+            for i, lin in enumerate((self.a, self.b, self.c)):
+                _LIB.scaled_fill(lin.weight, float(i + 1), scratch)
+            del scratch
+
+    m = Many()
+    m.init_weights()
+    rec = m.init_record
+    for i, name in enumerate("abc"):
+        assert rec[f"{name}.weight"].info == f"scaled_fill(val={i + 1:g}) in Many.init_weights"
+        assert torch.equal(getattr(m, name).weight, torch.full((4, 4), float(i + 1)))
+        assert getattr(m, name).weight._version >= 2
+    assert m.scratch_ref() is None  # the last helper frame (and its scratch) was let go
