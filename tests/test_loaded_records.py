@@ -5,6 +5,8 @@ sharing memory with a tensor that outlives the run."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -245,3 +247,134 @@ def test_a_load_from_a_users_file_object_stays_watched(saved, counted):
     model = CountsWatchedOps(path, source=Stream(data))
     model.init_weights()
     assert model.seen_in_load > 0
+
+
+class Reads(wi.BaseModule):
+    """Calls ``torch.load`` as it is given (the result is kept for the test to compare)."""
+
+    def __init__(self, load) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.load = load
+
+    def init_weights(self) -> None:
+        self.got = self.load()
+
+
+@pytest.fixture
+def lane(monkeypatch):
+    """The files user code's loads had read by the checkpoint fast lane (and its answers)."""
+    seen: list[tuple[str, bool]] = []
+    original = records.fast_load
+
+    def spy(path, where, mmap):
+        out = original(path, where, mmap)
+        seen.append((path, out[0]))
+        return out
+
+    monkeypatch.setattr(records, "fast_load", spy)
+    return seen
+
+
+def _same(a, b) -> None:
+    assert type(a) is type(b)
+    if isinstance(a, dict):
+        assert list(a) == list(b)
+        for k in a:
+            _same(a[k], b[k])
+    elif isinstance(a, torch.Tensor):
+        assert (type(a), a.dtype, a.shape, a.stride(), a.device, a.requires_grad) == \
+            (type(b), b.dtype, b.shape, b.stride(), b.device, b.requires_grad)
+        assert torch.equal(a, b)
+    else:
+        assert a == b
+
+
+@pytest.mark.parametrize("call, asked", [
+    (lambda p: torch.load(p), False), (lambda p: torch.load(p, map_location="cpu"), False),
+    (lambda p: torch.load(p, "cpu", weights_only=True), True),
+    (lambda p: torch.load(p, mmap=True), False),
+    (lambda p: torch.load(p, map_location={"cpu": "cpu"}, weights_only=True), True)])
+def test_a_weights_only_load_in_user_code_reads_by_the_fast_lane_as_torch_would(
+        tmp_path, lane, call, asked):
+    """A load of a path that torch reads as ``weights_only`` (by default, since torch 2.6,
+    or asked) gives what ``torch.load`` gives: the same types, keys, metadata, values."""
+    from collections import OrderedDict
+
+    from weightinit.compat import loads_weights_only_by_default
+    state = OrderedDict([("w", torch.randn(3, 5)), ("b", torch.arange(4, dtype=torch.int64)),
+                         ("p", nn.Parameter(torch.ones(2))), ("v", torch.zeros(6)[1:4])])
+    state._metadata = OrderedDict([("", {"version": 2})])
+    path = str(tmp_path / "user.pth")
+    torch.save({"state_dict": state, "meta": {"epoch": 3, "dtype": torch.float16}}, path)
+    model = Reads(lambda: call(path))
+    model.init_weights()
+    expected = call(path)
+    _same(model.got, expected)
+    assert model.got["state_dict"]._metadata == expected["state_dict"]._metadata
+    assert lane == ([(path, True)] if asked or loads_weights_only_by_default() else [])
+
+
+def test_user_loads_the_fast_lane_does_not_take_are_torch_loads(tmp_path, lane):
+    """Explicit ``weights_only=False`` (torch's C unpickler already), bytes, a custom
+    ``pickle_module`` and extra arguments go to ``torch.load`` untouched."""
+    import io
+    import pickle
+    path = str(tmp_path / "plain.pth")
+    torch.save({"w": torch.ones(2)}, path)
+    with open(path, "rb") as f:
+        raw = f.read()
+    for call in (lambda: torch.load(path, weights_only=False),
+                 lambda: torch.load(io.BytesIO(raw), weights_only=True),
+                 lambda: torch.load(path, pickle_module=pickle, weights_only=False),
+                 lambda: torch.load(path, weights_only=True, encoding="utf-8")):
+        model = Reads(call)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (torch: encoding= only works without weights_only)
+            model.init_weights()
+        assert torch.equal(model.got["w"], torch.ones(2))
+    assert lane == []
+
+
+class _Boom:
+    def __reduce__(self):
+        import os
+        return (os.system, ("echo fast-lane-ran-it > boom.txt",))
+
+
+def test_an_unsafe_file_user_code_loads_gets_torchs_refusal(tmp_path, lane, monkeypatch):
+    """A pickle naming ``os.system`` (or a whole module) read with ``weights_only=True``:
+    the fast lane refuses it unrun, and torch's own ``weights_only`` error reaches the user
+    code, the model untouched."""
+    import pickle
+    monkeypatch.chdir(tmp_path)
+    path = str(tmp_path / "evil.pth")
+    torch.save({"x": _Boom()}, path)
+    model = Reads(lambda: torch.load(path, weights_only=True))
+    before = model.fc.weight.detach().clone()
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        model.init_weights()
+    assert not (tmp_path / "boom.txt").exists()
+    assert lane == [(path, False)]
+    assert torch.equal(model.fc.weight, before)
+
+
+def test_loads_weights_only_by_default_says_what_torch_load_does(tmp_path, monkeypatch):
+    """The compat answer matches torch: a file naming a global outside torch's allowlist
+    is refused by a ``torch.load`` without ``weights_only`` exactly when it says True, and
+    an environment variable forcing either way makes it say False (torch decides)."""
+    import pickle
+
+    from weightinit.compat import loads_weights_only_by_default
+    path = str(tmp_path / "module.pth")
+    torch.save(nn.Linear(2, 2), path)
+    try:
+        torch.load(path)
+        refused = False
+    except pickle.UnpicklingError:
+        refused = True
+    assert loads_weights_only_by_default() is refused
+    for var in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"):
+        monkeypatch.setenv(var, "1")
+        assert loads_weights_only_by_default() is False
+        monkeypatch.delenv(var)

@@ -222,6 +222,19 @@ def pickle_storage_names() -> frozenset[str]:
     return frozenset(n for n in names if not n.startswith("Q"))
 
 
+def loads_weights_only_by_default() -> bool:
+    """``torch.load`` called without ``weights_only`` (and no environment variable forcing
+    either way) reads as ``weights_only=True``: torch >= 2.6."""
+    if any(os.environ.get(v, "0").lower() not in ("", "0", "false", "no", "n") for v in (
+            "TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")):
+        return False
+    decide = getattr(torch.serialization, "_default_to_weights_only", None)
+    try:
+        return decide is not None and decide(None) is True
+    except Exception:  # noqa: BLE001 (changed signature: say no, torch.load decides)
+        return False
+
+
 def read_zip_checkpoint(path: str, map_location: Any, mmap: bool,
                         pickle_module: Any) -> tuple[bool, Any]:
     """``torch.load``'s reading of a ``torch.save`` zip file, with ``pickle_module``'s

@@ -32,6 +32,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..checkpoint.fastpickle import fast_load
+from ..compat import loads_weights_only_by_default
+
 #: (report the tensors of a load, the block a plain load runs in, the thread of both)
 _SINK: contextvars.ContextVar[tuple[Callable[[list[Tensor]], None],
                                     Callable[[], AbstractContextManager[Any]], int] | None] = \
@@ -76,6 +79,35 @@ def _plain(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
             and (unpickler is None or unpickler is pickle))
 
 
+def _weights_only_path(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The file of a plain load (:func:`_plain`) that reads as ``weights_only=True`` with
+    torch's defaults otherwise: given as a path, no other argument but ``map_location``
+    and ``mmap`` (None: not such a load)."""
+    given = dict(zip(("f", "map_location", "pickle_module", "weights_only"), args))
+    given.update(kwargs)
+    if not set(given) <= {"f", "map_location", "pickle_module", "weights_only", "mmap"} \
+            or given.get("pickle_module") is not None \
+            or not isinstance(given.get("f"), (str, os.PathLike)):
+        return None
+    safe = given.get("weights_only")
+    if safe is True or (safe is None and loads_weights_only_by_default()):
+        return given["f"]
+    return None
+
+
+def _read(original: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """A plain load: a ``weights_only`` read of a file the checkpoint fast lane reads (the
+    same result, with Python's C unpickler; see :mod:`..checkpoint.fastpickle`), else
+    ``torch.load`` itself."""
+    path = _weights_only_path(args, kwargs)
+    if path is not None:
+        where = kwargs.get("map_location", args[1] if len(args) > 1 else None)
+        read, value = fast_load(os.fspath(path), where, bool(kwargs.get("mmap")))
+        if read:
+            return value
+    return original(*args, **kwargs)
+
+
 def _wrap(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def load(*args: Any, **kwargs: Any) -> Any:
@@ -85,7 +117,7 @@ def _wrap(original: Callable[..., Any]) -> Callable[..., Any]:
         sink, quiet, thread = seen
         if thread == threading.get_ident() and _plain(args, kwargs):
             with quiet():  # the load writes only new tensors: not watched op by op
-                out = original(*args, **kwargs)
+                out = _read(original, args, kwargs)
         else:
             out = original(*args, **kwargs)
         if not kwargs.get("mmap"):
