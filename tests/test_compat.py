@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import io
+import pickle
 import subprocess
 import sys
 
@@ -243,7 +244,6 @@ def test_pickle_storage_names_are_what_torch_save_writes(tmp_path):
 
 
 def test_read_zip_checkpoint_reads_as_torch_load_and_skips_other_files(tmp_path):
-    import pickle
     path = str(tmp_path / "w.pth")
     torch.save({"w": torch.arange(6.0).view(2, 3)}, path)
     for mmap in (True, False):
@@ -255,3 +255,21 @@ def test_read_zip_checkpoint_reads_as_torch_load_and_skips_other_files(tmp_path)
     script = str(tmp_path / "s.pth")
     torch.jit.save(torch.jit.script(nn.Linear(1, 1)), script)
     assert compat.read_zip_checkpoint(script, None, False, pickle) == (False, None)
+
+
+def test_loads_weights_only_by_default_says_what_torch_load_does(tmp_path, monkeypatch):
+    """The compat answer matches torch: a file naming a global outside torch's allowlist
+    is refused by a ``torch.load`` without ``weights_only`` exactly when it says True, and
+    an environment variable forcing either way makes it say False (torch decides)."""
+    path = str(tmp_path / "module.pth")
+    torch.save(nn.Linear(2, 2), path)
+    try:
+        torch.load(path)
+        refused = False
+    except pickle.UnpicklingError:
+        refused = True
+    assert compat.loads_weights_only_by_default() is refused
+    for var in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"):
+        monkeypatch.setenv(var, "1")
+        assert compat.loads_weights_only_by_default() is False
+        monkeypatch.delenv(var)

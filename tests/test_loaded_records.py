@@ -357,24 +357,3 @@ def test_an_unsafe_file_user_code_loads_gets_torchs_refusal(tmp_path, lane, monk
     assert not (tmp_path / "boom.txt").exists()
     assert lane == [(path, False)]
     assert torch.equal(model.fc.weight, before)
-
-
-def test_loads_weights_only_by_default_says_what_torch_load_does(tmp_path, monkeypatch):
-    """The compat answer matches torch: a file naming a global outside torch's allowlist
-    is refused by a ``torch.load`` without ``weights_only`` exactly when it says True, and
-    an environment variable forcing either way makes it say False (torch decides)."""
-    import pickle
-
-    from weightinit.compat import loads_weights_only_by_default
-    path = str(tmp_path / "module.pth")
-    torch.save(nn.Linear(2, 2), path)
-    try:
-        torch.load(path)
-        refused = False
-    except pickle.UnpicklingError:
-        refused = True
-    assert loads_weights_only_by_default() is refused
-    for var in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"):
-        monkeypatch.setenv(var, "1")
-        assert loads_weights_only_by_default() is False
-        monkeypatch.delenv(var)

@@ -40,6 +40,7 @@ __all__ = [
     "fsdp_param_groups",
     "fully_shard_function",
     "has_cpu_fsdp2",
+    "loads_weights_only_by_default",
     "local_tensor",
     "numpy_multiarray",
     "op_written_args",
