@@ -226,9 +226,9 @@ def test_bad_arguments(model, fn, message):
 def test_unseeded_runs_draw_from_the_global_generator():
     m = net()
     torch.manual_seed(7)
-    wi.run(m, lambda: nn.init.normal_(m.b.weight))  # small: torch's own normal_
+    wi.run(m, lambda: nn.init.normal_(m.norm.weight))  # small: torch's own normal_
     torch.manual_seed(7)
-    assert torch.equal(m.b.weight.detach(), torch.empty(30, 700).normal_())
+    assert torch.equal(m.norm.weight.detach(), torch.empty(700).normal_())
     runs = []
     for seed in (7, 7, 8):  # large: drawn on every core, still decided by manual_seed
         torch.manual_seed(seed)

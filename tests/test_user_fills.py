@@ -1,4 +1,4 @@
-"""User code's large unseeded draws kept pending (``weightinit.execution.userfills``): the key
+"""User code's unseeded draws (of DEFER_MIN elements or more) kept pending (``weightinit.execution.userfills``): the key
 is drawn when the op runs, the tiles when the run needs them — at the end, in the tensor's own
 memory; earlier if user code reads the tensor. Values, generator, record and undo are those of
 drawing at once."""
@@ -11,6 +11,7 @@ import torch.nn as nn
 
 import weightinit as wi
 from weightinit.execution.seeding import UNSEEDED_MIN
+from weightinit.execution.userfills import DEFER_MIN
 
 WIDTH = 1024  # 1 M elements: drawn in tiles (UNSEEDED_MIN is 256 K)
 assert WIDTH * WIDTH >= UNSEEDED_MIN
@@ -62,6 +63,48 @@ def test_a_pending_draw_is_written_in_place_with_its_record_entry():
     assert text == "normal_(std=0.02) in Draws.init_weights"
     drawn_at_once, _ = _run(lambda m: m.fc.weight.sum())  # read: the draw done at once
     assert wi.get_init_record(drawn_at_once)["fc.weight"].info == text
+
+
+class Mid(wi.BaseModule):
+    """A draw between DEFER_MIN and UNSEEDED_MIN elements (kept pending as well), or below."""
+
+    def __init__(self, width: int, after=None) -> None:
+        super().__init__()
+        self.fc = nn.Linear(width, width)
+        self.after = after
+
+    def init_weights(self) -> None:
+        nn.init.uniform_(self.fc.weight, -0.5, 0.5)
+        if self.after is not None:
+            self.after(self)
+
+
+def test_a_mid_sized_draw_is_kept_pending_too_and_a_small_one_is_torchs_own():
+    width = 96
+    assert DEFER_MIN <= width * width < UNSEEDED_MIN
+    runs = []
+    for seed, after in ((5, None), (5, _read), (6, None)):
+        torch.manual_seed(0)
+        model = Mid(width, after)
+        ptr, version = _ptr(model.fc.weight), model.fc.weight._version
+        torch.manual_seed(seed)
+        model.init_weights()
+        runs.append((model.fc.weight.detach().clone(), torch.rand(3)))
+        if after is None:  # drawn at the end: in its own memory, one write
+            assert _ptr(model.fc.weight) == ptr and model.fc.weight._version == version + 1
+        w = model.fc.weight.detach()
+        assert -0.5 <= w.min().item() < -0.49 and 0.49 < w.max().item() <= 0.5
+        assert abs(w.mean().item()) < 0.02
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    assert not torch.equal(runs[0][0], runs[2][0])  # the seed decides the values
+    small = 32
+    assert small * small < DEFER_MIN
+    torch.manual_seed(0)
+    model = Mid(small)
+    torch.manual_seed(5)
+    model.init_weights()
+    torch.manual_seed(5)
+    assert torch.equal(model.fc.weight.detach(), torch.empty(small, small).uniform_(-0.5, 0.5))
 
 
 def test_values_and_generator_equal_drawing_at_once():

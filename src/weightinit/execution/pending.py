@@ -40,7 +40,7 @@ from .attribution import attribute, stop_at
 from .parallel import parallel_target
 from .rawreads import raw_reads
 from .seeding import UNSEEDED_MIN, unseeded_key
-from .userfills import UserDraw, chainable, is_user_draw
+from .userfills import DEFER_MIN, UserDraw, chainable, is_user_draw
 from .watch import TensorState
 from .watch import storage_ptr as _storage_ptr
 
@@ -290,12 +290,12 @@ _DRAWS = {torch.ops.aten.normal_.default: ("normal", (0.0, 1.0)),
 
 
 def _piece_dist(func: Any, args: tuple, kwargs: dict) -> Elementwise | None:
-    """User code's large ``normal_``/``uniform_`` from the global generator on a CPU tensor:
-    what it draws, when it is drawn in pieces on every core (:func:`~.seeding.fill_unseeded`,
-    the distribution is the same; ``torch.manual_seed`` still decides the values). None:
-    not such a call."""
+    """User code's ``normal_``/``uniform_`` from the global generator on a CPU tensor of
+    at least :data:`~.userfills.DEFER_MIN` elements: what it draws, when it is drawn in
+    tiles (:func:`~.seeding.fill_unseeded`, the distribution is the same;
+    ``torch.manual_seed`` still decides the values). None: not such a call."""
     t = args[0]
-    if kwargs.get("generator") is not None or t.numel() < UNSEEDED_MIN \
+    if kwargs.get("generator") is not None or t.numel() < DEFER_MIN \
             or not parallel_target(t) or not t.is_contiguous() or not t.is_floating_point():
         return None
     kind, defaults = _DRAWS[func]
@@ -345,7 +345,7 @@ class WriteWatch(TorchDispatchMode):
                     return args[0]  # (drawn when needed, see .userfills)
                 if self.pending.before_op(func, args, kwargs):
                     return args[0]
-            if dist is not None:
+            if dist is not None and args[0].numel() >= UNSEEDED_MIN:  # (smaller: torch's op)
                 UserDraw(dist, unseeded_key(dist)).write(args[0])
                 return args[0]
         return func(*args, **kwargs)

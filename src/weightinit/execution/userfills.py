@@ -1,6 +1,7 @@
-"""User code's large draws from torch's global generator, written when the run needs them.
+"""User code's draws from torch's global generator, written when the run needs them.
 
-``normal_``/``uniform_`` over a whole CPU tensor of the model, from the global generator
+``normal_``/``uniform_`` over a whole CPU tensor of the model (:data:`DEFER_MIN` elements
+or more), from the global generator
 (``kaiming_normal_`` in MMCV's ``ConvModule.init_weights``, ``trunc_normal_``'s first
 step, a head's ``normal_(std=0.01)``), is drawn in tiles under a key that is one draw of
 the generator (:func:`~.seeding.fill_unseeded`): the key, not the moment of drawing,
@@ -30,6 +31,11 @@ from ..maths import Elementwise
 from ..planning import OpKind
 from .parallel import draw_all
 from .tiles import RegionFill, uncounted_alias
+
+#: a user draw over at least this many elements is kept pending when the tensor alone holds
+#: its storage (drawn in tiles then, under its key); one that can not wait is drawn at once
+#: in tiles from :data:`~.seeding.UNSEEDED_MIN` elements up, by torch's own op below that
+DEFER_MIN = 1 << 12
 
 #: in-place elementwise ops that may join a pending draw, when their other arguments are
 #: numbers
@@ -96,4 +102,4 @@ def is_user_draw(op: Any) -> bool:
     return type(op) is UserDraw
 
 
-__all__ = ["UserDraw", "chainable", "is_user_draw"]
+__all__ = ["DEFER_MIN", "UserDraw", "chainable", "is_user_draw"]
