@@ -357,3 +357,17 @@ def test_an_unsafe_file_user_code_loads_gets_torchs_refusal(tmp_path, lane, monk
     assert not (tmp_path / "boom.txt").exists()
     assert lane == [(path, False)]
     assert torch.equal(model.fc.weight, before)
+
+
+def test_a_load_with_too_many_positional_arguments_fails_as_torch_fails(tmp_path, lane):
+    """``weights_only`` is keyword-only in ``torch.load``: passed as a fourth positional
+    argument, torch refuses the call, and so does the watched load (the lane never reads)."""
+    path = str(tmp_path / "p.pth")
+    torch.save({"w": torch.ones(2)}, path)
+    with pytest.raises(TypeError) as direct:
+        torch.load(path, None, None, True)
+    model = Reads(lambda: torch.load(path, None, None, True))
+    with pytest.raises(TypeError) as watched:
+        model.init_weights()
+    assert str(watched.value) == str(direct.value)
+    assert lane == []

@@ -226,7 +226,7 @@ def pickle_storage_names() -> frozenset[str]:
 def loads_weights_only_by_default() -> bool:
     """``torch.load`` called without ``weights_only`` (and no environment variable forcing
     either way) reads as ``weights_only=True``: torch >= 2.6."""
-    if any(os.environ.get(v, "0").lower() not in ("", "0", "false", "no", "n") for v in (
+    if any(os.environ.get(v, "0").lower() in ("1", "y", "yes", "true") for v in (
             "TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")):
         return False
     decide = getattr(torch.serialization, "_default_to_weights_only", None)

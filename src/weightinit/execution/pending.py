@@ -289,7 +289,7 @@ _DRAWS = {torch.ops.aten.normal_.default: ("normal", (0.0, 1.0)),
           torch.ops.aten.uniform_.default: ("uniform", (0.0, 1.0))}
 
 
-def _piece_dist(func: Any, args: tuple, kwargs: dict) -> Elementwise | None:
+def _user_dist(func: Any, args: tuple, kwargs: dict) -> Elementwise | None:
     """User code's ``normal_``/``uniform_`` from the global generator on a CPU tensor of
     at least :data:`~.userfills.DEFER_MIN` elements: what it draws, when it is drawn in
     tiles (:func:`~.seeding.fill_unseeded`, the distribution is the same;
@@ -338,7 +338,7 @@ class WriteWatch(TorchDispatchMode):
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None):
         kwargs = kwargs or {}
         if self.active and self.active[-1] and not func.is_view:
-            dist = _piece_dist(func, args, kwargs) if self.pieces and func in _DRAWS else None
+            dist = _user_dist(func, args, kwargs) if self.pieces and func in _DRAWS else None
             with self.lock:
                 if dist is not None and self.pending.defer_draw(func, args, dist) \
                         or self.pending.chain(func, args, kwargs):

@@ -67,42 +67,42 @@ def loaded_tensors(obj: Any) -> list[Tensor]:
     return out
 
 
-def _plain(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+#: ``torch.load``'s positional parameters (``weights_only``, ``mmap`` and the rest are
+#: keyword-only)
+_POSITIONAL = ("f", "map_location", "pickle_module")
+#: the arguments a load may name and still be read by the checkpoint fast lane
+_FAST_ARGUMENTS = frozenset({*_POSITIONAL, "weights_only", "mmap"})
+
+
+def _given(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """A ``torch.load`` call's arguments by name (None: more positional ones than it takes,
+    which torch refuses itself)."""
+    if len(args) > len(_POSITIONAL):
+        return None
+    return {**dict(zip(_POSITIONAL, args)), **kwargs}
+
+
+def _plain(given: dict[str, Any]) -> bool:
     """This ``torch.load`` runs no user code: it reads a path, bytes or an open file, with
     torch's own unpickler and a device (or a dict of them) for ``map_location``."""
-    given = dict(zip(("f", "map_location", "pickle_module"), args))
-    source = kwargs.get("f", given.get("f"))
-    where = kwargs.get("map_location", given.get("map_location"))
-    unpickler = kwargs.get("pickle_module", given.get("pickle_module"))
-    return (isinstance(source, _PLAIN_SOURCES)
+    where, unpickler = given.get("map_location"), given.get("pickle_module")
+    return (isinstance(given.get("f"), _PLAIN_SOURCES)
             and (where is None or isinstance(where, (str, torch.device, dict)))
             and (unpickler is None or unpickler is pickle))
 
 
-def _weights_only_path(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """The file of a plain load (:func:`_plain`) that reads as ``weights_only=True`` with
-    torch's defaults otherwise: given as a path, no other argument but ``map_location``
-    and ``mmap`` (None: not such a load)."""
-    given = dict(zip(("f", "map_location", "pickle_module", "weights_only"), args))
-    given.update(kwargs)
-    if not set(given) <= {"f", "map_location", "pickle_module", "weights_only", "mmap"} \
-            or given.get("pickle_module") is not None \
-            or not isinstance(given.get("f"), (str, os.PathLike)):
-        return None
+def _read(original: Callable[..., Any], given: dict[str, Any], args: tuple[Any, ...],
+          kwargs: dict[str, Any]) -> Any:
+    """A plain load (:func:`_plain`): read by the checkpoint fast lane (the same result,
+    with Python's C unpickler; see :mod:`..checkpoint.fastpickle`) when it reads a path as
+    ``weights_only=True`` (asked, or torch's default) with no argument but
+    ``map_location`` and ``mmap``, and the lane reads the file; else ``torch.load`` itself."""
     safe = given.get("weights_only")
-    if safe is True or (safe is None and loads_weights_only_by_default()):
-        return given["f"]
-    return None
-
-
-def _read(original: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """A plain load: a ``weights_only`` read of a file the checkpoint fast lane reads (the
-    same result, with Python's C unpickler; see :mod:`..checkpoint.fastpickle`), else
-    ``torch.load`` itself."""
-    path = _weights_only_path(args, kwargs)
-    if path is not None:
-        where = kwargs.get("map_location", args[1] if len(args) > 1 else None)
-        read, value = fast_load(os.fspath(path), where, bool(kwargs.get("mmap")))
+    if set(given) <= _FAST_ARGUMENTS and given.get("pickle_module") is None \
+            and isinstance(given["f"], (str, os.PathLike)) \
+            and (safe is True or (safe is None and loads_weights_only_by_default())):
+        read, value = fast_load(os.fspath(given["f"]), given.get("map_location"),
+                                bool(given.get("mmap")))
         if read:
             return value
     return original(*args, **kwargs)
@@ -115,9 +115,10 @@ def _wrap(original: Callable[..., Any]) -> Callable[..., Any]:
         if seen is None:
             return original(*args, **kwargs)
         sink, quiet, thread = seen
-        if thread == threading.get_ident() and _plain(args, kwargs):
+        given = _given(args, kwargs)
+        if thread == threading.get_ident() and given is not None and _plain(given):
             with quiet():  # the load writes only new tensors: not watched op by op
-                out = _read(original, args, kwargs)
+                out = _read(original, given, args, kwargs)
         else:
             out = original(*args, **kwargs)
         if not kwargs.get("mmap"):
