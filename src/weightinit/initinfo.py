@@ -199,8 +199,8 @@ def _fill_info(info: dict[Any, dict[str, Any]], module: nn.Module, record: InitR
         type(p) not in _PLAIN and type(p.data) is not torch.Tensor)]
     found = dict(zip(map(id, now), _means(now, on_device)))
     unchanged = _unchanged(module)
-    labels = {p: e["init_info"] for p, e in info.items()
-              if e.get("init_info", unchanged) != unchanged}
+    labels = {p: text for p, e in info.items()  # (a dict: the label, never lazy)
+              if (text := dict.get(e, "init_info", unchanged)) != unchanged}
     info.clear()  # (a deferred model's parameters were replaced when materialized)
     for name, p in named:
         wrote = record.params.get(name) if record is not None else None

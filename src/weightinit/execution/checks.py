@@ -4,6 +4,7 @@ the session rolls the run back."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch.nn as nn
 from torch import Tensor
@@ -12,12 +13,14 @@ from ..errors import CrossThreadWriteError, UndefinedParameterError
 from ..planning import UserCall
 
 
-def check_unwatched(call: UserCall, versions: dict[int, tuple[Tensor, int]],
+def check_unwatched(call: UserCall, before: dict[Any, tuple[Tensor, int, int]],
                     seen_writes: set[int], name_of: Callable[[Tensor], str]) -> None:
-    """Writes no watch saw (their version counter moved since ``versions``, but neither user
-    code in a watched thread nor the run wrote them: not in ``seen_writes``) came from a
-    thread the run does not watch."""
-    unseen = [t for t, v in versions.values() if t._version != v and id(t) not in seen_writes]
+    """Writes no watch saw (the version counter of a tensor with values moved since
+    ``before``, the call's :func:`~.watch.slot_state`, but neither user code in a watched
+    thread nor the run wrote it: not in ``seen_writes``) came from a thread the run does
+    not watch."""
+    unseen = list({id(t): t for t, _, v in before.values() if t._version != v
+                   and id(t) not in seen_writes and not t.is_meta}.values())
     if not unseen:
         return
     names = ", ".join(sorted(name_of(t) for t in unseen))

@@ -24,7 +24,6 @@ tensor's identity and storage pointer after the call — no value is read.
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -37,10 +36,9 @@ from ..compat import TorchDispatchMode, op_written_args, top_dispatch_mode
 from ..maths.fills import Elementwise
 from ..planning import Write
 from .attribution import attribute, stop_at
-from .parallel import parallel_target
 from .rawreads import raw_reads
 from .seeding import UNSEEDED_MIN, unseeded_key
-from .userfills import DEFER_MIN, UserDraw, chainable, is_user_draw
+from .userfills import FILLS, UserDraw, chainable, is_user_draw, user_fill
 from .watch import TensorState
 from .watch import storage_ptr as _storage_ptr
 
@@ -200,16 +198,17 @@ class Pending:
             self.raw.setdefault(id(t), TensorState.of(t))
 
     def defer_draw(self, func: Any, args: tuple, dist: Elementwise) -> bool:
-        """User code draws ``dist`` over ``t = args[0]`` whole: if ``t`` is a tensor of the model that
-        alone holds its storage, draw the key now and keep the tiles pending (a
-        :class:`~.userfills.UserDraw`); the op's record entry is made now. False: not so."""
+        """User code fills ``t = args[0]`` whole with ``dist`` (a draw or a constant): if ``t``
+        is a tensor of the model that alone holds its storage, keep the fill pending (a
+        :class:`~.userfills.UserDraw`; a draw's key is drawn now); the op's record entry is
+        made now. False: not so."""
         t = args[0]
         ptr = _storage_ptr(t)
         owners = self.index().get(ptr)
         if not owners or len(owners) != 1 or owners[0] is not t or ptr in self.adopted:
             return False
         self.cancel(t)
-        self.add((Write(t, UserDraw(dist, unseeded_key(dist))),))
+        self.add((Write(t, UserDraw(dist, unseeded_key(dist) if dist.random else 0)),))
         self.observed(t, attribute(func, args))
         return True
 
@@ -285,30 +284,6 @@ def _copy_source(func: Any, args: tuple, index: dict[int, list[Tensor]]) -> Tens
     return None if _storage_ptr(args[1]) in index else args[1]
 
 
-_DRAWS = {torch.ops.aten.normal_.default: ("normal", (0.0, 1.0)),
-          torch.ops.aten.uniform_.default: ("uniform", (0.0, 1.0))}
-
-
-def _user_dist(func: Any, args: tuple, kwargs: dict) -> Elementwise | None:
-    """User code's ``normal_``/``uniform_`` from the global generator on a CPU tensor of
-    at least :data:`~.userfills.DEFER_MIN` elements: what it draws, when it is drawn in
-    tiles (:func:`~.seeding.fill_unseeded`, the distribution is the same;
-    ``torch.manual_seed`` still decides the values). None: not such a call."""
-    t = args[0]
-    if kwargs.get("generator") is not None or t.numel() < DEFER_MIN \
-            or not parallel_target(t) or not t.is_contiguous() or not t.is_floating_point():
-        return None
-    kind, defaults = _DRAWS[func]
-    given = list(args[1:3]) + [None] * (3 - len(args))
-    names = ("mean", "std") if kind == "normal" else ("from", "to")
-    a, b = (kwargs.get(n, given[i] if given[i] is not None else defaults[i])
-            for i, n in enumerate(names))
-    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (a, b)) or (
-            kind == "normal" and b < 0) or (kind == "uniform" and not a <= b):
-        return None  # let torch raise its own error
-    return Elementwise(kind, (float(a), float(b)))
-
-
 class WriteWatch(TorchDispatchMode):
     """Routes every ATen op user code runs through :meth:`Pending.before_op` while active."""
 
@@ -338,14 +313,15 @@ class WriteWatch(TorchDispatchMode):
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None):
         kwargs = kwargs or {}
         if self.active and self.active[-1] and not func.is_view:
-            dist = _user_dist(func, args, kwargs) if self.pieces and func in _DRAWS else None
+            dist = user_fill(func, args, kwargs) if self.pieces and func in FILLS else None
             with self.lock:
                 if dist is not None and self.pending.defer_draw(func, args, dist) \
                         or self.pending.chain(func, args, kwargs):
                     return args[0]  # (drawn when needed, see .userfills)
                 if self.pending.before_op(func, args, kwargs):
                     return args[0]
-            if dist is not None and args[0].numel() >= UNSEEDED_MIN:  # (smaller: torch's op)
+            if dist is not None and dist.random and args[0].numel() >= UNSEEDED_MIN:
+                # (smaller, or a constant: torch's op)
                 UserDraw(dist, unseeded_key(dist)).write(args[0])
                 return args[0]
         return func(*args, **kwargs)

@@ -284,7 +284,6 @@ class Session:
         # one call writes these several tensors: not cancellable one by one, done first
         self.flush(self.pending.take(lambda w: w.op.group is not None))
         before = slot_state(modules)
-        versions = {id(t): (t, t._version) for t in _values_of(modules)}
         written: set[int] = set()
         self.calls.append((entry, written))
         try:
@@ -297,7 +296,7 @@ class Session:
             self.calls.pop()
         if books is not None:
             books.annotate(self.entries)
-        check_unwatched(call, versions, self.seen_writes, self.name_of)
+        check_unwatched(call, before, self.seen_writes, self.name_of)
         raw, self.pending.raw = self.pending.raw, {}
         for state in raw.values():  # handed out as raw memory: written if its bits changed
             if id(state.tensor) not in written and state.changed(state.tensor):
@@ -390,9 +389,3 @@ class Session:
     def record(self) -> InitRecord:
         return build_record(self.root, self.entries, self.loads,
                             self.cache.flat().named_parameters)
-
-
-def _values_of(modules: list[nn.Module]) -> list[Tensor]:
-    """The parameters and buffers of ``modules`` that hold values (not on ``meta``)."""
-    return [t for m in modules for t in (*m._parameters.values(), *m._buffers.values())
-            if t is not None and not t.is_meta]

@@ -95,6 +95,9 @@ class Plain:
         gathered = batched.Batches()  # fills off the CPU (:meth:`batched_fill`)
         for tensor, op in writes:
             if is_user_draw(op):  # user code's draw, kept pending (its key drawn then)
+                if not op.dist.random:  # (or its constant)
+                    op.write(tensor)
+                    continue
                 batch.append(op.fill(tensor))
                 if op.chain:  # then its elementwise ops, on the drawn values
                     draw_all(batch)

@@ -156,14 +156,18 @@ class Transaction:
         storage (for a ``.data =`` re-pointing) are remembered, which copies nothing.
         """
         self.keep_slots(modules)
+        if watched and not self.keep_values:
+            return
+        storages = self._storages
         for m in modules:
-            for t in list(m._parameters.values()) + list(m._buffers.values()):
-                if t is None:
-                    continue
-                if not watched:
-                    self.before_write(t)
-                elif self.keep_values and id(t) not in self._storages:
-                    self._storages[id(t)] = (t, t.data)
+            for slots in (m._parameters, m._buffers):
+                for t in slots.values():
+                    if t is None:
+                        continue
+                    if not watched:
+                        self.before_write(t)
+                    elif id(t) not in storages:
+                        storages[id(t)] = (t, t.data)
 
     def original(self, tensor: Tensor) -> Tensor | None:
         """The value ``tensor`` had before the run (``None``: it had none, this run allocated

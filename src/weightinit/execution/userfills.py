@@ -1,4 +1,5 @@
-"""User code's draws from torch's global generator, written when the run needs them.
+"""User code's draws from torch's global generator, and its constant fills, written when the
+run needs them.
 
 ``normal_``/``uniform_`` over a whole CPU tensor of the model (:data:`DEFER_MIN` elements
 or more), from the global generator
@@ -12,6 +13,10 @@ drawn first; user code that overwrites it whole cancels it; otherwise it is draw
 end of the run. Elementwise ops user code then runs on it with numbers only (the rest of
 MMCV's ``trunc_normal_``: ``erfinv_``, ``mul_``, ``add_``, ``clamp_``) join it, to be done
 on the drawn values, in order. The tensor's record entry is the ops', made when they ran.
+
+A constant fill over a whole floating-point tensor of the model (``fill_(number)``,
+``zero_()``: ``constant_init``, ``nn.init.zeros_``, of any size) waits the same way, as a
+:class:`UserDraw` of a constant (no key: it draws nothing).
 
 Drawn at the end, after the last user call, it goes into the tensor's own memory with
 nothing kept (:mod:`.inplace`), where drawing it at once, while the run could still be
@@ -29,7 +34,7 @@ from torch import Tensor
 
 from ..maths import Elementwise
 from ..planning import OpKind
-from .parallel import draw_all
+from .parallel import draw_all, parallel_target
 from .tiles import RegionFill, uncounted_alias
 
 #: a user draw over at least this many elements is kept pending when the tensor alone holds
@@ -48,6 +53,43 @@ _CHAINABLE = frozenset(
     for overload in overloads)
 
 
+_DRAWS = {torch.ops.aten.normal_.default: ("normal", (0.0, 1.0)),
+          torch.ops.aten.uniform_.default: ("uniform", (0.0, 1.0))}
+_CONSTANTS = frozenset({torch.ops.aten.fill_.Scalar, torch.ops.aten.zero_.default})
+_PLAIN = (Tensor, torch.nn.Parameter)  # (no subclass: its ops need its own dispatch)
+#: the ops :func:`user_fill` may keep pending
+FILLS = frozenset(_DRAWS) | _CONSTANTS
+
+
+def user_fill(func: Any, args: tuple, kwargs: dict) -> Elementwise | None:
+    """What user code's op ``func(*args, **kwargs)`` (one of :data:`FILLS`) fills its tensor
+    with, when the run may write it later: ``normal_``/``uniform_`` from the global
+    generator on a CPU tensor of at least :data:`DEFER_MIN` elements (drawn in tiles then,
+    :func:`~.seeding.fill_unseeded`: the distribution is the same, ``torch.manual_seed``
+    still decides the values), ``fill_``/``zero_`` of a floating-point tensor with a number
+    its dtype holds. None: not such a call (torch's own op runs, with its errors)."""
+    t = args[0]
+    if func in _CONSTANTS:
+        value = args[1] if len(args) > 1 else kwargs.get("value", 0)
+        if type(t) not in _PLAIN or not t.is_floating_point() or type(value) not in (
+                int, float, bool) or (math.isfinite(value)
+                                      and abs(value) > torch.finfo(t.dtype).max):
+            return None
+        return Elementwise("constant", (value,))
+    if kwargs.get("generator") is not None or t.numel() < DEFER_MIN \
+            or not parallel_target(t) or not t.is_contiguous() or not t.is_floating_point():
+        return None
+    kind, defaults = _DRAWS[func]
+    given = list(args[1:3]) + [None] * (3 - len(args))
+    names = ("mean", "std") if kind == "normal" else ("from", "to")
+    a, b = (kwargs.get(n, given[i] if given[i] is not None else defaults[i])
+            for i, n in enumerate(names))
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (a, b)) or (
+            kind == "normal" and b < 0) or (kind == "uniform" and not a <= b):
+        return None  # let torch raise its own error
+    return Elementwise(kind, (float(a), float(b)))
+
+
 def chainable(func: Any, args: tuple, kwargs: dict) -> bool:
     """``func(args[0], ...)`` is one of those ops with finite numbers (or ``None`` bounds)
     for all its other arguments (and, for ``clamp_``, at least one bound)."""
@@ -61,8 +103,9 @@ def chainable(func: Any, args: tuple, kwargs: dict) -> bool:
 
 @dataclass(frozen=True)
 class UserDraw:
-    """The tiles of user code's draw of ``dist`` under ``key`` over a whole tensor, then the
-    elementwise ops of ``chain`` (``(op, its other arguments, keywords)``) on them."""
+    """The tiles of user code's draw of ``dist`` under ``key`` over a whole tensor (or its
+    constant: ``dist`` of kind ``constant``, no key), then the elementwise ops of ``chain``
+    (``(op, its other arguments, keywords)``) on them."""
 
     dist: Elementwise
     key: int
@@ -94,7 +137,11 @@ class UserDraw:
                     func(alias, *rest, **dict(kwargs))
 
     def write(self, tensor: Tensor) -> None:
-        draw_all([self.fill(tensor)])
+        if self.dist.random:
+            draw_all([self.fill(tensor)])
+        else:
+            with torch.no_grad():  # (``.data``: its own version counter, the op counted)
+                tensor.data.fill_(self.dist.args[0])
         self.finish(tensor)
 
 
@@ -102,4 +149,4 @@ def is_user_draw(op: Any) -> bool:
     return type(op) is UserDraw
 
 
-__all__ = ["DEFER_MIN", "UserDraw", "chainable", "is_user_draw"]
+__all__ = ["DEFER_MIN", "FILLS", "UserDraw", "chainable", "is_user_draw", "user_fill"]

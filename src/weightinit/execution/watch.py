@@ -89,18 +89,20 @@ def tensors_of(module: nn.Module, recurse: bool = True) -> list[Tensor]:
             if not t.is_meta]
 
 
-def slot_state(modules: list[nn.Module]) -> dict[tuple[int, str], tuple[Tensor, int]]:
+def slot_state(modules: list[nn.Module]) -> dict[tuple[int, str], tuple[Tensor, int, int]]:
     """Each tensor slot of ``modules`` (a subtree): (module id, name) -> (tensor, storage
-    pointer)."""
+    pointer, version counter)."""
     out = {}
     for m in modules:
-        for name, t in list(m._parameters.items()) + list(m._buffers.items()):
-            if t is not None:
-                out[(id(m), name)] = (t, storage_ptr(t) if not t.is_meta else 0)
+        key = id(m)
+        for slots in (m._parameters, m._buffers):
+            for name, t in slots.items():
+                if t is not None:
+                    out[(key, name)] = (t, storage_ptr(t) if not t.is_meta else 0, t._version)
     return out
 
 
-def replaced(modules: list[nn.Module], before: dict[tuple[int, str], tuple[Tensor, int]],
+def replaced(modules: list[nn.Module], before: dict[tuple[int, str], tuple[Tensor, int, int]],
              moved: dict[int, int]) -> tuple[list[tuple[Tensor | None, Tensor]], bool]:
     """(old, new) for slots of the subtree (``modules``, walked after user code ran) it
     replaced or re-pointed (``.data =``), and whether a slot it had before is gone;
@@ -108,14 +110,20 @@ def replaced(modules: list[nn.Module], before: dict[tuple[int, str], tuple[Tenso
     out = []
     kept = 0  # slots that were there before
     for m in modules:
-        for name, t in list(m._parameters.items()) + list(m._buffers.items()):
-            if t is None:
-                continue
-            old = before.get((id(m), name))
-            kept += old is not None
-            ptr = storage_ptr(t) if not t.is_meta else 0
-            if old is None or old[0] is not t or (old[1] != ptr and moved.get(id(t)) != ptr):
-                out.append((old[0] if old is not None else None, t))
+        key = id(m)
+        for slots in (m._parameters, m._buffers):
+            for name, t in slots.items():
+                if t is None:
+                    continue
+                old = before.get((key, name))
+                if old is None or old[0] is not t:
+                    out.append((old[0] if old is not None else None, t))
+                    kept += old is not None
+                    continue
+                kept += 1
+                ptr = storage_ptr(t) if not t.is_meta else 0
+                if old[1] != ptr and moved.get(id(t)) != ptr:
+                    out.append((t, t))
     return out, kept < len(before)
 
 
