@@ -97,10 +97,16 @@ def attribute(func: Any, args: tuple) -> str | None:
     global _LAST
     last = _LAST
     frame = sys._getframe(2)
+    if last is not None:  # the held call's text, if it is on the stack before anything else
+        held, f = last[0], frame  # the walk below could stop at (a user init_weights, a run)
+        while f is not None and f is not held and f.f_code.co_name != "init_weights" \
+                and f.f_code not in _STOP:
+            f = f.f_back
+        if f is held:
+            return last[1]
+        last = None
     chain: list[Any] = []
     while frame is not None:
-        if last is not None and frame is last[0]:
-            return last[1]
         code = frame.f_code
         if code.co_name == "init_weights" and not code.co_filename.startswith(_OWN_DIR):
             owner = frame.f_locals.get(code.co_varnames[0]) if code.co_argcount else None
