@@ -76,6 +76,8 @@ class Session:
         self.calls: list[tuple[Entry, set[int]]] = []
         #: tensors written while user code ran, by it (seen by a watch) or by the run itself
         self.seen_writes: set[int] = set()
+        #: call text -> (the running call's entry, its entry under that text), made once
+        self._named: dict[str, tuple[Entry, Entry]] = {}
         #: sharded runs: values seen before each running user call (writes are compared)
         self.snapshots: list[dict[int, TensorState]] = []
         self.loads: list[LoadReport] = []
@@ -111,6 +113,8 @@ class Session:
         self.txn = Transaction(keep_values=keep)
         self.pending.adopted = self.txn.adopted  # storages copy_ sources give (see there)
         self.pending.release_source = self.txn.release_source
+        self.pending.before_write = self.txn.before_write  # (not through a lambda per op)
+        self.pending.before_overwrite = self.txn.before_overwrite
         with interrupts_held() as held:
             self._run(plan, held)
             return self.commit(plan)
@@ -337,7 +341,11 @@ class Session:
         entry, written = self.calls[-1]
         self.seen_writes.add(id(tensor))
         if text is not None:
-            entry = Entry(entry.kind, text, entry.declared_in, entry.rule)
+            hit = self._named.get(text)
+            if hit is None or hit[0] is not entry:
+                hit = self._named[text] = (entry, Entry(entry.kind, text, entry.declared_in,
+                                                        entry.rule))
+            entry = hit[1]
         self.entries[id(tensor)] = (tensor, entry)
         written.add(id(tensor))
 
