@@ -317,7 +317,7 @@ class WriteWatch(TorchDispatchMode):
             with self.lock:
                 if dist is not None and self.pending.defer_draw(func, args, dist) \
                         or self.pending.chain(func, args, kwargs):
-                    return args[0]  # (drawn when needed, see .userfills)
+                    return args[0]  # (written when needed, see .userfills)
                 if self.pending.before_op(func, args, kwargs):
                     return args[0]
             if dist is not None and dist.random and args[0].numel() >= UNSEEDED_MIN:
