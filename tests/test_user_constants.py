@@ -42,7 +42,7 @@ class Consts(wi.BaseModule):
 def deferred(monkeypatch):
     """Counts the user fills the watch kept pending (constants only)."""
     kept: list[tuple[str, float]] = []
-    original = pending_mod.Pending.defer_draw
+    original = pending_mod.Pending.defer_fill
 
     def spy(self, func, args, dist):
         done = original(self, func, args, dist)
@@ -50,7 +50,7 @@ def deferred(monkeypatch):
             kept.append((func.overloadpacket.__name__, dist.args[0]))
         return done
 
-    monkeypatch.setattr(pending_mod.Pending, "defer_draw", spy)
+    monkeypatch.setattr(pending_mod.Pending, "defer_fill", spy)
     return kept
 
 
@@ -166,3 +166,38 @@ def test_special_values_and_python_numbers_land_as_torch_writes_them():
                                                      and torch.isnan(p).all()), v
     assert torch.signbit(model.ps[5]).all()  # -0.0 stays negative zero
     assert torch.equal(model.low.detach(), torch.full((3,), 65504.0, dtype=torch.float16))
+
+
+def test_a_fill_of_a_tensor_sharing_its_storage_is_torchs_own_op_and_seen_through_the_other(
+        deferred):
+    class Shared(wi.BaseModule):
+        def __init__(self) -> None:
+            super().__init__()
+            base = torch.zeros(6)
+            self.a = nn.Parameter(base[:4])  # two parameters over one storage, overlapping
+            self.b = nn.Parameter(base[2:])
+            self.seen: list[float] = []
+
+        def init_weights(self) -> None:
+            nn.init.constant_(self.a, 5.0)
+            self.seen = self.b.detach().tolist()  # sees the overlap written at once
+
+    model = Shared()
+    assert model.a.untyped_storage().data_ptr() == model.b.untyped_storage().data_ptr()
+    model.init_weights()
+    assert deferred == []
+    assert model.seen == [5.0, 5.0, 0.0, 0.0]
+    assert model.a.tolist() == [5.0] * 4 and model.b.tolist() == [5.0, 5.0, 0.0, 0.0]
+
+
+def test_a_seeded_run_writes_constants_as_an_unseeded_one(deferred):
+    unseeded = Consts()
+    unseeded.init_weights()
+    kept = list(deferred)
+    seeded = Consts()
+    seeded.init_weights(seed=7)
+    assert kept == [("fill_", 0.25), ("zero_", 0)] and deferred == kept  # (seeded: at once)
+    for k, v in unseeded.state_dict().items():
+        assert torch.equal(v, seeded.state_dict()[k]), k
+    assert (wi.get_init_record(seeded).params["fc.weight"].info
+            == wi.get_init_record(unseeded).params["fc.weight"].info)

@@ -197,7 +197,7 @@ class Pending:
             self.before_write(t)
             self.raw.setdefault(id(t), TensorState.of(t))
 
-    def defer_draw(self, func: Any, args: tuple, dist: Elementwise) -> bool:
+    def defer_fill(self, func: Any, args: tuple, dist: Elementwise) -> bool:
         """User code fills ``t = args[0]`` whole with ``dist`` (a draw or a constant): if ``t``
         is a tensor of the model that alone holds its storage, keep the fill pending (a
         :class:`~.userfills.UserDraw`; a draw's key is drawn now); the op's record entry is
@@ -315,7 +315,7 @@ class WriteWatch(TorchDispatchMode):
         if self.active and self.active[-1] and not func.is_view:
             dist = user_fill(func, args, kwargs) if self.pieces and func in FILLS else None
             with self.lock:
-                if dist is not None and self.pending.defer_draw(func, args, dist) \
+                if dist is not None and self.pending.defer_fill(func, args, dist) \
                         or self.pending.chain(func, args, kwargs):
                     return args[0]  # (written when needed, see .userfills)
                 if self.pending.before_op(func, args, kwargs):
