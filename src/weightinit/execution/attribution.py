@@ -90,13 +90,18 @@ def _machinery(filename: str, cache: dict[str, bool] = {}) -> bool:  # noqa: B00
 _LAST: tuple[Any, str] | None = None
 
 
-def attribute(func: Any, args: tuple) -> str | None:
+def attribute(func: Any, args: tuple, frame: Any = None, inner: Any = None) -> str | None:
     """What wrote, seen from the Python stack: the call made from the innermost
     user ``init_weights`` frame (through the user's own helpers in the same file
-    and ``nn.Module.apply``), as ``call(args) in Class.init_weights``."""
+    and ``nn.Module.apply``), as ``call(args) in Class.init_weights``.
+
+    ``frame``: where the walk starts (default: the caller of the watch's hook); ``inner``:
+    a frame below it that stands for a library call (a stand-in named as what it replaces).
+    """
     global _LAST
     last = _LAST
-    frame = sys._getframe(2)
+    if frame is None:
+        frame = sys._getframe(2)
     if last is not None:  # the held call's text, if it is on the stack before anything else
         held, f = last[0], frame  # the walk below could stop at (a user init_weights, a run)
         while f is not None and f is not held and f.f_code.co_name != "init_weights" \
@@ -105,7 +110,7 @@ def attribute(func: Any, args: tuple) -> str | None:
         if f is held:
             return last[1]
         last = None
-    chain: list[Any] = []
+    chain: list[Any] = [inner] if inner is not None else []
     while frame is not None:
         code = frame.f_code
         if code.co_name == "init_weights" and not code.co_filename.startswith(_OWN_DIR):

@@ -357,19 +357,27 @@ class WriteWatch(TorchDispatchMode):
                         yield
                 finally:
                     self.off = True
-            elif step_off and not active and not self.off and self.active[-2] \
-                    and top_dispatch_mode() is self:
-                self.__exit__(None, None, None)
-                self.off = True
+            elif step_off and not active and self.active[-2] and self.leave():
                 try:
                     yield
                 finally:
-                    self.off = False
-                    self.__enter__()
+                    self.come_back()
             else:
                 yield
         finally:
             self.active.pop()
+
+    def leave(self) -> bool:
+        """Leave the dispatch stack, if on top (True: left; :meth:`come_back` returns)."""
+        if self.off or top_dispatch_mode() is not self:
+            return False
+        self.__exit__(None, None, None)
+        self.off = True
+        return True
+
+    def come_back(self) -> None:
+        self.off = False
+        self.__enter__()
 
 
 __all__ = ["Pending", "WriteWatch", "stop_at"]

@@ -37,7 +37,7 @@ from .entries import Entry, build_record
 from .inplace import check_reads, interrupts_held, split_last
 from .materialize import materialize, remap
 from .pending import Pending, WriteWatch, stop_at
-from .records import loads_seen
+from .statedicts import user_loads
 from .strategies import Plain, Sharded, choose
 from .threads import watching_threads
 from .transaction import Transaction
@@ -293,7 +293,7 @@ class Session:
         try:
             with self.strategy.user_section(call, self.root, self.pending.count_moves) as books, \
                     self.watch.state(True), \
-                    loads_seen(self.txn.trust_loaded, partial(self.watch.state, False, True)), \
+                    user_loads(self.txn.trust_loaded, self.watch), \
                     watching_threads(partial(thread_section, books, self.watch)):
                 call.run()
         finally:
