@@ -87,6 +87,8 @@ class RegionFill:
         #: does, as when user code's ``normal_`` is drawn this way)
         self.count_write = True
         self.alias = uncounted_alias(out)
+        #: the region is the whole tensor
+        self.whole = self.shape == tuple(out.shape) and not any(self.offset)
 
     def tiles(self) -> list[tuple[int, tuple[int, ...], tuple[int, ...]]]:
         return overlapping_tiles(self.shape, self.offset, tuple(self.out.shape))
@@ -95,10 +97,13 @@ class RegionFill:
              scratch: Scratch | None = None) -> None:
         """Draw tile ``index`` and write the part of it inside the region (through a buffer
         of ``scratch`` when the tile is not drawn in place)."""
+        gen = generator(self.out.device, tile_seed(self.key, index))
+        if self.whole and end == self.shape and not any(first):  # one tile: all of it
+            self.dist.draw_(self.alias, gen)
+            return
         lo = tuple(max(f, o) for f, o in zip(first, self.offset))
         hi = tuple(min(e, o + n) for e, o, n in zip(end, self.offset, self.out.shape))
         dst = self.alias[tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, self.offset))]
-        gen = generator(self.out.device, tile_seed(self.key, index))
         if lo == first and hi == end and dst.is_contiguous():
             self.dist.draw_(dst, gen)
             return

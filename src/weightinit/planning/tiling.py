@@ -35,6 +35,8 @@ def overlapping_tiles(shape: Sequence[int], offset: Sequence[int], size: Sequenc
     region ``[offset, offset + size)`` overlaps, in row-major order (none if it is empty)."""
     if math.prod(size) == 0:
         return []
+    if math.prod(shape) <= TILE:  # one tile, the whole tensor (as tile_shape gives it)
+        return [(0, (0,) * len(shape), tuple(shape))]
     sides = tile_shape(shape)
     grid = [-(-n // s) for n, s in zip(shape, sides)]
     ranges = [range(o // s, (o + n - 1) // s + 1) for o, n, s in zip(offset, size, sides)]
