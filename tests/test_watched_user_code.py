@@ -488,7 +488,7 @@ def test_user_code_inside_the_library_inside_user_code_is_watched(monkeypatch):
             if self.fail:
                 raise RuntimeError("outer user code fails")
 
-    from weightinit.execution.pending import WriteWatch
+    from weightinit.execution.writewatch import WriteWatch
     stepped = []
     original = WriteWatch.__exit__
 

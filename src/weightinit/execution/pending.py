@@ -14,8 +14,8 @@ end of the run, so user code that runs meanwhile (a user-defined
 * each write user code makes becomes the tensor's record entry, named by
   the call that made it: ``trunc_normal_(std=0.02) in VisionTransformer.init_weights``.
 
-:class:`WriteWatch` is a ``TorchDispatchMode``: it sees every ATen op, with
-``.data`` aliases and views resolved to their storage, so writes through
+The watch (:class:`~.writewatch.WriteWatch`) is a ``TorchDispatchMode``: it sees every
+ATen op, with ``.data`` aliases and views resolved to their storage, so writes through
 ``param.data`` are seen as well. Writes no op shows (a ``.data =``
 assignment, a replaced ``nn.Parameter``) are found by comparing each
 tensor's identity and storage pointer after the call — no value is read.
@@ -23,8 +23,6 @@ tensor's identity and storage pointer after the call — no value is read.
 
 from __future__ import annotations
 
-import contextlib
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -32,13 +30,12 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..compat import TorchDispatchMode, op_written_args, top_dispatch_mode
+from ..compat import op_written_args
 from ..maths.fills import Elementwise
 from ..planning import Write
 from .attribution import attribute, stop_at
-from .rawreads import raw_reads
-from .seeding import UNSEEDED_MIN, unseeded_key
-from .userfills import FILLS, UserDraw, chainable, is_user_draw, user_fill
+from .seeding import unseeded_key
+from .userfills import UserDraw, chainable, is_user_draw
 from .watch import TensorState
 from .watch import storage_ptr as _storage_ptr
 
@@ -107,6 +104,10 @@ class Pending:
         #: and how a source takes its own copy back
         self.adopted: dict[int, Any] = {}
         self.release_source: Callable[[int], None] = lambda ptr: None
+        #: the op a ``before_overwrite`` was for wrote the tensor, or raised (the tensor goes
+        #: back to the storage it had)
+        self.overwrite_done: Callable[[Tensor], None] = lambda t: None
+        self.overwrite_failed: Callable[[Tensor], None] = lambda t: None
         self._index: dict[int, list[Tensor]] | None = None
         #: the model's parameters and buffers (the running session's walk of its tree)
         self.tensors: Callable[[], list[Tensor]] = lambda: [*root.parameters(), *root.buffers()]
@@ -223,10 +224,11 @@ class Pending:
         self.observed(w.tensor, attribute(func, args))
         return True
 
-    def before_op(self, func: Any, args: tuple, kwargs: dict) -> bool:
-        """User code is about to run ``func``: do pending writes it reads, cancel the ones it
-        overwrites, and report the model tensors it writes. True: the op is done already
-        (a whole ``copy_`` whose source storage the tensor took)."""
+    def before_op(self, func: Any, args: tuple, kwargs: dict) -> _OpBooks | None:
+        """User code is about to run ``func``: do pending writes it reads, and prepare the
+        model tensors it writes (kept to undo; one it overwrites whole moved to a fresh
+        storage). What the op changes in the books is done by :meth:`after_op` once it ran,
+        or undone by :meth:`op_failed` if it raised. None: it touches no model tensor."""
         index = self.index()
         hits = []
         for a in _tensors(args, kwargs):
@@ -235,17 +237,18 @@ class Pending:
                 if owners:
                     hits.append((a, owners))
         if not hits:
-            return False
+            return None
         pos, kw = _written_args(func)
         written = [args[i] for i in pos if i < len(args)] + [kwargs[k] for k in kw if k in kwargs]
         if self.adopted:  # a storage a copy_ source gave: the source takes its own copy first
             for w in written:
                 if isinstance(w, Tensor) and _storage_ptr(w) in self.adopted:
                     self.release_source(_storage_ptr(w))
-        overwrite = func.overloadpacket.__name__ in _OVERWRITES
+        overwrite = func.overloadpacket.__name__ in _OVERWRITES and not (
+            len(hits) > 1 and _reads_written(args, kwargs, pos, kw, written))
+        books = _OpBooks(overwrite)
         text: str | None = None
         named = False
-        skip = False
         for a, owners in hits:
             is_written = any(a is w for w in written)
             lo, hi = _span(a) if len(owners) > 1 or owners[0] is not a else (0, 0)
@@ -255,13 +258,14 @@ class Pending:
                     if hi <= t_lo or t_hi <= lo:
                         continue
                 if is_written and overwrite and (t is a or _same_region(a, t)):
-                    self.cancel(t)
+                    self._cancel_after(t, books)
                     if a is t:
                         old = _storage_ptr(t)
                         how = self.before_overwrite(t, _copy_source(func, args, index))
                         if how is not None:
                             self._move(t, old)
-                        skip = skip or how == "adopted"
+                            books.moved.append((t, _storage_ptr(t)))
+                        books.skip = books.skip or how == "adopted"
                     else:
                         self.before_write(t)
                 else:
@@ -271,8 +275,70 @@ class Pending:
                 if is_written:
                     if not named:
                         text, named = attribute(func, args), True
-                    self.observed(t, text)
-        return skip
+                    books.seen.append((t, text))
+        return books
+
+    def _cancel_after(self, t: Tensor, books: _OpBooks) -> None:
+        """``t``'s pending write is not needed once the op overwrote it (a group's, written
+        with other tensors, is done now)."""
+        w = self.writes.get(id(t))
+        if w is not None:
+            if w.op.group is not None:
+                self.force(t)
+            else:
+                books.cancel.append(w)
+
+    def after_op(self, books: _OpBooks) -> None:
+        """The op :meth:`before_op` saw wrote its tensors: drop the pending writes it made
+        unnecessary, and record who wrote."""
+        for w in books.cancel:
+            if self.writes.get(id(w.tensor)) is w:
+                del self.writes[id(w.tensor)]
+        for t, _ in books.moved:
+            self.overwrite_done(t)
+        for t, text in books.seen:
+            self.observed(t, text)
+
+    def op_failed(self, books: _OpBooks) -> None:
+        """The op :meth:`before_op` saw raised: the tensors it was to overwrite whole go back
+        to the storages they had (their pending writes stay, their entries unchanged), as
+        an op that raises leaves a tensor in eager torch. Any other op may have written
+        part of its tensors before it raised (torch's ``index_put_``, ``scatter_`` with an
+        index out of range do, and count no write): they are user code's writes."""
+        for t, fresh in reversed(books.moved):
+            self.overwrite_failed(t)
+            self._move(t, fresh)
+        if not books.overwrite:  # (overwrites check their arguments before writing)
+            for t, text in books.seen:
+                self.observed(t, text)
+
+
+class _OpBooks:
+    """What one op user code runs changes in the books, applied once it ran."""
+
+    __slots__ = ("overwrite", "skip", "cancel", "moved", "seen")
+
+    def __init__(self, overwrite: bool) -> None:
+        #: the op overwrites what it writes whole (its result does not depend on it)
+        self.overwrite = overwrite
+        #: the op is done already (a whole copy_ whose source's storage the tensor took)
+        self.skip = False
+        #: pending writes it overwrites
+        self.cancel: list[Write] = []
+        #: (tensor, its fresh storage) for tensors moved to a fresh storage for it
+        self.moved: list[tuple[Tensor, int]] = []
+        #: (tensor, text) of the model tensors it writes
+        self.seen: list[tuple[Tensor, str | None]] = []
+
+
+def _reads_written(args: tuple, kwargs: dict, pos: tuple[int, ...], kw: tuple[str, ...],
+                   written: list[Any]) -> bool:
+    """An argument the op reads shares memory with one it writes (``t.copy_(t.view(...))``):
+    not an overwrite (what it writes depends on what the tensor holds)."""
+    ptrs = {_storage_ptr(w) for w in written if isinstance(w, Tensor) and not w.is_meta}
+    read = [a for i, a in enumerate(args) if i not in pos] + [
+        v for k, v in kwargs.items() if k not in kw]
+    return any(not a.is_meta and _storage_ptr(a) in ptrs for a in _tensors(tuple(read), {}))
 
 
 def _copy_source(func: Any, args: tuple, index: dict[int, list[Tensor]]) -> Tensor | None:
@@ -284,100 +350,4 @@ def _copy_source(func: Any, args: tuple, index: dict[int, list[Tensor]]) -> Tens
     return None if _storage_ptr(args[1]) in index else args[1]
 
 
-class WriteWatch(TorchDispatchMode):
-    """Routes every ATen op user code runs through :meth:`Pending.before_op` while active."""
-
-    @classmethod
-    def _should_skip_dynamo(cls) -> bool:
-        return False  # no torch.compile wrapper around each op (this mode never compiles)
-
-    def __init__(self, pending: Pending, lock: Any = None) -> None:
-        super().__init__()
-        self.pending = pending
-        #: innermost last: True while user code runs, False while the library runs inside it
-        self.active: list[bool] = []
-        #: one run's bookkeeping, shared with the watches of the threads its user code starts
-        self.lock = lock if lock is not None else threading.RLock()
-        #: draw user code's large unseeded fills in pieces on every core (off in seeded
-        #: runs: their fills are drawn from the tiles below this watch)
-        self.pieces = True
-        #: stepped off the dispatch stack while the library runs inside user code
-        self.off = False
-
-    def for_thread(self) -> WriteWatch:
-        """A watch of the same run for a thread user code starts (modes are per thread)."""
-        watch = WriteWatch(self.pending, self.lock)
-        watch.pieces = self.pieces
-        return watch
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None):
-        kwargs = kwargs or {}
-        if self.active and self.active[-1] and not func.is_view:
-            dist = user_fill(func, args, kwargs) if self.pieces and func in FILLS else None
-            with self.lock:
-                if dist is not None and self.pending.defer_fill(func, args, dist) \
-                        or self.pending.chain(func, args, kwargs):
-                    return args[0]  # (written when needed, see .userfills)
-                if self.pending.before_op(func, args, kwargs):
-                    return args[0]
-            if dist is not None and dist.random and args[0].numel() >= UNSEEDED_MIN:
-                # (smaller, or a constant: torch's op)
-                UserDraw(dist, unseeded_key(dist)).write(args[0])
-                return args[0]
-        return func(*args, **kwargs)
-
-    def _raw_read(self, tensor: Tensor) -> None:
-        """User code hands ``tensor``'s memory out (``.numpy()``, ...): its pending write
-        first, and a copy for the transaction (compared after the call)."""
-        if not (self.active and self.active[-1]) or not isinstance(tensor, Tensor):
-            return
-        self.active.append(False)  # the pending writes done here are the library's
-        try:
-            with self.lock:
-                self.pending.raw_access(tensor)
-        finally:
-            self.active.pop()
-
-    @contextlib.contextmanager
-    def state(self, active: bool, step_off: bool = False) -> Iterator[None]:
-        """User code (``active``) or the library inside it runs in this block. ``step_off``:
-        the library runs much here (plans and writes, loads a checkpoint), so the watch
-        leaves the dispatch stack for the block when it is on top, and the library's ops
-        do not pass through it (leaving and coming back costs some microseconds)."""
-        outermost = not self.active
-        self.active.append(active)
-        try:
-            if outermost and active:
-                with self, raw_reads(self._raw_read):
-                    yield
-            elif active and self.off:  # user code again, inside the library: watched
-                self.off = False
-                try:
-                    with self:
-                        yield
-                finally:
-                    self.off = True
-            elif step_off and not active and self.active[-2] and self.leave():
-                try:
-                    yield
-                finally:
-                    self.come_back()
-            else:
-                yield
-        finally:
-            self.active.pop()
-
-    def leave(self) -> bool:
-        """Leave the dispatch stack, if on top (True: left; :meth:`come_back` returns)."""
-        if self.off or top_dispatch_mode() is not self:
-            return False
-        self.__exit__(None, None, None)
-        self.off = True
-        return True
-
-    def come_back(self) -> None:
-        self.off = False
-        self.__enter__()
-
-
-__all__ = ["Pending", "WriteWatch", "stop_at"]
+__all__ = ["Pending", "stop_at"]

@@ -36,7 +36,7 @@ from .eager_order import Prologue
 from .entries import Entry, build_record
 from .inplace import check_reads, interrupts_held, split_last
 from .materialize import materialize, remap
-from .pending import Pending, WriteWatch, stop_at
+from .pending import Pending, stop_at
 from .statedicts import user_loads
 from .strategies import Plain, Sharded, choose
 from .threads import watching_threads
@@ -44,6 +44,7 @@ from .transaction import Transaction
 from .userdraws import thread_section, thread_section_of
 from .userfills import is_user_draw
 from .watch import TensorState, other_modules, replaced, slot_state, tensors_of
+from .writewatch import WriteWatch
 
 logger = logging.getLogger("weightinit")
 
@@ -65,8 +66,7 @@ class Session:
         self.strategy: Plain = Plain()
         self.txn = Transaction(keep_values=False)
         self.entries: dict[int, tuple[Tensor, Entry]] = {}
-        #: planned writes not done yet (user code may make them unnecessary)
-        # (undo: copy on write, or a storage swap for a whole overwrite; self.txn per run)
+        #: planned writes not done yet (user code may make them unnecessary; undo: self.txn)
         self.pending = Pending(root, self.flush, self._observed,
                                lambda t: self.txn.before_write(t),
                                lambda t, source: self.txn.before_overwrite(t, source))
@@ -111,10 +111,11 @@ class Session:
         """Execute the outermost plan; commit and return the record, or roll back and raise."""
         keep = plan.has_user_code or plan.reads_checkpoints
         self.txn = Transaction(keep_values=keep)
-        self.pending.adopted = self.txn.adopted  # storages copy_ sources give (see there)
-        self.pending.release_source = self.txn.release_source
-        self.pending.before_write = self.txn.before_write  # (not through a lambda per op)
-        self.pending.before_overwrite = self.txn.before_overwrite
+        p, txn = self.pending, self.txn  # (bound methods, not a lambda per op)
+        p.adopted = txn.adopted  # storages copy_ sources give (see there)
+        p.release_source, p.before_write = txn.release_source, txn.before_write
+        p.before_overwrite, p.overwrite_done, p.overwrite_failed = (
+            txn.before_overwrite, txn.overwrite_done, txn.overwrite_failed)
         with interrupts_held() as held:
             self._run(plan, held)
             return self.commit(plan)

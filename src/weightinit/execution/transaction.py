@@ -46,6 +46,9 @@ class Transaction:
         self._storages: dict[int, tuple[Tensor, Tensor]] = {}
         #: tensors given a fresh storage before being overwritten (the old one is kept)
         self._swapped: set[int] = set()
+        #: tensor id -> the data it had just before its swap, while the op that overwrites it
+        #: runs (put back if that op fails: :meth:`overwrite_failed`)
+        self._prior: dict[int, Tensor] = {}
         #: storage of a copy_ source handed to the tensor it was copied into -> the source:
         #: it gets its own copy back before anything writes that storage, and at the end
         #: if it is still alive, so sharing is never seen
@@ -96,14 +99,28 @@ class Transaction:
             self.before_write(tensor)
             return None
         if held is None:
-            self._storages[key] = (tensor, tensor.data)
+            held = self._storages[key] = (tensor, tensor.data)
         self._swapped.add(key)
+        self._prior[key] = held[1] if held[1].data_ptr() == tensor.data_ptr() \
+            and held[1].shape == tensor.shape else tensor.data
         if source is not None and self._adoptable(source, tensor):
             self._adopted[source.untyped_storage().data_ptr()] = weakref.ref(source)
             tensor.data = source
             return "adopted"
         tensor.data = memory.empty_like(tensor)  # (in huge pages: see .memory)
         return "fresh"
+
+    def overwrite_done(self, tensor: Tensor) -> None:
+        """The op :meth:`before_overwrite` prepared ``tensor`` for wrote it."""
+        self._prior.pop(id(tensor), None)
+
+    def overwrite_failed(self, tensor: Tensor) -> None:
+        """The op :meth:`before_overwrite` prepared ``tensor`` for raised (user code may
+        catch that): ``tensor`` goes back to the data it had, as if nothing happened."""
+        prior = self._prior.pop(id(tensor), None)
+        if prior is not None:
+            self._swapped.discard(id(tensor))
+            tensor.data = prior
 
     def trust_loaded(self, tensors: list[Tensor]) -> None:
         """``tensors`` were read by ``torch.load`` in user code: torch allocated their
@@ -214,6 +231,7 @@ class Transaction:
         self._values.clear()
         self._storages.clear()
         self._swapped.clear()
+        self._prior.clear()
         self._adopted.clear()
         self._records.clear()
         self._slots.clear()
