@@ -35,21 +35,23 @@ def _fmt(v: Any) -> str:
     return repr(v)
 
 
-_DEFAULTS: dict[Any, dict[str, Any]] = {}
+#: id of a code object -> (it, kept alive so the id stays its own; its defaults). By id: a
+#: code object's hash reads its whole bytecode, each time
+_DEFAULTS: dict[int, tuple[Any, dict[str, Any]]] = {}
 
 
 def _defaults(frame: Any) -> dict[str, Any]:
     """Default argument values of the function running in ``frame`` (when it can be found)."""
     code = frame.f_code
-    hit = _DEFAULTS.get(code)
+    hit = _DEFAULTS.get(id(code))
     if hit is None:
         fn = frame.f_globals.get(code.co_name)
-        hit = {}
+        found = {}
         if getattr(fn, "__code__", None) is code:
-            hit = {n: p.default for n, p in inspect.signature(fn).parameters.items()
-                   if p.default is not inspect.Parameter.empty}
-        _DEFAULTS[code] = hit
-    return hit
+            found = {n: p.default for n, p in inspect.signature(fn).parameters.items()
+                     if p.default is not inspect.Parameter.empty}
+        hit = _DEFAULTS[id(code)] = (code, found)
+    return hit[1]
 
 
 def call_text(frame: Any) -> str:
@@ -75,11 +77,15 @@ def _op_text(func: Any, args: tuple) -> str:
     return f"{func.overloadpacket.__name__}({', '.join(scalars)})"
 
 
-def _machinery(filename: str, cache: dict[str, bool] = {}) -> bool:  # noqa: B006 - memo
-    hit = cache.get(filename)
+#: file name -> whether its frames are machinery
+_MACHINERY: dict[str, bool] = {}
+
+
+def _machinery(filename: str) -> bool:
+    hit = _MACHINERY.get(filename)
     if hit is None:
         name = filename.replace("\\", "/")
-        hit = cache[filename] = filename.startswith(_OWN_DIR) or any(
+        hit = _MACHINERY[filename] = filename.startswith(_OWN_DIR) or any(
             m in name for m in _TORCH_MACHINERY)
     return hit
 
@@ -101,18 +107,13 @@ def attribute(func: Any, args: tuple, frame: Any = None, inner: Any = None) -> s
     """
     global _LAST
     last = _LAST
+    held = last[0] if last is not None else None
     if frame is None:
         frame = sys._getframe(2)
-    if last is not None:  # the held call's text, if it is on the stack before anything else
-        held, f = last[0], frame  # the walk below could stop at (a user init_weights, a run)
-        while f is not None and f is not held and f.f_code.co_name != "init_weights" \
-                and f.f_code not in _STOP:
-            f = f.f_back
-        if f is held:
-            return last[1]
-        last = None
     chain: list[Any] = [inner] if inner is not None else []
     while frame is not None:
+        if frame is held:  # the held call's text: it is on the stack before anything else
+            return last[1]  # type: ignore[index]
         code = frame.f_code
         if code.co_name == "init_weights" and not code.co_filename.startswith(_OWN_DIR):
             owner = frame.f_locals.get(code.co_varnames[0]) if code.co_argcount else None
@@ -123,9 +124,10 @@ def attribute(func: Any, args: tuple, frame: Any = None, inner: Any = None) -> s
                 if called is not None:
                     _LAST = (called, text)
                 return text
-        if not _machinery(code.co_filename):
+        machinery = _MACHINERY.get(code.co_filename)
+        if not (machinery if machinery is not None else _machinery(code.co_filename)):
             chain.append(frame)
-        if code in _STOP:
+        if id(code) in _STOP:
             return None
         frame = frame.f_back
     return None
@@ -149,14 +151,15 @@ def _describing(chain: list[Any], user_file: str) -> Any:
 
 
 _APPLY = nn.Module.apply.__code__
-#: frames where the search for a user ``init_weights`` stops (the run itself)
-_STOP: set[Any] = set()
+#: ids of the code objects of frames where the search for a user ``init_weights`` stops (the
+#: run itself; functions that live as long as the package)
+_STOP: set[int] = set()
 
 
 def stop_at(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Mark ``fn`` as where a watched call starts: the stack above it is not user code.
     When it returns, the frame :func:`attribute` keeps is let go."""
-    _STOP.add(fn.__code__)
+    _STOP.add(id(fn.__code__))
 
     @functools.wraps(fn)
     def watched_call(*args: Any, **kwargs: Any) -> Any:
