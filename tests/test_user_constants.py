@@ -6,6 +6,8 @@ counter and an undo see is what writing at once gives."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -166,6 +168,36 @@ def test_special_values_and_python_numbers_land_as_torch_writes_them():
                                                      and torch.isnan(p).all()), v
     assert torch.signbit(model.ps[5]).all()  # -0.0 stays negative zero
     assert torch.equal(model.low.detach(), torch.full((3,), 65504.0, dtype=torch.float16))
+
+
+@pytest.mark.parametrize("order", [1, -1], ids=["0.0 first", "-0.0 first"])
+def test_numbers_that_compare_equal_keep_their_own_bits_run_after_run(order):
+    """A pending constant is made once per number and reused: 0.0 and -0.0 (equal, with
+    the same hash), 0, False, 1, 1.0, True and nan each land as torch's fill_ writes them,
+    in either order, in a later run too (the kept ones reused), each named by its own."""
+    cases = [(0.0, "0"), (-0.0, "-0"), (0, "0"), (False, "False"), (1, "1"), (1.0, "1"),
+             (True, "True"), (float("nan"), "nan")][::order]
+    values = [v for v, _ in cases]
+
+    class Numbers(wi.BaseModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ps = nn.ParameterList(nn.Parameter(torch.full((4,), 5.0)) for _ in values)
+
+        def init_weights(self) -> None:
+            for p, v in zip(self.ps, values):
+                nn.init.constant_(p, v)
+
+    for _ in range(2):
+        model = Numbers()
+        model.init_weights()
+        for p, v in zip(model.ps, values):
+            expected = torch.empty(4).fill_(v)
+            assert torch.equal(torch.signbit(p.detach()), torch.signbit(expected)), v
+            assert torch.equal(p.detach(), expected) or (math.isnan(v) and p.isnan().all()), v
+        record = wi.get_init_record(model).params
+        assert [record[f"ps.{i}"].info for i in range(len(cases))] == [
+            f"constant_(val={text}) in Numbers.init_weights" for _, text in cases]
 
 
 def test_a_fill_of_a_tensor_sharing_its_storage_is_torchs_own_op_and_seen_through_the_other(

@@ -34,8 +34,7 @@ from ..compat import op_written_args
 from ..maths.fills import Elementwise
 from ..planning import Write
 from .attribution import attribute, stop_at
-from .seeding import unseeded_key
-from .userfills import UserDraw, chainable, is_user_draw
+from .userfills import chainable, is_user_draw, pending_fill
 from .watch import TensorState
 from .watch import storage_ptr as _storage_ptr
 
@@ -209,7 +208,7 @@ class Pending:
         if not owners or len(owners) != 1 or owners[0] is not t or ptr in self.adopted:
             return False
         self.cancel(t)
-        self.add((Write(t, UserDraw(dist, unseeded_key(dist) if dist.random else 0)),))
+        self.add((Write(t, pending_fill(dist)),))
         self.observed(t, attribute(func, args))
         return True
 

@@ -35,6 +35,7 @@ from torch import Tensor
 from ..maths import Elementwise
 from ..planning import OpKind
 from .parallel import draw_all, parallel_target
+from .seeding import unseeded_key
 from .tiles import RegionFill, uncounted_alias
 
 #: a user draw over at least this many elements is kept pending when the tensor alone holds
@@ -75,7 +76,7 @@ def user_fill(func: Any, args: tuple, kwargs: dict) -> Elementwise | None:
                 int, float, bool) or (math.isfinite(value)
                                       and abs(value) > torch.finfo(t.dtype).max):
             return None
-        return Elementwise("constant", (value,))
+        return _constant(value).dist
     if kwargs.get("generator") is not None or t.numel() < DEFER_MIN \
             or not parallel_target(t) or not t.is_contiguous() or not t.is_floating_point():
         return None
@@ -88,6 +89,28 @@ def user_fill(func: Any, args: tuple, kwargs: dict) -> Elementwise | None:
             kind == "normal" and b < 0) or (kind == "uniform" and not a <= b):
         return None  # let torch raise its own error
     return Elementwise(kind, (float(a), float(b)))
+
+
+#: (type, value, sign) of a number user code filled with -> its pending write (the same
+#: for every tensor: nothing in it is the tensor's), made once (up to a few hundred numbers)
+_CONSTANT_FILLS: dict[tuple[type, Any, float], UserDraw] = {}
+
+
+def _constant(value: float) -> UserDraw:
+    key = (type(value), value, math.copysign(1.0, value))  # (-0.0 is not 0.0 here)
+    op = _CONSTANT_FILLS.get(key)
+    if op is None:
+        op = UserDraw(Elementwise("constant", (value,)), 0)
+        if value == value and len(_CONSTANT_FILLS) < 256:  # (nan: never equal, never found)
+            _CONSTANT_FILLS[key] = op
+    return op
+
+
+def pending_fill(dist: Elementwise) -> UserDraw:
+    """The pending write of user code's whole fill of ``dist`` (a draw's key drawn now)."""
+    if dist.random:
+        return UserDraw(dist, unseeded_key(dist))
+    return _constant(dist.args[0])
 
 
 def chainable(func: Any, args: tuple, kwargs: dict) -> bool:
@@ -149,4 +172,5 @@ def is_user_draw(op: Any) -> bool:
     return type(op) is UserDraw
 
 
-__all__ = ["DEFER_MIN", "FILLS", "UserDraw", "chainable", "is_user_draw", "user_fill"]
+__all__ = ["DEFER_MIN", "FILLS", "UserDraw", "chainable", "is_user_draw", "pending_fill",
+           "user_fill"]
