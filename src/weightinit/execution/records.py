@@ -34,6 +34,7 @@ from torch import Tensor
 
 from ..checkpoint.fastpickle import fast_load
 from ..compat import loads_weights_only_by_default
+from .patches import SharedPatch
 
 #: (report the tensors of a load, the block a plain load runs in, the thread of both)
 _SINK: contextvars.ContextVar[tuple[Callable[[list[Tensor]], None],
@@ -41,8 +42,6 @@ _SINK: contextvars.ContextVar[tuple[Callable[[list[Tensor]], None],
     contextvars.ContextVar("weightinit_loads", default=None)
 #: what a load may read from without running user code: a path, memory, an open file
 _PLAIN_SOURCES = (str, bytes, os.PathLike, io.BytesIO, io.BufferedReader)
-_LOCK = threading.Lock()
-_STATE: dict[str, Any] = {"users": 0, "original": None, "wrapper": None}
 #: containers walked for tensors (a checkpoint's dicts and lists), at most this many objects
 _WALK_LIMIT = 1 << 20
 
@@ -134,23 +133,15 @@ def loads_seen(sink: Callable[[list[Tensor]], None],
                ) -> Iterator[None]:
     """In the block (this thread and context), each ``torch.load`` reports its CPU tensors
     to ``sink``; one that runs no user code (:func:`_plain`) runs in a ``quiet()`` block."""
-    with _LOCK:
-        if _STATE["users"] == 0:
-            _STATE["original"] = torch.load
-            _STATE["wrapper"] = _wrap(torch.load)
-            torch.load = _STATE["wrapper"]
-        _STATE["users"] += 1
-    token = _SINK.set((sink, quiet, threading.get_ident()))
-    try:
-        yield
-    finally:
-        _SINK.reset(token)
-        with _LOCK:
-            _STATE["users"] -= 1
-            if _STATE["users"] == 0:
-                if torch.load is _STATE["wrapper"]:
-                    torch.load = _STATE["original"]
-                _STATE["original"] = _STATE["wrapper"] = None
+    with TORCH_LOAD.held():
+        token = _SINK.set((sink, quiet, threading.get_ident()))
+        try:
+            yield
+        finally:
+            _SINK.reset(token)
 
 
-__all__ = ["loaded_tensors", "loads_seen"]
+#: ``torch.load``, wrapped while held (see the module)
+TORCH_LOAD = SharedPatch(torch, "load", _wrap)
+
+__all__ = ["TORCH_LOAD", "loaded_tensors", "loads_seen"]

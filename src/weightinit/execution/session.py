@@ -37,7 +37,7 @@ from .entries import Entry, build_record
 from .inplace import check_reads, interrupts_held, split_last
 from .materialize import materialize, remap
 from .pending import Pending, stop_at
-from .statedicts import user_loads
+from .statedicts import patches_held, user_loads
 from .strategies import Plain, Sharded, choose
 from .threads import watching_threads
 from .transaction import Transaction
@@ -116,7 +116,7 @@ class Session:
         p.release_source, p.before_write = txn.release_source, txn.before_write
         p.before_overwrite, p.overwrite_done, p.overwrite_failed = (
             txn.before_overwrite, txn.overwrite_done, txn.overwrite_failed)
-        with interrupts_held() as held:
+        with interrupts_held() as held, patches_held(plan.has_user_code):
             self._run(plan, held)
             return self.commit(plan)
 
@@ -280,15 +280,15 @@ class Session:
             return  # (the root's own override is what was called: it runs, as in MMEngine)
         named = self.cache.flat().named_subtree(module)  # (one walk for what follows)
         modules = [m for _, m in named]
-        self.txn.before_user_code(modules, watched=self.lazy)
         entry = Entry(call.record_kind, call.info, call.declared_in,
                       call.rule if call.rule is not None else call.init)
         if not self.lazy:
+            self.txn.before_user_code(modules)
             self.run_call_compared(call, entry, named)
             return
         # one call writes these several tensors: not cancellable one by one, done first
         self.flush(self.pending.take(lambda w: w.op.group is not None))
-        before = slot_state(modules)
+        before = self.txn.before_user_code(modules, watched=True)  # (and the slots' state)
         written: set[int] = set()
         self.calls.append((entry, written))
         try:

@@ -34,14 +34,13 @@ import torch.nn as nn
 from torch import Tensor
 
 from .attribution import attribute
-from .records import loads_seen
+from .patches import SharedPatch
+from .records import TORCH_LOAD, loads_seen
 from .watch import storage_ptr
 
 #: the watch of the run whose user code runs in this context, and its thread
 _WATCH: contextvars.ContextVar[tuple[Any, int] | None] = \
     contextvars.ContextVar("weightinit_state_dict_loads", default=None)
-_LOCK = threading.Lock()
-_STATE: dict[str, Any] = {"users": 0, "original": None}
 #: torch's own, kept for a stand-in called after it was put back (a reference kept)
 _TORCHS = nn.Module.__dict__["_load_from_state_dict"]
 _DICTS = (dict, OrderedDict)
@@ -54,7 +53,7 @@ def _load_from_state_dict(self: nn.Module, state_dict: Any, prefix: str, local_m
                           error_msgs: list[str]) -> None:
     """``nn.Module._load_from_state_dict`` while a run's user code runs (see the module).
     Named and called as torch's own, so a write it makes is named as torch's would be."""
-    original = _STATE["original"] or _TORCHS
+    original = _PATCH.original or _TORCHS
     seen = _WATCH.get()
     watch = seen[0] if seen is not None and seen[1] == threading.get_ident() else None
     if watch is not None and watch.active and watch.active[-1]:
@@ -133,22 +132,27 @@ def _take(pending: Any, copies: list[tuple[Tensor, Tensor]], frame: Any) -> None
 def state_dict_loads(watch: Any) -> Iterator[None]:
     """In the block (this thread and context), user code's state-dict loads take a module
     at once when they can (see the module), seen by ``watch``."""
-    with _LOCK:
-        if _STATE["users"] == 0:
-            _STATE["original"] = nn.Module.__dict__["_load_from_state_dict"]
-            nn.Module._load_from_state_dict = _load_from_state_dict  # type: ignore[method-assign]
-        _STATE["users"] += 1
-    token = _WATCH.set((watch, threading.get_ident()))
-    try:
+    with _PATCH.held():
+        token = _WATCH.set((watch, threading.get_ident()))
+        try:
+            yield
+        finally:
+            _WATCH.reset(token)
+
+
+#: ``nn.Module._load_from_state_dict``, the stand-in while held
+_PATCH = SharedPatch(nn.Module, "_load_from_state_dict", lambda original: _load_from_state_dict)
+
+
+@contextlib.contextmanager
+def patches_held(needed: bool) -> Iterator[None]:
+    """A run with user code (``needed``) holds the stand-ins :func:`user_loads` uses from its
+    start to its end: its user calls then only count holders (see :mod:`.patches`)."""
+    if not needed:
         yield
-    finally:
-        _WATCH.reset(token)
-        with _LOCK:
-            _STATE["users"] -= 1
-            if _STATE["users"] == 0:
-                if nn.Module.__dict__["_load_from_state_dict"] is _load_from_state_dict:
-                    nn.Module._load_from_state_dict = _STATE["original"]  # type: ignore
-                _STATE["original"] = None
+        return
+    with TORCH_LOAD.held(), _PATCH.held():
+        yield
 
 
 @contextlib.contextmanager
@@ -160,4 +164,4 @@ def user_loads(sink: Callable[[list[Tensor]], None], watch: Any) -> Iterator[Non
         yield
 
 
-__all__ = ["state_dict_loads", "user_loads"]
+__all__ = ["patches_held", "state_dict_loads", "user_loads"]

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ..compat import storage_use_count, torch_allocated
 from . import memory
-from .watch import local
+from .watch import local, slot_state
 
 
 class Transaction:
@@ -164,27 +164,26 @@ class Transaction:
     def adopted(self) -> dict[int, Any]:
         return self._adopted
 
-    def before_user_code(self, modules: list[nn.Module], watched: bool = False) -> None:
+    def before_user_code(self, modules: list[nn.Module], watched: bool = False
+                         ) -> dict[tuple[int, str], tuple[Tensor, int, int]] | None:
         """User code may write, or replace, any tensor of ``modules`` (a module's subtree).
 
         ``watched``: each op it runs is seen (:mod:`.pending`), which calls
         :meth:`before_write` before an op writes a tensor, so values are copied
         only when written (copy on write); here only the slots and each tensor's
-        storage (for a ``.data =`` re-pointing) are remembered, which copies nothing.
+        storage (for a ``.data =`` re-pointing) are remembered, which copies nothing,
+        and the slots' state before the call is returned (:func:`~.watch.slot_state`, read
+        in the same pass).
         """
         self.keep_slots(modules)
-        if watched and not self.keep_values:
-            return
-        storages = self._storages
+        if watched:
+            return slot_state(modules, self._storages if self.keep_values else None)
         for m in modules:
             for slots in (m._parameters, m._buffers):
                 for t in slots.values():
-                    if t is None:
-                        continue
-                    if not watched:
+                    if t is not None:
                         self.before_write(t)
-                    elif id(t) not in storages:
-                        storages[id(t)] = (t, t.data)
+        return None
 
     def original(self, tensor: Tensor) -> Tensor | None:
         """The value ``tensor`` had before the run (``None``: it had none, this run allocated

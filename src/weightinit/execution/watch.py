@@ -89,16 +89,27 @@ def tensors_of(module: nn.Module, recurse: bool = True) -> list[Tensor]:
             if not t.is_meta]
 
 
-def slot_state(modules: list[nn.Module]) -> dict[tuple[int, str], tuple[Tensor, int, int]]:
+def slot_state(modules: list[nn.Module], storages: dict[int, tuple[Tensor, Tensor]] | None = None
+               ) -> dict[tuple[int, str], tuple[Tensor, int, int]]:
     """Each tensor slot of ``modules`` (a subtree): (module id, name) -> (tensor, storage
-    pointer, version counter)."""
+    pointer, version counter). ``storages``: a transaction's, given each tensor's storage
+    (``id -> (tensor, .data)``) it does not hold yet, in the same pass."""
     out = {}
     for m in modules:
         key = id(m)
         for slots in (m._parameters, m._buffers):
             for name, t in slots.items():
-                if t is not None:
-                    out[(key, name)] = (t, storage_ptr(t) if not t.is_meta else 0, t._version)
+                if t is None:
+                    continue
+                ptr = 0
+                if not t.is_meta:
+                    try:
+                        ptr = t.untyped_storage().data_ptr()
+                    except (RuntimeError, NotImplementedError):  # (as storage_ptr)
+                        pass
+                out[(key, name)] = (t, ptr, t._version)
+                if storages is not None and id(t) not in storages:
+                    storages[id(t)] = (t, t.data)
     return out
 
 
@@ -121,7 +132,12 @@ def replaced(modules: list[nn.Module], before: dict[tuple[int, str], tuple[Tenso
                     kept += old is not None
                     continue
                 kept += 1
-                ptr = storage_ptr(t) if not t.is_meta else 0
+                ptr = 0
+                if not t.is_meta:
+                    try:
+                        ptr = t.untyped_storage().data_ptr()
+                    except (RuntimeError, NotImplementedError):  # (as storage_ptr)
+                        pass
                 if old[1] != ptr and moved.get(id(t)) != ptr:
                     out.append((t, t))
     return out, kept < len(before)
