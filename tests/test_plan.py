@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import sys
 from pathlib import Path
 
@@ -143,3 +144,25 @@ def test_resnet_example_semantics():
     assert abs(w.std().item() - (2 / (256 * 9)) ** 0.5) < 0.02 * (2 / (256 * 9)) ** 0.5 * 5
     assert abs(m.head.fc.weight.std().item() - 0.01) < 0.0002
     assert rec["head.fc.weight"].info == "NormalInit: mean=0, std=0.01, bias=0"
+
+
+def test_a_class_registered_with_an_abc_later_becomes_a_node():
+    """``is_node`` answers once per class, and again after any ABC registers a class (a
+    virtual subclass of a node type is a node from then on)."""
+    from weightinit.planning import nodes
+
+    class Meta(nn.Module, metaclass=abc.ABCMeta):
+        pass
+
+    class Plain(nn.Module):
+        pass
+
+    nodes.register_node_type(Meta)
+    try:
+        module = Plain()
+        assert not nodes.is_node(module)
+        Meta.register(Plain)
+        assert nodes.is_node(module)
+    finally:
+        nodes.unregister_node_type(Meta)
+    assert not nodes.is_node(nn.Linear(1, 1)) and nodes.is_node(wi.BaseModule())

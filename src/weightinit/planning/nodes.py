@@ -11,6 +11,7 @@ run (and watched) where MMEngine would call it.
 
 from __future__ import annotations
 
+import abc
 import copy
 from collections.abc import Callable
 from typing import Any
@@ -54,6 +55,7 @@ def register_node_type(cls: type) -> None:
     if cls not in _NODE_TYPES:
         _NODE_TYPES.append(cls)
         _node_types = tuple(_NODE_TYPES)
+        _IS_NODE.clear()
 
 
 def unregister_node_type(cls: type) -> None:
@@ -61,11 +63,29 @@ def unregister_node_type(cls: type) -> None:
     if cls in _NODE_TYPES and cls is not InitCfgNode:
         _NODE_TYPES.remove(cls)
         _node_types = tuple(_NODE_TYPES)
+        _IS_NODE.clear()
+
+
+#: module class -> whether its instances are nodes, while ``abc``'s cache token (which moves
+#: when any ABC registers a class: MMCV's ``BaseModule`` is one) is the one kept here
+_IS_NODE: dict[type, bool] = {}
+_TOKEN: list[object] = [abc.get_cache_token()]
 
 
 def is_node(module: nn.Module) -> bool:
-    """``module`` carries an ``init_cfg`` the planner reads."""
-    return isinstance(module, _node_types)
+    """``module`` carries an ``init_cfg`` the planner reads (an ``isinstance`` against the
+    node types, once per class: against an ABC it is a call into Python)."""
+    cls = type(module)
+    token = abc.get_cache_token()
+    if token != _TOKEN[0]:
+        _IS_NODE.clear()
+        _TOKEN[0] = token
+    hit = _IS_NODE.get(cls)
+    if hit is None:
+        hit = isinstance(module, _node_types)
+        if cls is module.__class__:  # (a proxy's own answer is never kept)
+            _IS_NODE[cls] = hit
+    return hit
 
 
 def is_planned(module: nn.Module) -> bool:
