@@ -43,6 +43,8 @@ _OVERWRITES = frozenset({"normal_", "uniform_", "fill_", "zero_", "copy_", "rand
                          "bernoulli_", "exponential_", "geometric_", "log_normal_", "cauchy_",
                          "eye", "normal", "zeros", "ones", "full", "rand", "randn"})
 _WRITTEN: dict[Any, tuple[tuple[int, ...], tuple[str, ...]]] = {}
+#: a write's text is read from the stack (unless the caller gives it)
+_ASK = object()
 
 
 def _written_args(func: Any) -> tuple[tuple[int, ...], tuple[str, ...]]:
@@ -197,11 +199,11 @@ class Pending:
             self.before_write(t)
             self.raw.setdefault(id(t), TensorState.of(t))
 
-    def defer_fill(self, func: Any, args: tuple, dist: Elementwise) -> bool:
+    def defer_fill(self, func: Any, args: tuple, dist: Elementwise, text: Any = _ASK) -> bool:
         """User code fills ``t = args[0]`` whole with ``dist`` (a draw or a constant): if ``t``
         is a tensor of the model that alone holds its storage, keep the fill pending (a
         :class:`~.userfills.UserDraw`; a draw's key is drawn now); the op's record entry is
-        made now. False: not so."""
+        made now (``text``: named so, not from the stack). False: not so."""
         t = args[0]
         ptr = _storage_ptr(t)
         owners = self.index().get(ptr)
@@ -209,10 +211,10 @@ class Pending:
             return False
         self.cancel(t)
         self.add((Write(t, pending_fill(dist)),))
-        self.observed(t, attribute(func, args))
+        self.observed(t, attribute(func, args) if text is _ASK else text)
         return True
 
-    def chain(self, func: Any, args: tuple, kwargs: dict) -> bool:
+    def chain(self, func: Any, args: tuple, kwargs: dict, text: Any = _ASK) -> bool:
         """An elementwise op with numbers only on a tensor whose user draw is pending: it
         joins the draw (done on the drawn values). False: not so."""
         w = self.writes.get(id(args[0])) if args and isinstance(args[0], Tensor) else None
@@ -220,7 +222,7 @@ class Pending:
                 or not chainable(func, args, kwargs):
             return False
         self.writes[id(w.tensor)] = Write(w.tensor, w.op.then(func, args, kwargs))
-        self.observed(w.tensor, attribute(func, args))
+        self.observed(w.tensor, attribute(func, args) if text is _ASK else text)
         return True
 
     def before_op(self, func: Any, args: tuple, kwargs: dict) -> _OpBooks | None:

@@ -54,9 +54,8 @@ def _load_from_state_dict(self: nn.Module, state_dict: Any, prefix: str, local_m
     """``nn.Module._load_from_state_dict`` while a run's user code runs (see the module).
     Named and called as torch's own, so a write it makes is named as torch's would be."""
     original = _PATCH.original or _TORCHS
-    seen = _WATCH.get()
-    watch = seen[0] if seen is not None and seen[1] == threading.get_ident() else None
-    if watch is not None and watch.active and watch.active[-1]:
+    watch = user_watch()
+    if watch is not None:
         with watch.lock:
             copies = _copies(self, state_dict, prefix, local_metadata, watch.pending.index())
             if copies:
@@ -72,6 +71,13 @@ def _load_from_state_dict(self: nn.Module, state_dict: Any, prefix: str, local_m
                     watch.active.pop()
     return original(self, state_dict, prefix, local_metadata, strict, missing_keys,
                     unexpected_keys, error_msgs)
+
+
+def user_watch() -> Any:
+    """The watch of the run whose user code runs now, in this thread (None: none does)."""
+    seen = _WATCH.get()
+    watch = seen[0] if seen is not None and seen[1] == threading.get_ident() else None
+    return watch if watch is not None and watch.active and watch.active[-1] else None
 
 
 def _swaps() -> bool:
@@ -164,4 +170,4 @@ def user_loads(sink: Callable[[list[Tensor]], None], watch: Any) -> Iterator[Non
         yield
 
 
-__all__ = ["patches_held", "state_dict_loads", "user_loads"]
+__all__ = ["patches_held", "state_dict_loads", "user_loads", "user_watch"]

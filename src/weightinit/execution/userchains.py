@@ -1,0 +1,56 @@
+"""A library helper that is one draw and elementwise ops on it, taken in one step.
+
+MMCV's ``trunc_normal_`` is five ATen ops on its tensor: a ``uniform_`` draw, then
+``erfinv_``, ``mul_``, ``add_`` and ``clamp_`` with numbers. Watched op by op
+(:mod:`.pending`), the draw is kept pending and the other four join it, each op paying
+a pass through the dispatch mode. A stand-in for such a helper, named and called as the
+library's (so its writes are named as the library's would be), hands the same ops to
+:func:`take_draw_chain`, which keeps the same pending draw, chain and record entry in
+one step and counts the same writes in the tensor's version. Anything the watch would
+not keep pending that way (a small tensor, one that shares its storage, a seeded run,
+another thread, no run) is the helper's own, watched op by op.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from torch.autograd.graph import increment_version
+
+from .attribution import attribute
+from .statedicts import user_watch
+from .userfills import chainable, user_fill
+
+#: an op and its arguments (the tensor first), as the watch sees it
+Op = tuple[Any, tuple, dict]
+
+
+def take_draw_chain(draw: Op, then: list[Op], depth: int = 1) -> bool:
+    """While a run watches this thread's user code: ``draw`` (a whole ``normal_`` or
+    ``uniform_``), then the elementwise ops ``then`` on its tensor, kept pending as the
+    watch would keep them op by op; True: done (nothing written yet, as there). False:
+    nothing done (the caller runs the ops). ``depth``: frames from here up to the
+    stand-in's own, which names the write when nothing outside it does."""
+    watch = user_watch()
+    if watch is None or not watch.pieces:
+        return False
+    func, args, kwargs = draw
+    dist = user_fill(func, args, kwargs)
+    tensor = args[0]
+    if dist is None or not all(op[1][0] is tensor and chainable(*op) for op in then):
+        return False
+    frame = sys._getframe(depth)
+    with watch.lock:
+        pending = watch.pending
+        text = attribute(func, args, frame.f_back, frame)
+        if not pending.defer_fill(func, args, dist, text):
+            return False
+        for op in then:
+            pending.chain(*op, text)
+    for _ in range(1 + len(then)):  # (each op counts one write, as torch's do)
+        increment_version(tensor)
+    return True
+
+
+__all__ = ["take_draw_chain"]
