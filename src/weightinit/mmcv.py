@@ -52,11 +52,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import math
 from collections.abc import Iterator
 from typing import Any
 
-import torch
 import torch.nn as nn
 
 try:
@@ -73,7 +71,7 @@ from ._bridge import Bridge, Dialect, Walk
 from ._bridge_mmcv import PretrainedInit, log_load, log_mismatch
 from .errors import CheckpointKeysWarning, RepeatedInitWarning, warn
 from .execution.patches import SharedPatch
-from .execution.userchains import take_draw_chain
+from .execution.userchains import trunc_normal_stand_in
 from .planning import is_planned, planned
 from .planning.tree import Walker
 from .rules import WEIGHT_INITIALIZERS, UniformInit
@@ -150,39 +148,9 @@ def _plan(walker: Walker, module: nn.Module) -> None:
     _BRIDGE.planned_walk(module)
 
 
-_ATEN = torch.ops.aten
-
-
-def _norm_cdf(x: float) -> float:
-    return (1.0 + math.erf(x / math.sqrt(2.0))) / 2.0  # (MMCV's arithmetic, to the bit)
-
-
-def _trunc_normal_stand_in(original: Any) -> Any:
-    """MMCV's ``_no_grad_trunc_normal_`` (behind ``trunc_normal_`` and
-    ``trunc_normal_init``), its five ops taken in one step while a run watches user code
-    (:mod:`weightinit.execution.userchains`): the same pending draw, chain, record entry and
-    version count as those ops watched one by one. Anything else (no run, a tensor the watch
-    draws at once, the case MMCV warns about, a zero ``std``) is MMCV's own."""
-
-    def _no_grad_trunc_normal_(tensor: Any, mean: Any, std: Any, a: Any, b: Any) -> Any:
-        if all(type(v) in (int, float) for v in (mean, std, a, b)) and std != 0 \
-                and not (mean < a - 2 * std or mean > b + 2 * std):
-            lower, upper = _norm_cdf((a - mean) / std), _norm_cdf((b - mean) / std)
-            if take_draw_chain(
-                    (_ATEN.uniform_.default, (tensor, 2 * lower - 1, 2 * upper - 1), {}),
-                    [(_ATEN.erfinv_.default, (tensor,), {}),
-                     (_ATEN.mul_.Tensor, (tensor, std * math.sqrt(2.0)), {}),
-                     (_ATEN.add_.Tensor, (tensor, mean), {}),
-                     (_ATEN.clamp_.default, (tensor, a, b), {})]):
-                return tensor
-        return original(tensor, mean, std, a, b)
-
-    return _no_grad_trunc_normal_
-
-
 #: MMCV's ``_no_grad_trunc_normal_`` (looked up by ``trunc_normal_`` at each call), the
 #: stand-in while one of this bridge's calls runs
-_TRUNC_NORMAL = SharedPatch(mmcv_weight_init, "_no_grad_trunc_normal_", _trunc_normal_stand_in)
+_TRUNC_NORMAL = SharedPatch(mmcv_weight_init, "_no_grad_trunc_normal_", trunc_normal_stand_in)
 
 
 class _MMCV(Dialect):

@@ -55,6 +55,7 @@ import torch.nn as nn
 
 try:
     import mmengine.model as mm_model
+    import mmengine.model.weight_init as mm_weight_init
     from mmengine.logging import print_log
     from mmengine.model import is_model_wrapper
     from mmengine.registry import WEIGHT_INITIALIZERS as MM_INITIALIZERS
@@ -64,12 +65,17 @@ except ImportError as err:  # pragma: no cover - exercised without mmengine inst
 
 from ._bridge import Bridge, Dialect, Walk
 from .errors import RepeatedInitWarning
+from .execution.patches import SharedPatch
+from .execution.userchains import trunc_normal_stand_in
 from .planning import is_planned, planned
 from .rules import WEIGHT_INITIALIZERS
 
 __all__ = ["install", "installed", "is_installed", "uninstall"]
 
 _BUILTIN_MODULE = "mmengine.model.weight_init"
+#: MMEngine's ``_no_grad_trunc_normal_`` (looked up by ``trunc_normal_`` at each call), the
+#: stand-in while one of this bridge's calls runs
+_TRUNC_NORMAL = SharedPatch(mm_weight_init, "_no_grad_trunc_normal_", trunc_normal_stand_in)
 
 
 class _MMEngine(Dialect):
@@ -78,6 +84,9 @@ class _MMEngine(Dialect):
     base = mm_model.BaseModule
     #: a second init_weights(): MMEngine's log warning is printed instead
     logged = (RepeatedInitWarning,)
+
+    def context(self) -> contextlib.AbstractContextManager[Any]:
+        return _TRUNC_NORMAL.held()
 
     def lookup(self, type_value: Any) -> Any:
         """A rule type weightinit's registry should take from MMEngine's: names of MMEngine's own

@@ -89,7 +89,7 @@ def _run(how: str, bridged: bool, stand_in: bool, monkeypatch) -> tuple:
         taken.append(done)
         return done
 
-    monkeypatch.setattr(wimc, "take_draw_chain", counted)
+    monkeypatch.setattr(userchains, "take_draw_chain", counted)
     torch.manual_seed(1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -158,7 +158,7 @@ def test_mmcvs_function_is_back_after_the_call(monkeypatch):
 def test_outside_a_run_the_stand_in_is_mmcvs(monkeypatch):
     """A stand-in called with no run watching (another thread, or kept by reference) is
     MMCV's own function, with its values."""
-    stand_in = wimc._trunc_normal_stand_in(MMCVS)
+    stand_in = userchains.trunc_normal_stand_in(MMCVS)
     a, b = torch.empty(64, 64), torch.empty(64, 64)
     torch.manual_seed(3)
     stand_in(a, 0.0, 0.02, -2.0, 2.0)

@@ -1,6 +1,6 @@
 """A library helper that is one draw and elementwise ops on it, taken in one step.
 
-MMCV's ``trunc_normal_`` is five ATen ops on its tensor: a ``uniform_`` draw, then
+MMCV's and MMEngine's ``trunc_normal_`` is five ATen ops on its tensor: a ``uniform_`` draw, then
 ``erfinv_``, ``mul_``, ``add_`` and ``clamp_`` with numbers. Watched op by op
 (:mod:`.pending`), the draw is kept pending and the other four join it, each op paying
 a pass through the dispatch mode. A stand-in for such a helper, named and called as the
@@ -13,9 +13,11 @@ another thread, no run) is the helper's own, watched op by op.
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any
 
+import torch
 from torch.autograd.graph import increment_version
 
 from .attribution import attribute
@@ -53,4 +55,35 @@ def take_draw_chain(draw: Op, then: list[Op], depth: int = 1) -> bool:
     return True
 
 
-__all__ = ["take_draw_chain"]
+_ATEN = torch.ops.aten
+
+
+def _norm_cdf(x: float) -> float:
+    return (1.0 + math.erf(x / math.sqrt(2.0))) / 2.0  # (the libraries' arithmetic, to the bit)
+
+
+def trunc_normal_stand_in(original: Any) -> Any:
+    """For MMCV's and MMEngine's ``_no_grad_trunc_normal_`` (``original``, behind their
+    ``trunc_normal_`` and ``trunc_normal_init``): its five ops taken in one step while a
+    run watches user code (:func:`take_draw_chain`), the same pending draw, chain, record
+    entry and version count as those ops watched one by one. Anything else (no run, a
+    tensor the watch draws at once, the case the library warns about, a zero ``std``) is
+    the library's own."""
+
+    def _no_grad_trunc_normal_(tensor: Any, mean: Any, std: Any, a: Any, b: Any) -> Any:
+        if all(type(v) in (int, float) for v in (mean, std, a, b)) and std != 0 \
+                and not (mean < a - 2 * std or mean > b + 2 * std):
+            lower, upper = _norm_cdf((a - mean) / std), _norm_cdf((b - mean) / std)
+            if take_draw_chain(
+                    (_ATEN.uniform_.default, (tensor, 2 * lower - 1, 2 * upper - 1), {}),
+                    [(_ATEN.erfinv_.default, (tensor,), {}),
+                     (_ATEN.mul_.Tensor, (tensor, std * math.sqrt(2.0)), {}),
+                     (_ATEN.add_.Tensor, (tensor, mean), {}),
+                     (_ATEN.clamp_.default, (tensor, a, b), {})]):
+                return tensor
+        return original(tensor, mean, std, a, b)
+
+    return _no_grad_trunc_normal_
+
+
+__all__ = ["take_draw_chain", "trunc_normal_stand_in"]
