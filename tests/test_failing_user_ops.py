@@ -230,10 +230,14 @@ def test_a_custom_op_that_writes_part_then_raises_is_recorded_as_a_write():
     if not hasattr(torch.library, "custom_op"):
         pytest.skip("torch.library.custom_op is newer than this torch")
 
-    @torch.library.custom_op("weightinit_tests::half_then_raise", mutates_args=("t",))
-    def half_then_raise(t: torch.Tensor) -> None:
+    def half_then_raise(t):
         t.view(-1)[: t.numel() // 2] = 7.0
         raise RuntimeError("failed half way")
+
+    # (real types: this file's annotations are strings, which older torch can not read)
+    half_then_raise.__annotations__ = {"t": torch.Tensor, "return": None}
+    half_then_raise = torch.library.custom_op(
+        "weightinit_tests::half_then_raise", mutates_args=("t",))(half_then_raise)
 
     net = Net(lambda w: half_then_raise(w), RULE)
     net.init_weights()

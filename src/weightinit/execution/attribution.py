@@ -23,8 +23,8 @@ import torch.nn as nn
 #: frames of these files are machinery (dispatch, decorators), never "the call that wrote"
 _OWN_DIR = os.path.dirname(os.path.dirname(__file__))  # the weightinit package
 _TORCH_MACHINERY = ("/torch/_dynamo/", "/torch/_compile.py", "/torch/utils/_python_dispatch.py",
-                    "/torch/_ops.py", "/torch/_library/", "/torch/utils/_contextlib.py",
-                    "/contextlib.py")
+                    "/torch/_ops.py", "/torch/_library/", "/torch/autograd/function.py",
+                    "/torch/utils/_contextlib.py", "/contextlib.py")
 def _scalar(v: Any) -> bool:
     return v is None or isinstance(v, (bool, int, float, str))
 
