@@ -101,13 +101,7 @@ def slot_state(modules: list[nn.Module], storages: dict[int, tuple[Tensor, Tenso
             for name, t in slots.items():
                 if t is None:
                     continue
-                ptr = 0
-                if not t.is_meta:
-                    try:
-                        ptr = t.untyped_storage().data_ptr()
-                    except (RuntimeError, NotImplementedError):  # (as storage_ptr)
-                        pass
-                out[(key, name)] = (t, ptr, t._version)
+                out[(key, name)] = (t, storage_ptr(t) if not t.is_meta else 0, t._version)
                 if storages is not None and id(t) not in storages:
                     storages[id(t)] = (t, t.data)
     return out
@@ -132,12 +126,7 @@ def replaced(modules: list[nn.Module], before: dict[tuple[int, str], tuple[Tenso
                     kept += old is not None
                     continue
                 kept += 1
-                ptr = 0
-                if not t.is_meta:
-                    try:
-                        ptr = t.untyped_storage().data_ptr()
-                    except (RuntimeError, NotImplementedError):  # (as storage_ptr)
-                        pass
+                ptr = storage_ptr(t) if not t.is_meta else 0
                 if old[1] != ptr and moved.get(id(t)) != ptr:
                     out.append((t, t))
     return out, kept < len(before)
