@@ -3,6 +3,9 @@ its five ops are taken in one step (a stand-in for ``_no_grad_trunc_normal_``) w
 exactly what watching them one by one gives — the values (the same key drawn from
 torch's generator, the same chain), the generator's state after, the record entries, the
 version counts, MMCV's warning and errors — and MMCV's own function is back after the call.
+Far out in the tails (``std=0.02`` between -2 and 2) the one step is one draw of the
+truncated normal under that same key, in tiles, in place of the five ops: those values are
+checked against that draw, everything else against the ops watched one by one.
 
 Each case runs twice, the stand-in on and off (off: MMCV's function, watched op by op),
 and once with MMCV alone (versions, warnings, errors; its values are its own draws)."""
@@ -28,6 +31,9 @@ from mmcv.runner import BaseModule  # noqa: E402
 import weightinit as wi  # noqa: E402
 import weightinit.mmcv as wimc  # noqa: E402
 from weightinit.execution import userchains  # noqa: E402
+from weightinit.execution.parallel import draw_all  # noqa: E402
+from weightinit.execution.tiles import RegionFill  # noqa: E402
+from weightinit.maths import Elementwise  # noqa: E402
 
 MMCVS = mmcv_weight_init._no_grad_trunc_normal_
 
@@ -108,9 +114,29 @@ def _run(how: str, bridged: bool, stand_in: bool, monkeypatch) -> tuple:
             error, state, texts)
 
 
-def _same_values(a: nn.Module, b: nn.Module) -> None:
+def _same_values(a: nn.Module, b: nn.Module, skip: tuple[str, ...] = ()) -> None:
     for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
-        assert torch.equal(p, q), n
+        if n not in skip:
+            assert torch.equal(p, q), n
+
+
+#: per case, the weights drawn as one truncated normal N(0, 0.02²) on [-2, 2], in the order
+#: their keys are drawn from torch's generator (seeded 1), and what user code then did to them
+DIRECT = {"init": {"proj.weight": 1.0, "cls.weight": 1.0}, "then_read": {"proj.weight": 2.0},
+          "view_held": {"proj.weight": 1.0}}
+
+
+def _direct_draws(model: nn.Module, how: str) -> dict[str, torch.Tensor]:
+    """What the stand-in's one draw gives: each weight's key is the next draw of torch's
+    generator (as the five ops' uniform_ would take it), its tiles drawn under it."""
+    torch.manual_seed(1)
+    out = {}
+    for name, factor in DIRECT.get(how, {}).items():
+        key = int(torch.randint(0, 1 << 62, (), dtype=torch.int64))
+        t = torch.empty_like(model.get_parameter(name))
+        draw_all([RegionFill(Elementwise("trunc_normal", (0.0, 0.02, -2.0, 2.0)), t, key)])
+        out[name] = t * factor
+    return out
 
 
 @pytest.mark.parametrize("how", ["init", "direct", "then_read", "view_held", "warns"])
@@ -120,7 +146,13 @@ def test_one_step_is_the_ops_watched_one_by_one_and_mmcvs_values(how, monkeypatc
     mmcv = _run(how, False, False, monkeypatch)
     model, taken, warned, error, state, texts = on
     assert error is None and off[3] is None and mmcv[3] is None
-    _same_values(model, off[0])
+    _same_values(model, off[0], skip=tuple(DIRECT.get(how, ())))
+    for name, want in _direct_draws(model, how).items():
+        got = model.get_parameter(name).detach()
+        assert torch.equal(got, want), name
+        assert not torch.equal(got, off[0].get_parameter(name)), name  # (not the five ops')
+        assert got.std().item() == pytest.approx(0.02 * DIRECT[how][name], rel=0.03)
+        assert abs(got.mean().item()) < 5 * 0.02 * DIRECT[how][name] / got.numel() ** 0.5
     assert torch.equal(state, off[4])  # the generator moved as watched op by op
     assert texts == off[5]
     assert model.versions == off[0].versions == mmcv[0].versions
@@ -132,9 +164,24 @@ def test_one_step_is_the_ops_watched_one_by_one_and_mmcvs_values(how, monkeypatc
     if how == "init":
         assert texts["proj.weight"] == "trunc_normal_init(std=0.02) in Head.init_weights"
     if how == "view_held":
-        assert model.seen == off[0].seen == pytest.approx(float(model.proj.weight.sum()))
+        assert model.seen == pytest.approx(float(model.proj.weight.detach().sum()))  # (drawn, read)
     if how == "warns":
         assert warned and "mean is more than 2 std" in warned[0]
+
+
+@pytest.mark.parametrize("mean, std, a, b, numel, direct", [
+    (0.0, 0.02, -2.0, 2.0, 1 << 24, True),  # a hundred std out: drawn by rejection
+    (0.0, 1.0, -2.0, 2.0, 4096, False),  # ±2 std: 4.6 % outside, the five ops
+    (0.0, 1.0, -5.0, 5.0, 4096, True),  # 5.7e-7 outside per value: 0.0023 expected
+    (0.0, 1.0, -5.0, 5.0, 28800, False),  # 0.016 expected: over the bound of 0.01
+    (3.0, 1.0, -5.0, 2.0, 4096, False),  # the mean outside [a, b]
+    (0.0, -0.02, -2.0, 2.0, 4096, False),  # a negative std: the ops (a mirrored draw)
+    (0.0, 0.02, 2.0, -2.0, 4096, False),  # empty bounds
+])
+def test_the_one_draw_only_where_few_values_fall_outside(mean, std, a, b, numel, direct):
+    got = userchains._direct(torch.empty(1).expand(numel), mean, std, a, b)
+    assert got == (Elementwise("trunc_normal", (mean, std, a, b)) if direct else None)
+    assert userchains._direct(numel, mean, std, a, b) is None  # (not a tensor: MMCV's own)
 
 
 def test_errors_are_mmcvs_and_the_model_is_untouched(monkeypatch):

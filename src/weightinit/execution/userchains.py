@@ -9,6 +9,14 @@ library's (so its writes are named as the library's would be), hands the same op
 one step and counts the same writes in the tensor's version. Anything the watch would
 not keep pending that way (a small tensor, one that shares its storage, a seeded run,
 another thread, no run) is the helper's own, watched op by op.
+
+Most calls truncate far out in the tails (``std=0.02`` between -2 and 2: a hundred
+standard deviations), where a truncated normal is a normal draw that is checked and almost
+never redrawn (:func:`~weightinit.maths.fills.trunc_normal_`'s rejection method: one draw
+and one read, where the five ops make five passes). There the stand-in keeps that draw
+pending instead of the five ops: the same distribution, the same key drawn from torch's
+generator, the same record entry and version count; other values than the five ops would
+give from that key (both are one random draw under ``torch.manual_seed``).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from typing import Any
 import torch
 from torch.autograd.graph import increment_version
 
+from ..maths import Elementwise
 from .attribution import attribute
 from .statedicts import user_watch
 from .userfills import chainable, user_fill
@@ -28,12 +37,14 @@ from .userfills import chainable, user_fill
 Op = tuple[Any, tuple, dict]
 
 
-def take_draw_chain(draw: Op, then: list[Op], depth: int = 1) -> bool:
+def take_draw_chain(draw: Op, then: list[Op], depth: int = 1,
+                    instead: Elementwise | None = None) -> bool:
     """While a run watches this thread's user code: ``draw`` (a whole ``normal_`` or
     ``uniform_``), then the elementwise ops ``then`` on its tensor, kept pending as the
     watch would keep them op by op; True: done (nothing written yet, as there). False:
     nothing done (the caller runs the ops). ``depth``: frames from here up to the
-    stand-in's own, which names the write when nothing outside it does."""
+    stand-in's own, which names the write when nothing outside it does. ``instead``: the
+    distribution the ops give, kept pending as one draw in their place (see the module)."""
     watch = user_watch()
     if watch is None or not watch.pieces:
         return False
@@ -46,10 +57,11 @@ def take_draw_chain(draw: Op, then: list[Op], depth: int = 1) -> bool:
     with watch.lock:
         pending = watch.pending
         text = attribute(func, args, frame.f_back, frame)
-        if not pending.defer_fill(func, args, dist, text):
+        if not pending.defer_fill(func, args, dist if instead is None else instead, text):
             return False
-        for op in then:
-            pending.chain(*op, text)
+        if instead is None:
+            for op in then:
+                pending.chain(*op, text)
     for _ in range(1 + len(then)):  # (each op counts one write, as torch's do)
         increment_version(tensor)
     return True
@@ -62,11 +74,30 @@ def _norm_cdf(x: float) -> float:
     return (1.0 + math.erf(x / math.sqrt(2.0))) / 2.0  # (the libraries' arithmetic, to the bit)
 
 
+#: the expected number of a normal draw's values outside the bounds, over the whole tensor,
+#: up to which a truncated normal is drawn by rejection in place of the five ops (a value
+#: outside costs a redraw pass, still exact: this keeps that rare)
+_REDRAWS_EXPECTED = 0.01
+
+
+def _direct(tensor: Any, mean: float, std: float, a: float, b: float) -> Elementwise | None:
+    """The truncated normal ``trunc_normal_``'s ops give, when drawing it by rejection is
+    the cheaper way (see the module); None: the ops are kept."""
+    if not (isinstance(tensor, torch.Tensor) and std > 0 and a < mean < b):
+        return None
+    scale = std * math.sqrt(2.0)
+    outside = 0.5 * (math.erfc((mean - a) / scale) + math.erfc((b - mean) / scale))
+    if outside * tensor.numel() > _REDRAWS_EXPECTED:
+        return None
+    return Elementwise("trunc_normal", (float(mean), float(std), float(a), float(b)))
+
+
 def trunc_normal_stand_in(original: Any) -> Any:
     """For MMCV's and MMEngine's ``_no_grad_trunc_normal_`` (``original``, behind their
     ``trunc_normal_`` and ``trunc_normal_init``): its five ops taken in one step while a
     run watches user code (:func:`take_draw_chain`), the same pending draw, chain, record
-    entry and version count as those ops watched one by one. Anything else (no run, a
+    entry and version count as those ops watched one by one (or, far out in the tails, the
+    one draw of their distribution: see the module). Anything else (no run, a
     tensor the watch draws at once, the case the library warns about, a zero ``std``) is
     the library's own."""
 
@@ -79,7 +110,8 @@ def trunc_normal_stand_in(original: Any) -> Any:
                     [(_ATEN.erfinv_.default, (tensor,), {}),
                      (_ATEN.mul_.Tensor, (tensor, std * math.sqrt(2.0)), {}),
                      (_ATEN.add_.Tensor, (tensor, mean), {}),
-                     (_ATEN.clamp_.default, (tensor, a, b), {})]):
+                     (_ATEN.clamp_.default, (tensor, a, b), {})],
+                    instead=_direct(tensor, mean, std, a, b)):
                 return tensor
         return original(tensor, mean, std, a, b)
 
