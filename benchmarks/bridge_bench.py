@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import math
 import statistics
 import sys
 import tempfile
@@ -73,12 +74,30 @@ def time_init(name: str, bridged: bool, directory: Path, install: Callable[[], N
             uninstall()
 
 
+def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """A distribution-free interval for the median of what ``values`` sample: the order
+    statistics ``(k, n + 1 - k)`` with ``k`` the largest whose binomial tails leave at least
+    ``confidence`` between them (the whole range when there are too few values)."""
+    v = sorted(values)
+    n = len(v)
+    tail, k = 0.0, 0
+    for i in range(n // 2):  # P(Binomial(n, 1/2) <= i), while both tails stay small enough
+        tail += math.comb(n, i) / 2 ** n
+        if 2 * tail > 1 - confidence:
+            break
+        k = i + 1
+    return (v[k - 1], v[n - k]) if k else (v[0], v[-1])
+
+
 def measure(models: list[str], threads: list[int], repeats: int, timed: Timed,
             params: Callable[[str], int], setup: Callable[[Path], None] | None = None
             ) -> list[tuple[str, int, int, dict[str, float]]]:
     """``(model, threads, parameter elements, medians)`` rows, medians of ``mm`` (the
     library), ``wi`` (the bridge) and ``floor``; the rounds of all thread counts rotate
-    together and the two sides alternate who goes first, so a busy moment hits both."""
+    together and the two sides alternate who goes first, so a busy moment hits both.
+    ``ratio``: the median of each round's ``mm / wi`` (the two runs of a round are next to
+    each other: a slow minute of the machine slows both), ``low``/``high``: its 95 %
+    interval (:func:`median_interval`)."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         if setup is not None:
@@ -99,6 +118,9 @@ def measure(models: list[str], threads: list[int], repeats: int, timed: Timed,
                     times[(t, "floor")].append(floor(n))
             for t in threads:
                 med = {k: statistics.median(times[(t, k)]) for k in ("mm", "wi", "floor")}
+                ratios = [a / b for a, b in zip(times[(t, "mm")], times[(t, "wi")])]
+                med["ratio"] = statistics.median(ratios)
+                med["low"], med["high"] = median_interval(ratios)
                 rows.append((name, t, n, med))
                 print(f"{name} ({t} threads): {med}", file=sys.stderr)
     return rows
@@ -106,15 +128,24 @@ def measure(models: list[str], threads: list[int], repeats: int, timed: Timed,
 
 def report(rows: list[tuple[str, int, int, dict[str, float]]], library: str, title: str,
            markdown: bool) -> None:
-    """The table of :func:`measure`'s rows (rich, or Markdown), and which rows are slower."""
+    """The table of :func:`measure`'s rows (rich, or Markdown), and the verdict: a row is
+    slower when even the top of its ratio's 95 % interval is below 1, faster when even the
+    bottom is above 1, and not told apart from the library's on this machine otherwise."""
     headers = ["model", "threads", "params", "floor s", f"{library} s", "weightinit s",
-               f"{library}/weightinit", "weightinit/floor"]
+               f"{library}/weightinit", "95 % interval", "weightinit/floor"]
     cells = [[name, str(t), f"{n / 1e6:.1f} M", f"{m['floor']:.3f}", f"{m['mm']:.3f}",
-              f"{m['wi']:.3f}", f"{m['mm'] / m['wi']:.2f}x", f"{m['wi'] / m['floor']:.2f}"]
+              f"{m['wi']:.3f}", f"{m['ratio']:.2f}x", f"{m['low']:.2f}-{m['high']:.2f}",
+              f"{m['wi'] / m['floor']:.2f}"]
              for name, t, n, m in rows]
-    slower = [f"{name} ({t} threads)" for name, t, _, m in rows if m["wi"] > m["mm"]]
+    slower = [f"{name} ({t} threads)" for name, t, _, m in rows if m["high"] < 1]
+    level = [f"{name} ({t} threads)" for name, t, _, m in rows if m["low"] <= 1 <= m["high"]]
     verdict = (f"weightinit slower than {library} on: " + ", ".join(slower) if slower
-               else f"weightinit faster than {library} on every row")
+               else f"weightinit never slower than {library}")
+    faster = sum(m["low"] > 1 for _, _, _, m in rows)
+    verdict += (f"; faster on {faster} of {len(rows)} rows" if faster < len(rows)
+                else "; faster on every row")
+    if level:
+        verdict += "; not told apart from it on this machine: " + ", ".join(level)
     if markdown:
         print(f"{title}\n\n| " + " | ".join(headers) + " |\n|" + "---|" * len(headers))
         for c in cells:
