@@ -49,7 +49,7 @@ class Tree(wi.BaseModule):
 def made(monkeypatch):
     """How many times each stand-in was made (put in place)."""
     counts = {"load": 0, "state": 0}
-    for key, patch in (("load", records.TORCH_LOAD), ("state", statedicts._PATCH)):
+    for key, patch in (("load", records.TORCH_LOAD), ("state", statedicts.STATE_DICT_LOAD)):
         make = patch.make
 
         def counted(original, make=make, key=key):

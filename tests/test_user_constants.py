@@ -46,8 +46,8 @@ def deferred(monkeypatch):
     kept: list[tuple[str, float]] = []
     original = pending_mod.Pending.defer_fill
 
-    def spy(self, func, args, dist):
-        done = original(self, func, args, dist)
+    def spy(self, func, args, dist, *text):
+        done = original(self, func, args, dist, *text)
         if done and dist.kind == "constant":
             kept.append((func.overloadpacket.__name__, dist.args[0]))
         return done

@@ -46,6 +46,8 @@ def _defaults(frame: Any) -> dict[str, Any]:
     hit = _DEFAULTS.get(id(code))
     if hit is None:
         fn = frame.f_globals.get(code.co_name)
+        if getattr(fn, "__code__", None) is not code:  # (a stand-in in its place: its original)
+            fn = getattr(fn, "__wrapped__", None)
         found = {}
         if getattr(fn, "__code__", None) is code:
             found = {n: p.default for n, p in inspect.signature(fn).parameters.items()

@@ -1,12 +1,11 @@
 """Execute plans: write each tensor once, run user code where it must run, record, commit.
 
-A :class:`Session` lives for one outermost ``init_weights()`` /
-``initialize()`` / ``load_checkpoint()`` call; user code inside it that calls
-``init_weights()`` again plans and executes its subtree in the same session.
-The session owns the run's strategy (plain, seeded or sharded, chosen once)
-and its transaction: :meth:`Session.run` either commits everything — values,
-``is_init`` flags, the record — or, on any failure, rolls everything back
-and re-raises.
+A :class:`Session` lives for one outermost ``init_weights()`` / ``initialize()`` /
+``load_checkpoint()`` call; user code inside it that calls ``init_weights()`` again plans
+and executes its subtree in the same session. The session owns the run's strategy (plain,
+seeded or sharded, chosen once) and its transaction: :meth:`Session.run` either commits
+everything — values, ``is_init`` flags, the record — or, on any failure, rolls everything
+back and re-raises.
 """
 
 from __future__ import annotations
@@ -36,8 +35,9 @@ from .eager_order import Prologue
 from .entries import Entry, build_record
 from .inplace import check_reads, interrupts_held, split_last
 from .materialize import materialize, remap
+from .nninit import patches_held
 from .pending import Pending, stop_at
-from .statedicts import patches_held, user_loads
+from .statedicts import user_loads
 from .strategies import Plain, Sharded, choose
 from .threads import watching_threads
 from .transaction import Transaction

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from .attribution import attribute
 from .patches import SharedPatch
-from .records import TORCH_LOAD, loads_seen
+from .records import loads_seen
 from .watch import storage_ptr
 
 #: the watch of the run whose user code runs in this context, and its thread
@@ -53,7 +53,7 @@ def _load_from_state_dict(self: nn.Module, state_dict: Any, prefix: str, local_m
                           error_msgs: list[str]) -> None:
     """``nn.Module._load_from_state_dict`` while a run's user code runs (see the module).
     Named and called as torch's own, so a write it makes is named as torch's would be."""
-    original = _PATCH.original or _TORCHS
+    original = STATE_DICT_LOAD.original or _TORCHS
     watch = user_watch()
     if watch is not None:
         with watch.lock:
@@ -138,7 +138,7 @@ def _take(pending: Any, copies: list[tuple[Tensor, Tensor]], frame: Any) -> None
 def state_dict_loads(watch: Any) -> Iterator[None]:
     """In the block (this thread and context), user code's state-dict loads take a module
     at once when they can (see the module), seen by ``watch``."""
-    with _PATCH.held():
+    with STATE_DICT_LOAD.held():
         token = _WATCH.set((watch, threading.get_ident()))
         try:
             yield
@@ -147,18 +147,8 @@ def state_dict_loads(watch: Any) -> Iterator[None]:
 
 
 #: ``nn.Module._load_from_state_dict``, the stand-in while held
-_PATCH = SharedPatch(nn.Module, "_load_from_state_dict", lambda original: _load_from_state_dict)
-
-
-@contextlib.contextmanager
-def patches_held(needed: bool) -> Iterator[None]:
-    """A run with user code (``needed``) holds the stand-ins :func:`user_loads` uses from its
-    start to its end: its user calls then only count holders (see :mod:`.patches`)."""
-    if not needed:
-        yield
-        return
-    with TORCH_LOAD.held(), _PATCH.held():
-        yield
+STATE_DICT_LOAD = SharedPatch(nn.Module, "_load_from_state_dict",
+                              lambda original: _load_from_state_dict)
 
 
 @contextlib.contextmanager
@@ -170,4 +160,4 @@ def user_loads(sink: Callable[[list[Tensor]], None], watch: Any) -> Iterator[Non
         yield
 
 
-__all__ = ["patches_held", "state_dict_loads", "user_loads", "user_watch"]
+__all__ = ["STATE_DICT_LOAD", "state_dict_loads", "user_loads", "user_watch"]

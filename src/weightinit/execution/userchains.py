@@ -38,13 +38,14 @@ Op = tuple[Any, tuple, dict]
 
 
 def take_draw_chain(draw: Op, then: list[Op], depth: int = 1,
-                    instead: Elementwise | None = None) -> bool:
+                    instead: Elementwise | None = None, frame: Any = None) -> bool:
     """While a run watches this thread's user code: ``draw`` (a whole ``normal_`` or
     ``uniform_``), then the elementwise ops ``then`` on its tensor, kept pending as the
     watch would keep them op by op; True: done (nothing written yet, as there). False:
     nothing done (the caller runs the ops). ``depth``: frames from here up to the
-    stand-in's own, which names the write when nothing outside it does. ``instead``: the
-    distribution the ops give, kept pending as one draw in their place (see the module)."""
+    stand-in's own, which names the write when nothing outside it does (or ``frame``, that
+    frame itself). ``instead``: the distribution the ops give, kept pending as one draw in
+    their place (see the module)."""
     watch = user_watch()
     if watch is None or not watch.pieces:
         return False
@@ -53,7 +54,8 @@ def take_draw_chain(draw: Op, then: list[Op], depth: int = 1,
     tensor = args[0]
     if dist is None or not all(op[1][0] is tensor and chainable(*op) for op in then):
         return False
-    frame = sys._getframe(depth)
+    if frame is None:
+        frame = sys._getframe(depth)
     with watch.lock:
         pending = watch.pending
         text = attribute(func, args, frame.f_back, frame)
