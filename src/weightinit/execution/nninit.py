@@ -43,7 +43,7 @@ def _taken(op: Any, args: tuple, frame: Any) -> bool:
     """``op(*args)`` on ``args[0]`` kept pending by the run watching this thread (``frame``:
     the stand-in's, the write is named from it and its callers)."""
     return not has_torch_function_variadic(args[0]) \
-        and take_draw_chain((op, args, {}), [], frame=frame)
+        and take_draw_chain((op, args, {}), [], frame)
 
 
 def constant_(tensor: Any, val: float) -> Any:

@@ -37,15 +37,14 @@ from .userfills import chainable, user_fill
 Op = tuple[Any, tuple, dict]
 
 
-def take_draw_chain(draw: Op, then: list[Op], depth: int = 1,
-                    instead: Elementwise | None = None, frame: Any = None) -> bool:
+def take_draw_chain(draw: Op, then: list[Op], frame: Any,
+                    instead: Elementwise | None = None) -> bool:
     """While a run watches this thread's user code: ``draw`` (a whole ``normal_`` or
     ``uniform_``), then the elementwise ops ``then`` on its tensor, kept pending as the
     watch would keep them op by op; True: done (nothing written yet, as there). False:
-    nothing done (the caller runs the ops). ``depth``: frames from here up to the
-    stand-in's own, which names the write when nothing outside it does (or ``frame``, that
-    frame itself). ``instead``: the distribution the ops give, kept pending as one draw in
-    their place (see the module)."""
+    nothing done (the caller runs the ops). ``frame``: the stand-in's own, which names the
+    write when nothing outside it does. ``instead``: the distribution the ops give, kept
+    pending as one draw in their place (see the module)."""
     watch = user_watch()
     if watch is None or not watch.pieces:
         return False
@@ -54,8 +53,6 @@ def take_draw_chain(draw: Op, then: list[Op], depth: int = 1,
     tensor = args[0]
     if dist is None or not all(op[1][0] is tensor and chainable(*op) for op in then):
         return False
-    if frame is None:
-        frame = sys._getframe(depth)
     with watch.lock:
         pending = watch.pending
         text = attribute(func, args, frame.f_back, frame)
@@ -113,7 +110,7 @@ def trunc_normal_stand_in(original: Any) -> Any:
                      (_ATEN.mul_.Tensor, (tensor, std * math.sqrt(2.0)), {}),
                      (_ATEN.add_.Tensor, (tensor, mean), {}),
                      (_ATEN.clamp_.default, (tensor, a, b), {})],
-                    instead=_direct(tensor, mean, std, a, b)):
+                    sys._getframe(), _direct(tensor, mean, std, a, b)):
                 return tensor
         return original(tensor, mean, std, a, b)
 
